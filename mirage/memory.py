@@ -34,7 +34,7 @@ from .geometry import (
 )
 from .timing import StageTimer
 
-__all__ = ["MemoryReadout", "LatentSpatialMemory", "RGBPointCloudMemory", "voxel_keys"]
+__all__ = ["MemoryReadout", "LatentSpatialMemory", "RGBPointCloudMemory", "voxel_keys", "near_voxel_keys", "write_ply"]
 
 
 @dataclass
@@ -53,13 +53,26 @@ class MemoryReadout:
         return 1.0 - float(self.mask.float().mean())
 
 
+def _pack(ijk: Tensor) -> Tensor:  # [..., 3] int64 voxel indices -> [...] int64 keys
+    if ijk.numel() and int(ijk.abs().max()) >= (1 << 20) - 1:
+        raise ValueError("points span more than 2^20 voxels per axis; use a larger voxel_size")
+    ijk = ijk + (1 << 20)
+    return (ijk[..., 0] << 42) | (ijk[..., 1] << 21) | ijk[..., 2]
+
+
 def voxel_keys(points: Tensor, voxel_size: float) -> Tensor:  # [N, 3] -> [N] int64
     """One integer per voxel of side ``voxel_size`` (21 bits per axis, about +-1e6 voxels)."""
-    ijk = torch.floor(points / voxel_size).long()  # [N, 3]
-    if ijk.numel() and int(ijk.abs().max()) >= (1 << 20):
-        raise ValueError(f"points span more than 2^20 voxels of size {voxel_size}; use a larger voxel_size")
-    ijk = ijk + (1 << 20)
-    return (ijk[:, 0] << 42) | (ijk[:, 1] << 21) | ijk[:, 2]
+    return _pack(torch.floor(points / voxel_size).long())
+
+
+_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # [8, 3]
+
+
+def near_voxel_keys(points: Tensor, voxel_size: float) -> Tensor:  # [N, 3] -> [N, 8] int64
+    """Keys of the 2x2x2 voxel block nearest each point: every voxel within half a voxel of it
+    (per axis) is among them, so a point closer than ``voxel_size / 2`` to another is always found."""
+    low = torch.round(points / voxel_size).long() - 1  # [N, 3] lower corner of the block
+    return _pack(low[:, None, :] + _CORNERS.to(points.device))  # [N, 8, 3] -> [N, 8]
 
 
 def _first_of_each_key(keys: Tensor) -> Tensor:  # [M] -> [M] bool, True at the first occurrence
@@ -118,13 +131,15 @@ class _PointMemory:
         return keep
 
     def _dedup(self, new_points: Tensor) -> Tensor:  # [M, 3] -> [M] bool, the new points to keep
-        """Drop new points whose voxel is already occupied, or taken by an earlier new point."""
+        """Drop a new point when a stored point lies in the 2x2x2 voxel block nearest it (always when
+        closer than half a voxel, never when farther than two), or an earlier new point shares its voxel."""
         keep = torch.ones(new_points.shape[0], dtype=torch.bool, device=new_points.device)
         if self.voxel_size is None or new_points.shape[0] == 0:
             return keep
         new_keys = voxel_keys(new_points, self.voxel_size)  # [M]
         if self.num_points:
-            keep &= ~torch.isin(new_keys, voxel_keys(self.points, self.voxel_size))
+            near = near_voxel_keys(new_points, self.voxel_size)  # [M, 8]
+            keep &= ~torch.isin(near, voxel_keys(self.points, self.voxel_size)).any(dim=1)
         keep &= _first_of_each_key(torch.where(keep, new_keys, -1 - torch.arange(len(keep), device=keep.device)))
         return keep
 

@@ -1,0 +1,192 @@
+"""The latent memory and the RGB baseline: exact readback, analytic shifts, updates, files, errors."""
+
+import struct
+
+import pytest
+import torch
+
+from mirage.cameras import Camera, Cameras
+from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory, voxel_keys
+
+W, H, S = 320, 192, 16
+h, w = H // S, W // S
+
+
+def _source():
+    return Camera.from_fov(W, H, 60.0)
+
+
+def _latent_and_depth(seed=0, holes=True):
+    g = torch.Generator().manual_seed(seed)
+    latent = torch.randn(48, h, w, generator=g).to(torch.bfloat16)
+    depth = 2 + torch.rand(H, W, generator=g)
+    if holes:
+        depth[:40] = float("nan")  # sky
+        depth[100:120, 200:260] = 0.0  # invalid patch
+    return latent, depth
+
+
+def test_read_back_source_returns_source_tokens_exactly():
+    latent, depth = _latent_and_depth()
+    mem = LatentSpatialMemory().initialize(latent, depth, _source())
+    out = mem.read_views(_source().batch())
+    seen = out.mask[0]
+    # every cell with any valid depth under its bilinear footprint is stored and read back bit-exactly
+    assert int(seen.sum()) == mem.num_points > 0.5 * h * w
+    assert torch.equal(out.latents[:, 0][:, seen], latent[:, seen])
+    assert torch.equal(out.latents[:, 0][:, ~seen], torch.zeros_like(latent[:, ~seen]))
+    assert not seen[:2].any()  # the top 40 pixel rows are sky: no cell of the first two latent rows
+
+
+def test_known_translation_shifts_by_expected_cells():
+    latent, _ = _latent_and_depth()
+    src = _source()
+    mem = LatentSpatialMemory(surface_tolerance=0.0).initialize(latent, torch.full((H, W), 2.0), src)
+    f_lat = float(src.K[0, 0]) / S  # focal length in latent cells
+    for cells in (1, 3):
+        moved = torch.eye(4)
+        moved[0, 3] = -cells * 2.0 / f_lat  # camera moves right by cells * depth / f: the scene shifts left
+        out = mem.read_views(Cameras(src.K[None], moved[None], W, H))
+        assert torch.equal(out.latents[:, 0, :, : w - cells], latent[:, :, cells:])
+        assert not out.mask[0, :, w - cells :].any()
+        assert torch.allclose(out.depth[0, :, : w - cells], torch.tensor(2.0))
+
+
+def test_read_chunk_uses_latent_aligned_cameras():
+    latent, depth = _latent_and_depth(holes=False)
+    src = _source()
+    mem = LatentSpatialMemory(surface_tolerance=0.0).initialize(latent, torch.full((H, W), 2.0), src)
+    f_lat = float(src.K[0, 0]) / S
+    T = torch.eye(4).repeat(9, 1, 1)
+    T[:, 0, 3] = -torch.arange(9.0) * 2.0 / f_lat / 4  # 1/4 cell per pixel frame -> one cell per latent frame
+    out = mem.read(Cameras(src.K[None], T, W, H))
+    assert out.latents.shape == (48, 3, h, w) and out.mask.shape == (3, h, w)
+    for k in range(3):  # latent frame k uses pixel frame 4k: shifted by k cells
+        assert torch.equal(out.latents[:, k, :, : w - k], latent[:, :, k:])
+    with pytest.raises(ValueError, match="4N\\+1|N\\+1"):
+        mem.read(Cameras(src.K[None], T[:8], W, H))
+
+
+def test_update_drops_invalid_far_and_excluded_cells():
+    latent, depth = _latent_and_depth(holes=False)
+    src = _source()
+    mem = LatentSpatialMemory(max_depth=10.0).initialize(latent, depth, src)
+    n0 = mem.num_points
+    assert n0 == h * w
+    d = depth.clone()[None]
+    d[0, :, :160] = 50.0  # far / sky: beyond max_depth
+    d[0, :16, 160:] = float("nan")  # invalid
+    exclude = torch.zeros(1, H, W, dtype=torch.bool)
+    exclude[0, 176:, 300] = True  # one pixel marks its whole cell (dynamic object)
+    added = mem.update(latent[:, None], d, src.batch(), exclude=exclude)
+    expected = (w // 2) * h - (w // 2) - 1  # right half, minus the invalid top row, minus one excluded cell
+    assert added == expected and mem.num_points == n0 + expected
+    assert [e["num_points"] for e in mem.size_history] == [n0, n0 + expected]
+
+
+def test_voxel_dedup_keeps_revisits_from_growing_the_cache():
+    latent, depth = _latent_and_depth(holes=False)
+    src = _source()
+    plain = LatentSpatialMemory().initialize(latent, depth, src)
+    plain.update(latent[:, None], depth[None], src.batch())
+    assert plain.num_points == 2 * h * w  # no dedup: the paper's growing cache
+    dedup = LatentSpatialMemory(voxel_size=0.05).initialize(latent, depth, src)
+    n0 = dedup.num_points
+    assert dedup.update(latent[:, None], depth[None] * 1.001, src.batch()) <= 0.05 * n0
+    keys = voxel_keys(dedup.points, 0.05)
+    assert keys.unique().numel() == keys.numel()  # one point per voxel
+
+
+def test_nbytes_counts_xyz_and_tokens():
+    latent, depth = _latent_and_depth(holes=False)
+    mem = LatentSpatialMemory().initialize(latent, depth, _source())
+    assert mem.nbytes == mem.num_points * (3 * 4 + 48 * 2)
+
+
+def test_save_load_round_trip(tmp_path):
+    latent, depth = _latent_and_depth()
+    mem = LatentSpatialMemory(voxel_size=0.1, max_depth=9.0).initialize(latent, depth, _source())
+    path = mem.save(tmp_path / "cache.safetensors")
+    back = LatentSpatialMemory.load(path)
+    assert torch.equal(back.points, mem.points) and torch.equal(back.features, mem.features)
+    assert back.grid == mem.grid and back.voxel_size == 0.1 and back.max_depth == 9.0
+    assert back.size_history == mem.size_history
+    a, b = mem.read_views(_source().batch()), back.read_views(_source().batch())
+    assert torch.equal(a.latents, b.latents)
+    with pytest.raises(FileNotFoundError):
+        LatentSpatialMemory.load(tmp_path / "missing.safetensors")
+
+
+def test_ply_export(tmp_path):
+    latent, depth = _latent_and_depth()
+    mem = LatentSpatialMemory().initialize(latent, depth, _source())
+    colors = torch.full((mem.num_points, 3), 7, dtype=torch.uint8)
+    path = mem.to_ply(tmp_path / "cache.ply", colors=colors)
+    raw = path.read_bytes()
+    header, body = raw.split(b"end_header\n", 1)
+    assert f"element vertex {mem.num_points}".encode() in header
+    assert header.count(b"property") == 6 + 48
+    rec = 3 * 4 + 3 + 48 * 4
+    assert len(body) == mem.num_points * rec
+    x, y, z = struct.unpack("<3f", body[:12])
+    assert torch.allclose(torch.tensor([x, y, z]), mem.points[0])
+    assert body[12:15] == bytes([7, 7, 7])
+
+
+def test_latent_memory_errors_name_the_value():
+    latent, depth = _latent_and_depth()
+    src = _source()
+    with pytest.raises(ValueError, match="no valid"):
+        LatentSpatialMemory().initialize(latent, torch.full((H, W), float("nan")), src)
+    with pytest.raises(ValueError, match=r"\[C, h, w\]"):
+        LatentSpatialMemory().initialize(latent[0], depth, src)
+    mem = LatentSpatialMemory().initialize(latent, depth, src)
+    with pytest.raises(ValueError, match="640x384"):
+        mem.read_views(Camera.from_fov(640, 384, 60.0).batch())
+    with pytest.raises(ValueError, match="2 cameras"):
+        mem.update(latent[:, None], depth[None], Cameras.cat([src.batch(), src.batch()]))
+    with pytest.raises(ValueError, match="not a whole multiple"):
+        mem.update(latent[:, None], depth[None, :100], src.batch())
+    with pytest.raises(RuntimeError, match="initialize"):
+        LatentSpatialMemory().read_views(src.batch())
+    with pytest.raises(ValueError, match="surface_tolerance"):
+        LatentSpatialMemory(surface_tolerance=-1)
+
+
+class _PatchMeanCodec:
+    """Not a mock of a model: a tiny exact codec for RGB-memory unit tests (16x16 means, frames 4k)."""
+
+    latent_channels, spatial_stride, temporal_stride = 3, 16, 4
+
+    def encode(self, video):  # [B, 3, T, H, W] -> [B, 3, F, h, w]
+        return torch.nn.functional.avg_pool3d(video[:, :, ::4], (1, 16, 16))
+
+
+def test_rgb_memory_renders_source_exactly_and_reads_chunks():
+    g = torch.Generator().manual_seed(3)
+    image = (torch.randint(0, 256, (3, H, W), generator=g).float() / 127.5 - 1)  # exactly representable in uint8
+    depth = 2 + torch.rand(H, W, generator=g)
+    depth[:20] = float("nan")
+    src = _source()
+    mem = RGBPointCloudMemory(_PatchMeanCodec()).initialize(image, depth, src)
+    assert mem.num_points == int(torch.isfinite(depth).sum())
+    assert mem.nbytes == mem.num_points * 15
+    rgb, mask = mem.render(src.batch())
+    assert torch.equal(mask[0], torch.isfinite(depth))
+    assert torch.allclose(rgb[:, 0][:, mask[0]], image[:, mask[0]], atol=1e-6)
+    out = mem.read(Cameras(src.K[None], torch.eye(4).repeat(5, 1, 1), W, H))
+    assert out.latents.shape == (3, 2, h, w) and out.renders.shape == (3, 5, H, W)
+    assert out.mask.shape == (2, h, w) and not out.mask[:, 0].any() and out.mask[:, 2:].all()
+    assert set(out.timings) == {"rasterize", "encode"}
+    with pytest.raises(ValueError, match="does not match"):
+        RGBPointCloudMemory(_PatchMeanCodec()).initialize(image, depth[:, :100], src)
+
+
+def test_dedup_radius_guarantees():
+    g = torch.Generator().manual_seed(5)
+    mem = LatentSpatialMemory(voxel_size=0.1)
+    mem.points = torch.rand(500, 3, generator=g) * 4  # stored points
+    near = mem.points + (torch.rand(500, 3, generator=g) - 0.5) * 0.0999  # within half a voxel per axis
+    far = mem.points + torch.sign(torch.rand(500, 3, generator=g) - 0.5) * 0.21  # beyond two voxels on every axis
+    assert not mem._dedup(near).any()
+    assert mem._dedup(far[:, None, :].expand(500, 1, 3).reshape(-1, 3)).sum() > 0.9 * 500

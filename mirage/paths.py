@@ -1,0 +1,588 @@
+"""Camera paths for generation: presets, keyframes, strokes, resampling and a sanity check.
+
+A *path* is a :class:`~mirage.cameras.Cameras` of ``T = 4N + 1`` frames (``N >= 1``: 5, 9, ...,
+33, 65) at the source image size whose frame 0 is exactly (bitwise) the source camera.
+
+Preset and stroke motions are defined in the source camera's frame (OpenCV axes: +x right,
++y down, +z forward) as the pose of each new camera in source coordinates, ``src_from_new``, and
+composed with the source as
+
+    cam_from_world[t] = inverse(src_from_new[t]) @ source.cam_from_world
+
+so a source with any ``cam_from_world`` gets the same motion relative to itself. Keyframes live in
+world coordinates. All arithmetic is float64 (numpy/scipy); results are cast to float32 once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence, get_args
+
+import numpy as np
+import torch
+from scipy.interpolate import CubicSpline
+from scipy.spatial.transform import Rotation, Slerp
+from torch import Tensor
+
+from mirage.cameras import Camera, Cameras
+
+__all__ = [
+    "KEYFRAME_COLUMNS",
+    "PRESETS",
+    "Keyframe",
+    "PathPreset",
+    "PresetInfo",
+    "check_path_frames",
+    "interpolate_keyframes",
+    "keyframe_camera",
+    "keyframe_table_rows",
+    "keyframes_from_cameras",
+    "keyframes_from_table",
+    "make_preset_path",
+    "path_bounds_check",
+    "path_from_points",
+    "resample_path",
+]
+
+PathPreset = Literal[
+    "orbit_left", "orbit_right", "pan_left", "pan_right", "pan_up", "pan_down", "dolly_in", "dolly_out",
+    "zoom_in", "zoom_out", "truck_left", "truck_right", "pedestal_up", "pedestal_down", "look_around",
+    "detour_revisit",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    description: str  # one line for the UI
+    unit: str  # what `amount` measures
+    default: float  # amount used when none is given
+
+
+_DEG, _FRAC, _FACTOR = "degrees", "fraction of the scene depth", "focal-length factor (>= 1)"
+PRESETS: dict[str, PresetInfo] = {
+    "orbit_left": PresetInfo("circle left around the point at the scene depth, keeping it centred", _DEG, 20.0),
+    "orbit_right": PresetInfo("circle right around the point at the scene depth, keeping it centred", _DEG, 20.0),
+    "pan_left": PresetInfo("turn left in place", _DEG, 20.0),
+    "pan_right": PresetInfo("turn right in place", _DEG, 20.0),
+    "pan_up": PresetInfo("tilt up in place", _DEG, 15.0),
+    "pan_down": PresetInfo("tilt down in place", _DEG, 15.0),
+    "dolly_in": PresetInfo("move forward along the optical axis", _FRAC, 0.3),
+    "dolly_out": PresetInfo("move backward along the optical axis", _FRAC, 0.3),
+    "zoom_in": PresetInfo("increase the focal length, camera fixed", _FACTOR, 1.5),
+    "zoom_out": PresetInfo("decrease the focal length (divide by amount), camera fixed", _FACTOR, 1.5),
+    "truck_left": PresetInfo("slide left, same orientation", _FRAC, 0.3),
+    "truck_right": PresetInfo("slide right, same orientation", _FRAC, 0.3),
+    "pedestal_up": PresetInfo("rise vertically, same orientation", _FRAC, 0.2),
+    "pedestal_down": PresetInfo("sink vertically, same orientation", _FRAC, 0.2),
+    "look_around": PresetInfo(
+        "figure-eight of yaw (+-amount) and pitch (+-amount/2) in place, back to the start view", _DEG, 20.0
+    ),
+    "detour_revisit": PresetInfo(
+        "out along a circle of diameter scene_depth/2 to the right (ahead), turning right by amount, "
+        "back behind it to the exact start pose",
+        _DEG,
+        60.0,
+    ),
+}
+assert set(PRESETS) == set(get_args(PathPreset))
+
+KEYFRAME_COLUMNS = ("x", "y", "z", "yaw", "pitch", "roll", "fov_x")  # the UI table's column order
+_LOOK = ("forward", "source")
+
+
+# ----------------------------------------------------------------------------- small helpers
+def check_path_frames(num_frames: int) -> int:
+    """Return ``num_frames`` if it is ``4N + 1`` with ``N >= 1``; ``ValueError`` otherwise."""
+    if (
+        isinstance(num_frames, bool)
+        or not isinstance(num_frames, (int, np.integer))
+        or num_frames < 5
+        or (num_frames - 1) % 4 != 0
+    ):
+        raise ValueError(f"num_frames must be 4N+1 with N >= 1 (5, 9, ..., 33, 65, ...), got {num_frames!r}")
+    return int(num_frames)
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy()
+
+
+def _ease(t: np.ndarray) -> np.ndarray:  # [T] in [0, 1] -> [T] in [0, 1]
+    """Cosine ease-in-out: zero speed at both ends, exactly 0 at t=0 and exactly 1 at t=1."""
+    return 0.5 - 0.5 * np.cos(np.pi * t)
+
+
+def _rot(axis: int, angle: np.ndarray) -> np.ndarray:  # angle [T] radians -> [T, 3, 3]
+    """Right-handed rotation about +x (0), +y (1) or +z (2); exactly the identity at angle 0."""
+    c, s = np.cos(angle), np.sin(angle)
+    R = np.zeros((angle.shape[0], 3, 3))  # [T, 3, 3]
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    R[:, axis, axis] = 1.0
+    R[:, i, i], R[:, i, j], R[:, j, i], R[:, j, j] = c, -s, s, c
+    return R
+
+
+def _yaw_pitch_roll(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray) -> np.ndarray:  # [T] degrees -> [T, 3, 3]
+    """Rotation of a camera that yaws about -y (up), then pitches about its +x, then rolls about its +z."""
+    return _rot(1, -np.radians(yaw)) @ _rot(0, np.radians(pitch)) @ _rot(2, np.radians(roll))
+
+
+def _euler_from_rotation(R: np.ndarray) -> np.ndarray:  # [N, 3, 3] world_from_cam -> [N, 3] (yaw, pitch, roll) deg
+    a = Rotation.from_matrix(R).as_euler("YXZ", degrees=True)  # [N, 3]; R = Ry(a0) Rx(a1) Rz(a2)
+    return np.stack([-a[:, 0], a[:, 1], a[:, 2]], axis=-1)
+
+
+def _compose(source: Camera, src_from_new: np.ndarray, K: np.ndarray | None = None) -> Cameras:
+    """``cam_from_world[t] = inverse(src_from_new[t]) @ source.cam_from_world``; src_from_new [T, 4, 4], K [T, 3, 3]."""
+    R, c = src_from_new[:, :3, :3], src_from_new[:, :3, 3]  # [T, 3, 3], [T, 3]
+    new_from_src = np.zeros_like(src_from_new)  # [T, 4, 4]
+    new_from_src[:, :3, :3] = R.transpose(0, 2, 1)
+    new_from_src[:, :3, 3] = -np.einsum("tji,tj->ti", R, c)  # -R^T c
+    new_from_src[:, 3, 3] = 1.0
+    cam_from_world = new_from_src @ _np(source.cam_from_world)[None]  # [T, 4, 4]
+    T = src_from_new.shape[0]
+    K_t = source.K.detach().cpu()[None].expand(T, 3, 3).clone() if K is None else torch.from_numpy(K).float()
+    return Cameras(K_t, torch.from_numpy(cam_from_world).float(), source.width, source.height).to(source.K.device)
+
+
+def _from_world_poses(centres: np.ndarray, R_wfc: np.ndarray, K: np.ndarray, width: int, height: int) -> Cameras:
+    """Cameras from world centres [T, 3], world_from_cam rotations [T, 3, 3] and intrinsics [T, 3, 3]."""
+    T = centres.shape[0]
+    cam_from_world = np.zeros((T, 4, 4))  # [T, 4, 4]
+    cam_from_world[:, :3, :3] = R_wfc.transpose(0, 2, 1)
+    cam_from_world[:, :3, 3] = -np.einsum("tji,tj->ti", R_wfc, centres)  # -R^T c
+    cam_from_world[:, 3, 3] = 1.0
+    return Cameras(torch.from_numpy(K).float(), torch.from_numpy(cam_from_world).float(), width, height)
+
+
+def _world_poses(cameras: Cameras) -> tuple[np.ndarray, np.ndarray]:  # -> centres [N, 3], R_wfc [N, 3, 3]
+    cfw = _np(cameras.cam_from_world)  # [N, 4, 4]
+    R_wfc = cfw[:, :3, :3].transpose(0, 2, 1)
+    return -np.einsum("nij,nj->ni", R_wfc, cfw[:, :3, 3]), R_wfc
+
+
+def _check_depth(scene_depth: float) -> float:
+    d = float(scene_depth)
+    if not (math.isfinite(d) and d > 0):
+        raise ValueError(f"scene_depth must be a finite positive median depth in metres, got {scene_depth!r}")
+    return d
+
+
+def _intrinsics(focal: np.ndarray, width: int, height: int) -> np.ndarray:  # focal [T] px -> [T, 3, 3]
+    K = np.zeros((focal.shape[0], 3, 3))
+    K[:, 0, 0] = K[:, 1, 1] = focal
+    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = width / 2.0, height / 2.0, 1.0
+    return K
+
+
+# ----------------------------------------------------------------------------- presets
+def _preset_motion(preset: str, s: np.ndarray, amount: float, d: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pose of each new camera in the source frame, ``src_from_new`` [T, 4, 4], and focal scale [T].
+
+    s: [T] eased progress in [0, 1] (exactly 0 at frame 0 and 1 at the last frame).
+    """
+    T = s.shape[0]
+    R = np.broadcast_to(np.eye(3), (T, 3, 3)).copy()  # [T, 3, 3] new camera axes (columns) in source coordinates
+    c = np.zeros((T, 3))  # [T, 3] new camera centre in source coordinates
+    focal = np.ones(T)
+    a = math.radians(amount)
+    sign = 1.0 if preset.endswith(("_left", "_up", "_in")) else -1.0
+    if preset.startswith("orbit"):
+        # Ry(+theta) turns the view right, so the centre swings left around the target (0, 0, d).
+        R = _rot(1, sign * a * s)
+        c = np.array([0.0, 0.0, d]) - d * R[:, :, 2]  # target stays at depth d on the optical axis
+    elif preset in ("pan_left", "pan_right"):
+        R = _rot(1, -sign * a * s)  # Ry(-theta) turns the optical axis towards -x (left)
+    elif preset in ("pan_up", "pan_down"):
+        R = _rot(0, sign * a * s)  # Rx(+phi) turns the optical axis towards -y (up)
+    elif preset.startswith("dolly"):
+        c[:, 2] = sign * amount * d * s
+    elif preset.startswith("truck"):
+        c[:, 0] = -sign * amount * d * s
+    elif preset.startswith("pedestal"):
+        c[:, 1] = -sign * amount * d * s
+    elif preset.startswith("zoom"):
+        focal = amount ** (sign * s)
+    elif preset == "look_around":
+        yaw, pitch = amount * np.sin(2 * np.pi * s), 0.5 * amount * np.sin(4 * np.pi * s)  # [T] degrees
+        yaw[-1] = pitch[-1] = 0.0  # sin(2 pi) is 2e-16 in floating point: close the loop exactly
+        R = _yaw_pitch_roll(yaw, pitch, np.zeros(T))
+    elif preset == "detour_revisit":
+        r = 0.25 * d  # radius of the circle the centre travels (diameter scene_depth / 2)
+        c = np.stack([r * (1 - np.cos(2 * np.pi * s)), np.zeros(T), r * np.sin(2 * np.pi * s)], axis=-1)
+        yaw_right = a * np.sin(np.pi * s) ** 2  # [T] radians, peaks at mid-path
+        c[-1], yaw_right[-1] = 0.0, 0.0  # analytically the start pose; remove the 1e-16 residue
+        R = _rot(1, yaw_right)
+    else:  # pragma: no cover - guarded by make_preset_path
+        raise AssertionError(preset)
+    src_from_new = np.zeros((T, 4, 4))
+    src_from_new[:, :3, :3], src_from_new[:, :3, 3], src_from_new[:, 3, 3] = R, c, 1.0
+    return src_from_new, focal
+
+
+def make_preset_path(
+    preset: PathPreset,
+    source: Camera,
+    num_frames: int = 33,
+    amount: float | None = None,
+    scene_depth: float = 2.0,
+) -> Cameras:
+    """A named camera motion starting exactly at ``source``, with a cosine ease-in-out profile.
+
+    amount: in the unit listed in ``PRESETS[preset].unit`` (default ``PRESETS[preset].default``).
+    scene_depth: median scene depth in metres (pass the median of the estimated depth map); orbits
+    circle the point at this depth on the source's optical axis and translations scale with it.
+    The result passes :func:`path_bounds_check` (``ValueError`` otherwise).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if not isinstance(source, Camera):
+        raise TypeError(f"source must be a mirage.cameras.Camera, got {type(source).__name__}")
+    T = check_path_frames(num_frames)
+    d = _check_depth(scene_depth)
+    amount = PRESETS[preset].default if amount is None else amount
+    amount_f = float(amount)
+    low = 1.0 if preset.startswith("zoom") else 0.0
+    if not (math.isfinite(amount_f) and amount_f >= low):
+        raise ValueError(f"amount for {preset!r} must be finite and >= {low} ({PRESETS[preset].unit}), got {amount!r}")
+    s = _ease(np.linspace(0.0, 1.0, T))  # [T]
+    src_from_new, focal = _preset_motion(preset, s, amount_f, d)
+    K = None
+    if preset.startswith("zoom"):
+        K = np.repeat(_np(source.K)[None], T, axis=0)  # [T, 3, 3]; zoom about the principal point
+        K[:, 0, 0] *= focal
+        K[:, 0, 1] *= focal
+        K[:, 1, 1] *= focal
+    path = _compose(source, src_from_new, K)
+    path_bounds_check(path, d)
+    return path
+
+
+# ----------------------------------------------------------------------------- keyframes
+@dataclass(frozen=True)
+class Keyframe:
+    """A camera for keyframe paths; angles in degrees, OpenCV axes (+x right, +y down, +z forward).
+
+    The orientation (world_from_cam rotation) is ``Rot(-y, yaw) @ Rot(+x, pitch) @ Rot(+z, roll)``
+    applied to a base camera whose axes are the world axes (looking along world +z): yaw about the
+    up axis -y (positive turns left), then pitch about the camera's +x (positive looks up), then roll
+    about its optical axis +z (positive turns +x towards +y, clockwise seen from behind).
+    Intrinsics: square pixels, centred principal point, horizontal field of view ``fov_x``.
+    """
+
+    position: tuple[float, float, float]  # camera centre in world coordinates (metres)
+    yaw: float = 0.0  # degrees about -y (up); positive turns left
+    pitch: float = 0.0  # degrees about the yawed +x; positive looks up
+    roll: float = 0.0  # degrees about the optical axis +z; positive turns +x towards +y
+    fov_x: float = 60.0  # horizontal field of view in degrees, in (0, 180)
+
+    def __post_init__(self) -> None:
+        p = self.position
+        try:
+            p = np.asarray(p.detach().cpu() if isinstance(p, Tensor) else p, dtype=np.float64).tolist()
+        except (TypeError, ValueError):
+            raise ValueError(f"Keyframe.position must be 3 finite numbers, got {self.position!r}") from None
+        if not (isinstance(p, list) and len(p) == 3 and all(math.isfinite(v) for v in p)):
+            raise ValueError(f"Keyframe.position must be 3 finite numbers, got {self.position!r}")
+        object.__setattr__(self, "position", tuple(float(v) for v in p))
+        for name in ("yaw", "pitch", "roll", "fov_x"):
+            try:
+                v = float(getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"Keyframe.{name} must be a number, got {getattr(self, name)!r}") from None
+            if not math.isfinite(v):
+                raise ValueError(f"Keyframe.{name} must be finite, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, v)
+        if not (0.0 < self.fov_x < 180.0):
+            raise ValueError(f"Keyframe.fov_x must be in (0, 180) degrees, got {self.fov_x}")
+
+
+def _keyframe_arrays(keyframes: Sequence[Keyframe], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> positions [K, 3], world_from_cam rotations [K, 3, 3], focal lengths [K] in pixels."""
+    pos = np.array([k.position for k in keyframes], dtype=np.float64)  # [K, 3]
+    yaw, pitch, roll, fov = (np.array([getattr(k, n) for k in keyframes]) for n in ("yaw", "pitch", "roll", "fov_x"))
+    focal = 0.5 * width / np.tan(np.radians(fov) / 2)  # [K]
+    return pos, _yaw_pitch_roll(yaw, pitch, roll), focal
+
+
+def keyframe_camera(keyframe: Keyframe, width: int, height: int) -> Camera:
+    """The camera a keyframe describes, exactly as :func:`interpolate_keyframes` renders it."""
+    pos, R, focal = _keyframe_arrays([keyframe], width)
+    return _from_world_poses(pos, R, _intrinsics(focal, width, height), width, height).camera(0)
+
+
+def _check_times(times: Sequence[int] | None, num_keys: int, T: int) -> np.ndarray:
+    if times is None:
+        if num_keys > T:
+            raise ValueError(f"{num_keys} keyframes do not fit in {T} frames")
+        return np.round(np.linspace(0, T - 1, num_keys)).astype(np.int64)
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    if t.shape[0] != num_keys:
+        raise ValueError(f"times has {t.shape[0]} entries for {num_keys} keyframes: {list(times)}")
+    if not (np.all(np.isfinite(t)) and np.all(t == np.round(t))):
+        raise ValueError(f"times must be integer frame indices, got {list(times)}")
+    if t[0] != 0 or t[-1] != T - 1 or np.any(np.diff(t) <= 0):
+        raise ValueError(f"times must increase strictly from 0 to num_frames-1={T - 1}, got {list(times)}")
+    return t.astype(np.int64)
+
+
+def interpolate_keyframes(
+    keyframes: Sequence[Keyframe],
+    num_frames: int,
+    width: int,
+    height: int,
+    times: Sequence[int] | None = None,
+) -> Cameras:
+    """A path through keyframes; frame ``times[k]`` is exactly ``keyframe_camera(keyframes[k])``.
+
+    times: integer frame index of each keyframe, strictly increasing from 0 to ``num_frames - 1``
+    (default: evenly spread). Positions follow a natural cubic spline (linear for 2 keyframes),
+    rotations a quaternion slerp, the focal length is linear in log-focal.
+    """
+    if len(keyframes) < 2 or not all(isinstance(k, Keyframe) for k in keyframes):
+        raise ValueError(f"interpolate_keyframes needs at least 2 Keyframe objects, got {keyframes!r}")
+    T = check_path_frames(num_frames)
+    t = _check_times(times, len(keyframes), T)  # [K]
+    pos_k, R_k, f_k = _keyframe_arrays(keyframes, width)
+    u = np.arange(T, dtype=np.float64)  # [T] frame indices
+    if len(keyframes) == 2:
+        w = ((u - t[0]) / (t[1] - t[0]))[:, None]  # [T, 1]
+        pos = (1 - w) * pos_k[0] + w * pos_k[1]  # [T, 3]
+    else:
+        pos = CubicSpline(t, pos_k, bc_type="natural")(u)  # [T, 3]
+    R = Slerp(t, Rotation.from_matrix(R_k))(u).as_matrix()  # [T, 3, 3]
+    focal = np.exp(np.interp(u, t, np.log(f_k)))  # [T]
+    pos[t], R[t], focal[t] = pos_k, R_k, f_k  # hit every keyframe with its own arithmetic
+    return _from_world_poses(pos, R, _intrinsics(focal, width, height), width, height)
+
+
+def keyframes_from_cameras(cameras: Cameras, indices: Sequence[int] | None = None) -> list[Keyframe]:
+    """Keyframes of ``cameras[i]`` for ``i`` in ``indices`` (default all): the inverse of ``keyframe_camera``.
+
+    Keyframes hold square pixels and a centred principal point; a camera off by more than 0.1% of
+    the focal length / image size raises ``ValueError``.
+    """
+    n = len(cameras)
+    idx = list(range(n)) if indices is None else [int(i) for i in indices]
+    bad = [i for i in idx if not -n <= i < n]
+    if bad:
+        raise ValueError(f"indices {bad} out of range for {n} cameras")
+    if not idx:
+        return []
+    W, H = cameras.width, cameras.height
+    K = _np(cameras.K[idx])  # [M, 3, 3]
+    for j, i in enumerate(idx):
+        fx, fy, s, cx, cy = K[j, 0, 0], K[j, 1, 1], K[j, 0, 1], K[j, 0, 2], K[j, 1, 2]
+        if abs(fx - fy) > 1e-3 * fx or s != 0 or abs(cx - W / 2) > 1e-3 * W or abs(cy - H / 2) > 1e-3 * H:
+            raise ValueError(
+                f"camera {i} cannot be a keyframe: needs fx == fy, no skew and a centred principal point "
+                f"({W / 2}, {H / 2}), got fx={fx:.6g} fy={fy:.6g} skew={s:.3g} cx={cx:.6g} cy={cy:.6g}"
+            )
+    centres, R_wfc = _world_poses(cameras[idx])
+    angles = _euler_from_rotation(R_wfc)  # [M, 3]
+    fov = np.degrees(2 * np.arctan(0.5 * W / K[:, 0, 0]))  # [M]
+    return [Keyframe(tuple(centres[j]), *angles[j], fov_x=fov[j]) for j in range(len(idx))]
+
+
+def keyframe_table_rows(keyframes: Sequence[Keyframe]) -> list[list[float]]:
+    """Rows ``[x, y, z, yaw, pitch, roll, fov_x]`` (``KEYFRAME_COLUMNS``) for a UI table."""
+    return [[*k.position, k.yaw, k.pitch, k.roll, k.fov_x] for k in keyframes]
+
+
+def _is_blank(v) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))
+
+
+def keyframes_from_table(rows) -> list[Keyframe]:
+    """Keyframes from UI table rows ``[x, y, z, yaw, pitch, roll, fov_x]`` (numbers or numeric strings).
+
+    rows: a list of rows or a pandas DataFrame. Entirely blank rows (as a UI table leaves them) are
+    skipped; anything else malformed raises ``ValueError`` naming the 1-based row and the column.
+    """
+    if hasattr(rows, "to_numpy"):  # a pandas DataFrame from a UI table
+        rows = rows.to_numpy().tolist()
+    out = []
+    for r, row in enumerate(rows, start=1):
+        if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+            raise ValueError(f"keyframe table row {r} must be a list of {len(KEYFRAME_COLUMNS)} numbers, got {row!r}")
+        if all(_is_blank(v) for v in row):
+            continue
+        if len(row) != len(KEYFRAME_COLUMNS):
+            raise ValueError(
+                f"keyframe table row {r} has {len(row)} values, expected {len(KEYFRAME_COLUMNS)} "
+                f"({', '.join(KEYFRAME_COLUMNS)}): {list(row)!r}"
+            )
+        vals = []
+        for name, v in zip(KEYFRAME_COLUMNS, row):
+            try:
+                if isinstance(v, bool):
+                    raise TypeError
+                f = float(v.strip() if isinstance(v, str) else v)
+            except (TypeError, ValueError):
+                raise ValueError(f"keyframe table row {r}, column {name!r}: {v!r} is not a number") from None
+            if not math.isfinite(f):
+                raise ValueError(f"keyframe table row {r}, column {name!r}: {v!r} is not finite")
+            vals.append(f)
+        if not 0.0 < vals[6] < 180.0:
+            raise ValueError(f"keyframe table row {r}, column 'fov_x': {row[6]!r} is not in (0, 180) degrees")
+        out.append(Keyframe(tuple(vals[:3]), *vals[3:]))
+    if not out:
+        raise ValueError("the keyframe table is empty")
+    return out
+
+
+# ----------------------------------------------------------------------------- strokes
+def _smooth_in_time(v: np.ndarray, sigma: float) -> np.ndarray:  # v [T, 3] -> [T, 3]
+    """Gaussian smoothing over frames, repeating the end values (headings keep their final value)."""
+    radius = int(3 * sigma) + 1
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    padded = np.concatenate([np.repeat(v[:1], radius, 0), v, np.repeat(v[-1:], radius, 0)])  # [T + 2 radius, 3]
+    return np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(3)], axis=-1)
+
+
+def _smooth_polyline(p: np.ndarray, sigma: float) -> np.ndarray:  # p [n, 3] -> [n, 3], endpoints fixed
+    """Gaussian smoothing with odd reflection at both ends (keeps the endpoints and end tangents)."""
+    radius = min(int(3 * sigma) + 1, p.shape[0] - 1)
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    left = 2 * p[0] - p[radius:0:-1]  # [radius, 3] reflected through p[0]
+    right = 2 * p[-1] - p[-2 : -radius - 2 : -1]  # [radius, 3] reflected through p[-1]
+    padded = np.concatenate([left, p, right])  # [n + 2 radius, 3]
+    out = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(3)], axis=-1)  # [n, 3]
+    out[0], out[-1] = p[0], p[-1]  # analytically exact with odd reflection; remove rounding
+    return out
+
+
+def path_from_points(
+    source: Camera,
+    points_world: Tensor,  # [M, 3]
+    num_frames: int,
+    look: Literal["forward", "source"] = "source",
+    smoothing: float = 0.05,
+) -> Cameras:
+    """A path whose centre travels along the polyline ``points_world`` [M, 3] (world, metres).
+
+    The path starts at the source centre; if ``points_world[0]`` is not it (within 1e-6 relative),
+    the source centre is prepended. The polyline is resampled by arc length, smoothed with a
+    Gaussian of ``smoothing`` x its length (0 disables) and traversed with an ease-in-out profile.
+    look="source" keeps the source orientation; "forward" looks along the direction of travel,
+    smoothed over frames (Gaussian, (T-1)/8 frames, so a corner turns over several frames), keeping
+    the source's up and turning from the source orientation over the first quarter.
+    """
+    if not isinstance(source, Camera):
+        raise TypeError(f"source must be a mirage.cameras.Camera, got {type(source).__name__}")
+    T = check_path_frames(num_frames)
+    if look not in _LOOK:
+        raise ValueError(f"look must be one of {_LOOK}, got {look!r}")
+    if not (0.0 <= float(smoothing) <= 0.5):
+        raise ValueError(f"smoothing must be in [0, 0.5] (fraction of the path length), got {smoothing!r}")
+    pts = points_world.detach().cpu() if isinstance(points_world, Tensor) else points_world
+    pts = np.asarray(pts, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] < 1 or pts.shape[1] != 3 or not np.isfinite(pts).all():
+        raise ValueError(f"points_world must be a finite [M, 3] array with M >= 1, got shape {pts.shape}")
+    src_from_world = _np(source.cam_from_world)  # [4, 4]
+    p = pts @ src_from_world[:3, :3].T + src_from_world[:3, 3]  # [M, 3] in source coordinates
+    scale = 1.0 + np.abs(p).max()
+    if np.linalg.norm(p[0]) <= 1e-6 * scale:
+        p[0] = 0.0
+    else:
+        p = np.concatenate([np.zeros((1, 3)), p])  # start at the source centre
+    keep = np.concatenate([[True], np.linalg.norm(np.diff(p, axis=0), axis=-1) > 1e-9 * scale])
+    p = p[keep]  # drop repeated points
+    if p.shape[0] < 2:
+        raise ValueError(f"the stroke has zero length (all points at the source centre): {pts.tolist()}")
+
+    seg = np.linalg.norm(np.diff(p, axis=0), axis=-1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])  # [M'] arc length at each point
+    n = max(256, 8 * T)
+    s_dense = np.linspace(0.0, arc[-1], n)
+    dense = np.stack([np.interp(s_dense, arc, p[:, k]) for k in range(3)], axis=-1)  # [n, 3]
+    if smoothing > 0:
+        dense = _smooth_polyline(dense, float(smoothing) * (n - 1))
+    arc_d = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=-1))])  # [n]
+    t = np.linspace(0.0, 1.0, T)
+    s_frames = _ease(t) * arc_d[-1]  # [T] arc length at each frame
+    c = np.stack([np.interp(s_frames, arc_d, dense[:, k]) for k in range(3)], axis=-1)  # [T, 3]
+
+    R = np.broadcast_to(np.eye(3), (T, 3, 3)).copy()  # [T, 3, 3]
+    if look == "forward":
+        tangent = np.gradient(dense, axis=0)  # [n, 3]
+        tangent /= np.linalg.norm(tangent, axis=-1, keepdims=True)
+        z = np.stack([np.interp(s_frames, arc_d, tangent[:, k]) for k in range(3)], axis=-1)  # [T, 3]
+        z = _smooth_in_time(z, max(1.0, (T - 1) / 8))  # spread turns over frames, not metres
+        z /= np.linalg.norm(z, axis=-1, keepdims=True)
+        x = np.cross(np.array([0.0, 1.0, 0.0]), z)  # right = down x forward (source's down is +y)
+        xn = np.linalg.norm(x, axis=-1)
+        if (xn < 1e-6).any():
+            i = int(np.nonzero(xn < 1e-6)[0][0])
+            raise ValueError(f"frame {i}: direction of travel {z[i].tolist()} is vertical; use look='source'")
+        x /= xn[:, None]
+        R_fwd = np.stack([x, np.cross(z, x), z], axis=-1)  # [T, 3, 3] columns: right, down, forward
+        w = _ease(np.clip(t / 0.25, 0.0, 1.0))  # [T] blend from the source orientation
+        R = Rotation.from_rotvec(Rotation.from_matrix(R_fwd).as_rotvec() * w[:, None]).as_matrix()
+    src_from_new = np.zeros((T, 4, 4))
+    src_from_new[:, :3, :3], src_from_new[:, :3, 3], src_from_new[:, 3, 3] = R, c, 1.0
+    src_from_new[0] = np.eye(4)  # frame 0 is the source (analytically; remove rounding)
+    return _compose(source, src_from_new)
+
+
+# ----------------------------------------------------------------------------- resampling and checks
+def resample_path(cameras: Cameras, num_frames: int) -> Cameras:
+    """``cameras`` (N >= 2, uniform in time) resampled to ``num_frames``: spline centres, slerp rotations.
+
+    Output frame j sits at time ``j / (num_frames-1)`` of the input's ``[0, 1]``; where it coincides
+    with an input frame (always the first and last) the input camera is copied exactly. fx, fy are
+    interpolated in log space, cx, cy and skew linearly.
+    """
+    N = len(cameras)
+    if N < 2:
+        raise ValueError(f"resample_path needs at least 2 cameras, got {N}")
+    T = check_path_frames(num_frames)
+    x_in = np.arange(N, dtype=np.float64) * (T - 1)  # common integer time axis (exact)
+    x_out = np.arange(T, dtype=np.float64) * (N - 1)
+    centres, R_wfc = _world_poses(cameras)
+    if N == 2:
+        w = (x_out / x_in[-1])[:, None]  # [T, 1]
+        c = (1 - w) * centres[0] + w * centres[1]  # [T, 3]
+    else:
+        c = CubicSpline(x_in, centres, bc_type="natural")(x_out)  # [T, 3]
+    R = Slerp(x_in, Rotation.from_matrix(R_wfc))(x_out).as_matrix()  # [T, 3, 3]
+    K_in = _np(cameras.K)  # [N, 3, 3]
+    K = np.zeros((T, 3, 3))
+    for i, j in ((0, 0), (1, 1)):
+        K[:, i, j] = np.exp(np.interp(x_out, x_in, np.log(K_in[:, i, j])))
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        K[:, i, j] = np.interp(x_out, x_in, K_in[:, i, j])
+    K[:, 2, 2] = 1.0
+    out = _from_world_poses(c, R, K, cameras.width, cameras.height)
+    K_out, T_out = out.K.clone(), out.cam_from_world.clone()
+    for j in range(T):
+        if (j * (N - 1)) % (T - 1) == 0:  # coincides with input frame i
+            i = j * (N - 1) // (T - 1)
+            K_out[j], T_out[j] = cameras.K[i].cpu(), cameras.cam_from_world[i].cpu()
+    return Cameras(K_out, T_out, cameras.width, cameras.height).to(cameras.device)
+
+
+def path_bounds_check(cameras: Cameras, scene_depth: float, margin: float = 0.1) -> None:
+    """``ValueError`` if a camera reaches the scene: its centre, in the first camera's frame, lies at
+    ``z >= (1 - margin) * scene_depth`` along the first camera's optical axis (the scene is taken to
+    sit at the median depth ``scene_depth`` in front of the first camera)."""
+    d = _check_depth(scene_depth)
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must be in [0, 1), got {margin!r}")
+    centres, _ = _world_poses(cameras)
+    first = _np(cameras.cam_from_world[0])  # [4, 4]
+    z = centres @ first[2, :3] + first[2, 3]  # [N] depth of each centre in the first camera
+    limit = (1.0 - margin) * d
+    bad = np.nonzero(z >= limit)[0]
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"frame {i} of the path is {z[i]:.4g} m along the first camera's optical axis, at or past "
+            f"{limit:.4g} m ({1 - margin:.0%} of the scene depth {d:.4g} m): the camera would go through "
+            f"the scene; reduce the motion"
+        )

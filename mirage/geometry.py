@@ -26,6 +26,7 @@ __all__ = [
     "transform_points",
     "project_points",
     "splat_zbuffer",
+    "surface_band_slack",
     "downsample_depth",
     "downsample_mask_any",
 ]
@@ -120,11 +121,27 @@ def _splat_indices(
     zbuf.scatter_reduce_(0, flat, z_in, reduce="amin")
     # pass 2: among points within the surface band of the closest one, the lowest index (the oldest)
     band = zbuf.gather(0, flat) * (1.0 + surface_tolerance)  # [V*N]
+    if surface_tolerance > 0:
+        band = band + surface_band_slack(zbuf[:dump].view(V, height, width)).reshape(-1).gather(0, flat.clamp(max=dump - 1))
     candidate = inside.reshape(-1) & (z_in <= band)
     point_id = torch.arange(N, device=points.device).expand(V, N).reshape(-1)  # [V*N]
     best = torch.full((dump + 1,), N, device=points.device, dtype=torch.long)
     best.scatter_reduce_(0, flat, torch.where(candidate, point_id, N), reduce="amin")
     return best[:dump].view(V, height, width), zbuf[:dump].view(V, height, width)
+
+
+def surface_band_slack(zbuf: Tensor, max_fraction: float = 0.25) -> Tensor:  # [V, h, w] -> [V, h, w]
+    """How much a surface's depth may vary inside one cell: the largest depth step to a
+    4-neighbour's closest point, capped at ``max_fraction`` of the cell's depth so that an
+    occluding edge never hides what lies well behind it. Grazing surfaces (floors, ceilings) get a
+    wide band, fronto-parallel ones a narrow one. Empty cells and empty neighbours give 0."""
+    z = torch.where(torch.isfinite(zbuf), zbuf, torch.nan)  # [V, h, w]
+    padded = F.pad(z[:, None], (1, 1, 1, 1), value=float("nan"))[:, 0]  # [V, h+2, w+2]
+    steps = torch.stack(
+        [(padded[:, 1:-1, :-2] - z).abs(), (padded[:, 1:-1, 2:] - z).abs(), (padded[:, :-2, 1:-1] - z).abs(), (padded[:, 2:, 1:-1] - z).abs()]
+    )  # [4, V, h, w]
+    step = torch.nan_to_num(steps, nan=0.0).amax(0)  # [V, h, w]
+    return torch.minimum(step, max_fraction * torch.nan_to_num(z, nan=0.0))
 
 
 def splat_zbuffer(
@@ -142,8 +159,9 @@ def splat_zbuffer(
     """Hard z-buffer: every point goes to the cell that contains its projection (nearest cell, no
     soft splatting); each cell shows the closest point. Points whose depth is within
     ``surface_tolerance`` (relative) of the closest count as the same surface, and among those the
-    lowest index wins; with ``surface_tolerance=0`` this is the plain z-buffer, exact ties broken by
-    the lowest index. Views are processed in groups of at most ``max_elements`` (view, point) pairs.
+    lowest index wins; the band also widens by the local depth step between neighbouring cells
+    (``surface_band_slack``) so that grazing surfaces count as one surface. With
+    ``surface_tolerance=0`` this is the plain z-buffer, exact ties broken by the lowest index. Views are processed in groups of at most ``max_elements`` (view, point) pairs.
     """
     if points.dim() != 2 or points.shape[-1] != 3:
         raise ValueError(f"points must be [N, 3], got {tuple(points.shape)}")

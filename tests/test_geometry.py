@@ -12,6 +12,7 @@ from mirage.geometry import (
     pixel_centers,
     project_points,
     splat_zbuffer,
+    surface_band_slack,
     transform_points,
     unproject_depth,
 )
@@ -22,28 +23,38 @@ def reference_splat(points, features, K, cam_from_world, height, width, surface_
     uv, z = project_points(points, K, cam_from_world)  # [V, N, 2], [V, N]
     V, N = z.shape
     index = torch.full((V, height, width), -1, dtype=torch.long)
+
+    def cell(v, i):
+        if not float(z[v, i]) > 1e-6:
+            return None
+        c, r = math.floor(float(uv[v, i, 0])), math.floor(float(uv[v, i, 1]))
+        return (r, c) if 0 <= c < width and 0 <= r < height else None
+
     for v in range(V):
-        zmin = {}
+        zmin = torch.full((height, width), math.inf)
         for i in range(N):
-            zi = float(z[v, i])
-            if not zi > 1e-6:
-                continue
-            c, r = math.floor(float(uv[v, i, 0])), math.floor(float(uv[v, i, 1]))
-            if 0 <= c < width and 0 <= r < height:
-                zmin[(r, c)] = min(zmin.get((r, c), math.inf), zi)
-        for i in range(N):
-            zi = float(z[v, i])
-            if not zi > 1e-6:
-                continue
-            c, r = math.floor(float(uv[v, i, 0])), math.floor(float(uv[v, i, 1]))
-            if 0 <= c < width and 0 <= r < height and zi <= float(torch.tensor(zmin[(r, c)]) * (1 + surface_tolerance)):
-                if index[v, r, c] < 0:  # points are visited oldest first
-                    index[v, r, c] = i
+            rc = cell(v, i)
+            if rc is not None:
+                zmin[rc] = min(float(zmin[rc]), float(z[v, i]))
+        band = zmin * (1 + surface_tolerance)
+        if surface_tolerance > 0:
+            band = band + surface_band_slack(zmin[None])[0]
+        for i in range(N):  # points are visited oldest first
+            rc = cell(v, i)
+            if rc is not None and z[v, i] <= band[rc] and index[v][rc] < 0:
+                index[v][rc] = i
     feats = torch.zeros(V, features.shape[1], height, width, dtype=features.dtype)
     for v in range(V):
         m = index[v] >= 0
         feats[v][:, m] = features[index[v][m]].T
     return index, feats
+
+
+def test_surface_band_slack_is_the_capped_neighbour_step():
+    z = torch.tensor([[[4.0, 4.5, 6.0], [4.1, float("inf"), 6.0]]])
+    slack = surface_band_slack(z)
+    assert torch.allclose(slack[0, 0], torch.tensor([0.5, 1.125, 1.5]))  # 0.5; min(1.5, 0.25*4.5); 1.5
+    assert torch.allclose(slack[0, 1], torch.tensor([0.1, 0.0, 0.0]))  # empty cells and neighbours add nothing
 
 
 def test_pixel_centers_are_half_integers():

@@ -1,0 +1,411 @@
+"""Tests for mirage/depth.py: tiny random transformers models, analytic focal scaling, files, priors, align_scale."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mirage.cameras import intrinsics_from_fov
+from mirage.depth import (
+    DEPTH_SOURCES,
+    DepthAnythingV2MetricBackend,
+    DepthEstimate,
+    DepthProBackend,
+    FileDepth,
+    GroundTruthDepth,
+    PlanarPriorBackend,
+    align_scale,
+    estimate_frames,
+    load_depth_file,
+    make_depth_backend,
+    save_depth_png16,
+    weights_available,
+)
+
+H, W = 24, 40
+
+
+def _image(seed=0, h=H, w=W):  # -> [3, h, w] in [-1, 1]
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, h, w, generator=g) * 2 - 1
+
+
+def _K(f=30.0, w=W, h=H):  # -> [3, 3] centred camera
+    return torch.tensor([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def depth_pro():
+    return DepthProBackend.from_config(seed=0)
+
+
+def _constant_depth_pro(canonical=0.25, fov_deg=50.0):
+    """Tiny Depth Pro whose canonical inverse depth is ``canonical`` everywhere and whose fov is ``fov_deg``."""
+    backend = DepthProBackend.from_config(seed=1)
+    last_conv = backend.model.head.layers[-2]  # Conv2d(32, 1, 1) before the final ReLU
+    fov_conv = backend.model.fov_model.head.layers[-1]  # final Conv2d -> one value per image
+    with torch.no_grad():
+        last_conv.weight.zero_()
+        last_conv.bias.fill_(canonical)
+        fov_conv.weight.zero_()
+        fov_conv.bias.fill_(fov_deg)
+    return backend
+
+
+# ----------------------------------------------------------------------------- Depth Pro
+def test_depth_pro_random_weights_shapes(depth_pro):
+    est = depth_pro.estimate(_image(), _K())
+    assert isinstance(est, DepthEstimate) and est.source == "depth-pro"
+    assert est.depth.shape == (H, W) and est.depth.dtype == torch.float32
+    valid = ~torch.isnan(est.depth)
+    assert valid.float().mean() > 0.5
+    assert torch.isfinite(est.depth[valid]).all() and (est.depth[valid] > 0).all()
+    torch.testing.assert_close(est.K, _K())
+
+
+def test_depth_pro_analytic_depth_and_fov():
+    c, fov = 0.25, 50.0
+    backend = _constant_depth_pro(c, fov)
+    est = backend.estimate(_image())
+    # No K: K is the centred camera of the predicted fov, depth = f / (W c) = 1 / (2 tan(fov/2) c).
+    torch.testing.assert_close(est.K, intrinsics_from_fov(W, H, fov))
+    expected = 1.0 / (2 * math.tan(math.radians(fov / 2)) * c)
+    torch.testing.assert_close(est.depth, torch.full((H, W), expected), rtol=1e-5, atol=0)
+    # Known K: depth = fx / (W c); doubling fx doubles depth.
+    for f in (30.0, 60.0):
+        est_k = backend.estimate(_image(), _K(f))
+        torch.testing.assert_close(est_k.depth, torch.full((H, W), f / (W * c)), rtol=1e-5, atol=0)
+        torch.testing.assert_close(est_k.K, _K(f))
+
+
+def test_depth_pro_focal_rescaling_random_weights(depth_pro):
+    image = _image(3)
+    free = depth_pro.estimate(image)
+    f_est = float(free.K[0, 0])
+    d30 = depth_pro.estimate(image, _K(30.0)).depth
+    d60 = depth_pro.estimate(image, _K(60.0)).depth
+    both = ~torch.isnan(d30) & ~torch.isnan(d60) & ~torch.isnan(free.depth)
+    assert both.float().mean() > 0.5
+    torch.testing.assert_close(d60[both], 2 * d30[both], rtol=1e-5, atol=0)
+    torch.testing.assert_close(d30[both], free.depth[both] * 30.0 / f_est, rtol=1e-4, atol=0)
+
+
+def test_depth_pro_estimate_batch_matches_single(depth_pro):
+    frames = torch.stack([_image(s) for s in range(5)], dim=1)  # [3, 5, H, W]; 5 > batch_size 4
+    batch = depth_pro.estimate_batch(frames, _K())
+    assert batch.shape == (5, H, W)
+    single = torch.stack([depth_pro.estimate(frames[:, i], _K()).depth for i in range(5)])
+    torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(estimate_frames(depth_pro, frames, _K()), batch, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.zeros(4, H, W), r"\[3, H, W\]"),
+        (torch.zeros(H, W), r"\[3, H, W\]"),
+        (torch.full((3, H, W), float("nan")), "non-finite"),
+        (torch.full((3, H, W), 255.0), r"\[-1, 1\]"),
+        (torch.zeros(3, H, W, dtype=torch.uint8), "float"),
+    ],
+)
+def test_image_validation(depth_pro, bad, match):
+    with pytest.raises(ValueError, match=match):
+        depth_pro.estimate(bad)
+    with pytest.raises(ValueError, match=match):
+        PlanarPriorBackend().estimate(bad)
+
+
+def test_depth_pro_bad_K_and_bad_fov(depth_pro):
+    with pytest.raises(ValueError, match="K must be"):
+        depth_pro.estimate(_image(), torch.eye(4))
+    with pytest.raises(ValueError, match="frames must be"):
+        depth_pro.estimate_batch(_image(), _K())
+    with pytest.raises(ValueError, match="field of view of -5"):
+        _constant_depth_pro(0.25, -5.0).estimate(_image())
+
+
+def _fake_hf_cache(root, repo_id, folder_files: dict):
+    """Lay out a Hugging Face cache entry for ``repo_id`` holding ``folder_files`` (name -> bytes)."""
+    repo_dir = root / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, data in folder_files.items():
+        (snap / name).write_bytes(data)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+
+
+def test_depth_pro_from_pretrained_local_folder_and_cache(depth_pro, tmp_path):
+    folder = tmp_path / "tiny-depth-pro"
+    depth_pro.model.save_pretrained(folder)
+    assert weights_available("depth-pro", str(folder))
+    loaded = make_depth_backend("depth-pro", path_or_id=str(folder), device="cpu")
+    a, b = depth_pro.estimate(_image(), _K()).depth, loaded.estimate(_image(), _K()).depth
+    torch.testing.assert_close(a, b, equal_nan=True)
+    # The same files in a Hugging Face cache layout load by repo id, with no network.
+    cache = tmp_path / "hf-cache"
+    _fake_hf_cache(cache, "mirage-test/tiny-depth-pro", {p.name: p.read_bytes() for p in folder.iterdir()})
+    assert weights_available("depth-pro", "mirage-test/tiny-depth-pro", cache_dir=str(cache))
+    cached = DepthProBackend.from_pretrained("mirage-test/tiny-depth-pro", device="cpu", cache_dir=str(cache))
+    torch.testing.assert_close(cached.estimate(_image(), _K()).depth, a, equal_nan=True)
+
+
+def test_missing_weights_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert not weights_available("depth-pro", str(empty))
+    assert not weights_available("depth-pro", cache_dir=str(tmp_path / "no-cache"))
+    assert not weights_available("depth-anything-v2-metric", cache_dir=str(tmp_path / "no-cache"))
+    assert weights_available("planar-prior")
+    with pytest.raises(FileNotFoundError, match="needs model weights"):
+        DepthProBackend.from_pretrained(str(empty))
+    with pytest.raises(FileNotFoundError, match="apple/DepthPro-hf"):
+        DepthProBackend.from_pretrained(cache_dir=str(tmp_path / "no-cache"))
+    with pytest.raises(FileNotFoundError, match="Depth-Anything-V2-Metric-Indoor-Small-hf"):
+        make_depth_backend("depth-anything-v2-metric", cache_dir=str(tmp_path / "no-cache"))
+
+
+# ----------------------------------------------------------------------------- Depth Anything V2 metric
+@pytest.fixture(scope="module")
+def depth_anything():
+    backend = DepthAnythingV2MetricBackend.from_config(seed=0, fov_x_deg=60.0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the default init gives a constant map on this tiny model; make the head vary
+        for p in backend.model.head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return backend
+
+
+def test_depth_anything_shapes_and_K(depth_anything):
+    est = depth_anything.estimate(_image())
+    assert est.source == "depth-anything-v2-metric"
+    assert est.depth.shape == (H, W) and est.depth.dtype == torch.float32
+    assert torch.isfinite(est.depth).all() and (est.depth > 0).all() and (est.depth <= 20).all()
+    assert est.depth.std() > 1e-3
+    torch.testing.assert_close(est.K, intrinsics_from_fov(W, H, 60.0))
+    est_k = depth_anything.estimate(_image(), _K(45.0))
+    torch.testing.assert_close(est_k.K, _K(45.0))
+    torch.testing.assert_close(est_k.depth, est.depth)  # the model takes no focal length
+
+
+def test_depth_anything_analytic_constant_head():
+    backend = DepthAnythingV2MetricBackend.from_config(seed=0)
+    with torch.no_grad():
+        backend.model.head.conv3.weight.zero_()
+        backend.model.head.conv3.bias.fill_(1.0)
+    est = backend.estimate(_image(h=50, w=70))
+    torch.testing.assert_close(est.depth, torch.full((50, 70), 20 * torch.sigmoid(torch.tensor(1.0)).item()))
+
+
+def test_depth_anything_batch_and_round_trip(depth_anything, tmp_path):
+    frames = torch.stack([_image(s) for s in range(3)], dim=1)  # [3, 3, H, W]
+    batch = depth_anything.estimate_batch(frames, _K())
+    single = torch.stack([depth_anything.estimate(frames[:, i]).depth for i in range(3)])
+    torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-5)
+    folder = tmp_path / "tiny-da"
+    depth_anything.model.save_pretrained(folder)
+    assert not weights_available("depth-anything-v2-metric", str(folder))  # processor config missing
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+        DepthAnythingV2MetricBackend.from_pretrained(str(folder))
+    depth_anything.processor.save_pretrained(folder)
+    assert weights_available("depth-anything-v2-metric", str(folder))
+    loaded = DepthAnythingV2MetricBackend.from_pretrained(str(folder), fov_x_deg=70.0, device="cpu")
+    est = loaded.estimate(_image())
+    torch.testing.assert_close(est.depth, depth_anything.estimate(_image()).depth)
+    torch.testing.assert_close(est.K, intrinsics_from_fov(W, H, 70.0))
+
+
+def test_depth_anything_rejects_relative_and_bad_fov():
+    from transformers import DepthAnythingForDepthEstimation
+
+    from mirage.depth import tiny_depth_anything_config
+
+    cfg = tiny_depth_anything_config()
+    cfg.depth_estimation_type = "relative"
+    with pytest.raises(ValueError, match="metric"):
+        DepthAnythingV2MetricBackend(DepthAnythingForDepthEstimation(cfg), None)
+    with pytest.raises(ValueError, match="fov_x_deg"):
+        DepthAnythingV2MetricBackend.from_config(fov_x_deg=180.0)
+
+
+# ----------------------------------------------------------------------------- files
+def _depth_with_holes():  # [H, W] metres with NaN / inf / 0 / negative holes
+    g = torch.Generator().manual_seed(0)
+    d = 0.3 + 40 * torch.rand(H, W, generator=g)
+    d[0, 0], d[1, 1], d[2, 2], d[3, 3] = float("nan"), float("inf"), 0.0, -1.0
+    return d
+
+
+def test_npy_round_trip(tmp_path):
+    d = _depth_with_holes()
+    np.save(tmp_path / "d.npy", d.numpy())
+    loaded = load_depth_file(tmp_path / "d.npy")
+    assert loaded.dtype == torch.float32 and loaded.shape == (H, W)
+    invalid = torch.zeros(H, W, dtype=torch.bool)
+    invalid[0, 0] = invalid[1, 1] = invalid[2, 2] = invalid[3, 3] = True
+    assert torch.equal(torch.isnan(loaded), invalid)
+    assert torch.equal(loaded[~invalid], d[~invalid])
+
+
+def test_png16_round_trip_mm(tmp_path):
+    d = _depth_with_holes()
+    save_depth_png16(d, tmp_path / "d.png")
+    with Image.open(tmp_path / "d.png") as im:
+        assert im.mode.startswith("I;16")
+        raw = np.array(im)
+    assert raw[0, 0] == raw[1, 1] == raw[2, 2] == raw[3, 3] == 0  # invalid -> 0
+    loaded = load_depth_file(tmp_path / "d.png")
+    invalid = torch.isnan(loaded)
+    assert invalid.sum() == 4 and invalid[0, 0] and invalid[3, 3]
+    assert (loaded[~invalid] - d[~invalid]).abs().max() <= 0.0005 + 1e-6  # within half a millimetre
+    save_depth_png16(loaded, tmp_path / "again.png")  # a second round trip is exact
+    torch.testing.assert_close(load_depth_file(tmp_path / "again.png"), loaded, equal_nan=True, rtol=0, atol=0)
+
+
+def test_depth_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        load_depth_file(tmp_path / "missing.npy")
+    (tmp_path / "d.txt").write_text("1 2 3")
+    with pytest.raises(ValueError, match="unsupported depth file extension '.txt'"):
+        load_depth_file(tmp_path / "d.txt")
+    np.save(tmp_path / "3d.npy", np.ones((2, H, W), np.float32))
+    with pytest.raises(ValueError, match=r"2-D \[H, W\], got shape \(2, 24, 40\)"):
+        load_depth_file(tmp_path / "3d.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((H, W), np.float32))
+    with pytest.raises(ValueError, match="no valid pixel"):
+        load_depth_file(tmp_path / "empty.npy")
+    Image.fromarray(np.full((H, W), 7, np.uint8)).save(tmp_path / "8bit.png")
+    with pytest.raises(ValueError, match="8-bit"):
+        load_depth_file(tmp_path / "8bit.png")
+    Image.fromarray(np.full((H, W, 3), 7, np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="'RGB' PNG"):
+        load_depth_file(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="65.535"):
+        save_depth_png16(torch.full((H, W), 100.0), tmp_path / "far.png")
+    with pytest.raises(ValueError, match=".png"):
+        save_depth_png16(torch.ones(H, W), tmp_path / "d.jpg")
+
+
+def test_file_depth_sizes_and_intrinsics(tmp_path):
+    d = _depth_with_holes()
+    np.save(tmp_path / "d.npy", d.numpy())
+    est = FileDepth(tmp_path / "d.npy", fov_x_deg=70.0).estimate(_image())
+    assert est.source == "file" and torch.equal(torch.isnan(est.depth), ~(torch.isfinite(d) & (d > 0)))
+    torch.testing.assert_close(est.K, intrinsics_from_fov(W, H, 70.0))
+    # Size mismatch names both sizes; resize=True upsamples 2x with nearest (holes stay 2x2 NaN blocks).
+    small = FileDepth(d, K=_K(30.0))
+    with pytest.raises(ValueError, match=r"40x24 \(WxH\) but the image is 80x48.*resize=True"):
+        small.estimate(_image(h=2 * H, w=2 * W))
+    big = FileDepth(d, K=_K(30.0), resize=True).estimate(_image(h=2 * H, w=2 * W))
+    expected = d.repeat_interleave(2, 0).repeat_interleave(2, 1)  # [2H, 2W]
+    expected = torch.where(torch.isfinite(expected) & (expected > 0), expected, torch.tensor(float("nan")))
+    torch.testing.assert_close(big.depth, expected, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(big.K, _K(60.0, w=2 * W, h=2 * H))
+    with pytest.raises(ValueError, match=r"40x24 \(WxH\) but the image is 40x40"):
+        FileDepth(d, K=_K(), resize=True).estimate(_image(h=W, w=W))  # aspect differs by 40%
+    # Intrinsics errors.
+    with pytest.raises(ValueError, match="not both"):
+        FileDepth(d, fov_x_deg=60.0, K=_K())
+    with pytest.raises(ValueError, match="no intrinsics"):
+        FileDepth(d).estimate(_image())
+    torch.testing.assert_close(FileDepth(d).estimate(_image(), _K(33.0)).K, _K(33.0))
+    with pytest.raises(ValueError, match="disagrees"):
+        FileDepth(d, K=_K(30.0)).estimate(_image(), _K(31.0))
+    with pytest.raises(ValueError, match="no valid pixel"):
+        FileDepth(torch.zeros(H, W), K=_K())
+
+
+def test_ground_truth_depth():
+    d = _depth_with_holes()
+    est = GroundTruthDepth(d, _K(25.0)).estimate(_image())
+    assert est.source == "ground-truth"
+    torch.testing.assert_close(est.K, _K(25.0))
+    assert torch.isnan(est.depth).sum() == 4 and torch.equal(est.depth[5:], d[5:])
+    with pytest.raises(ValueError, match="40x24 \\(WxH\\) but the image is 40x25"):
+        GroundTruthDepth(d, _K()).estimate(_image(h=25))
+    with pytest.raises(ValueError, match="disagrees"):
+        GroundTruthDepth(d, _K(25.0)).estimate(_image(), _K(26.0))
+
+
+# ----------------------------------------------------------------------------- planar prior
+def test_planar_prior_geometry():
+    near, far, fov = 1.5, 8.0, 60.0
+    prior = PlanarPriorBackend(fov_x_deg=fov, near=near, far=far)
+    assert "placeholder" in prior.name and "not" in prior.name and not prior.needs_weights
+    h, w = 48, 64
+    est = prior.estimate(_image(h=h, w=w))
+    assert est.source == "planar-prior" and est.depth.shape == (h, w)
+    assert torch.isfinite(est.depth).all() and (est.depth > 0).all()
+    assert torch.equal(est.depth, prior.estimate(_image(1, h=h, w=w)).depth)  # deterministic, image-independent
+    K = intrinsics_from_fov(w, h, fov)
+    torch.testing.assert_close(est.K, K)
+    fy, cy = float(K[1, 1]), float(K[1, 2])
+    col = est.depth[:, 0].double()  # [h]
+    assert (est.depth == est.depth[:, :1]).all()  # same in every column
+    assert (col[:-1] >= col[1:]).all()  # grows toward the top
+    assert (col[: h // 2] == far).all()  # rows at or above the horizon see the wall
+    slope = (torch.arange(h, dtype=torch.float64) + 0.5 - cy) / fy  # [h]
+    ground = col < far
+    assert ground.sum() > 5
+    height = near * (h - cy) / fy
+    ground_y = col[ground] * slope[ground]  # [n_ground] camera-space y of each ground row: the camera height
+    torch.testing.assert_close(ground_y, torch.full_like(ground_y, height), rtol=1e-5, atol=0)
+    torch.testing.assert_close(col[-1].item(), near * (h - cy) / (h - 0.5 - cy), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="near < far"):
+        PlanarPriorBackend(near=5.0, far=2.0)
+
+
+# ----------------------------------------------------------------------------- align_scale
+def test_align_scale_robust_to_outliers_and_holes():
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    depth = 0.5 + 10 * torch.rand(n, n, generator=g)
+    reference = 2.5 * depth * torch.exp(0.05 * torch.randn(n, n, generator=g))  # 5% inlier noise
+    outliers = torch.rand(n, n, generator=g) < 0.2
+    reference[outliers] *= torch.exp(0.3 + 1.7 * torch.rand(int(outliers.sum()), generator=g))  # one-sided, far off
+    depth[torch.rand(n, n, generator=g) < 0.1] = float("nan")
+    reference[torch.rand(n, n, generator=g) < 0.1] = 0.0
+    s = align_scale(depth, reference)
+    assert abs(s / 2.5 - 1) < 0.01
+    both = torch.isfinite(depth) & (reference > 0)
+    log_ratio = reference[both].log() - depth[both].log()  # [n_valid]
+    assert abs(math.exp(float(log_ratio.mean())) / 2.5 - 1) > 0.05  # the outliers bias a plain mean...
+    assert abs(math.exp(float(log_ratio.median())) / 2.5 - 1) > 0.01  # ...and a plain median, so rejection is needed
+    assert align_scale(depth.double(), 3 * depth.double()) == pytest.approx(3.0, rel=1e-12)
+
+
+def test_align_scale_mask_and_errors():
+    depth = torch.linspace(1, 5, 400).reshape(20, 20)
+    reference = 2.5 * depth
+    reference[:, 8:] = 7.0 * depth[:, 8:]  # 60% of pixels at another scale, masked out below
+    mask = torch.zeros(20, 20, dtype=torch.bool)
+    mask[:, :8] = True
+    assert align_scale(depth, reference, mask) == pytest.approx(2.5, rel=1e-6)
+    few = torch.full((20, 20), float("nan"))
+    few[0, :5] = 1.0
+    with pytest.raises(ValueError, match="got 5"):
+        align_scale(few, reference)
+    with pytest.raises(ValueError, match="one shape"):
+        align_scale(depth, reference[:10])
+    with pytest.raises(ValueError, match="mask must be bool"):
+        align_scale(depth, reference, mask.float())
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry():
+    assert set(DEPTH_SOURCES) == {"depth-pro", "depth-anything-v2-metric", "planar-prior"}
+    assert DEPTH_SOURCES["depth-pro"].default_weights == "apple/DepthPro-hf"
+    assert any("Outdoor" in w for w in DEPTH_SOURCES["depth-anything-v2-metric"].other_weights)
+    prior = make_depth_backend("planar-prior", fov_x_deg=70.0, far=12.0)
+    assert isinstance(prior, PlanarPriorBackend) and prior.far == 12.0
+    frames = torch.stack([_image(s) for s in range(2)], dim=1)  # [3, 2, H, W]
+    expected = prior.estimate(_image(), _K()).depth.expand(2, H, W)  # [2, H, W]
+    torch.testing.assert_close(estimate_frames(prior, frames, _K()), expected)
+    with pytest.raises(ValueError, match="unknown depth source 'midas'"):
+        make_depth_backend("midas")
+    with pytest.raises(ValueError, match="unknown depth source"):
+        weights_available("midas")

@@ -89,7 +89,8 @@ def main() -> None:
         cache_cams = path[:k]
         chunk_cams: Cameras = path[n_cache - T // 2 : n_cache - T // 2 + T] if n_cache >= T else path[total - T :]
         rgb, depth = scene.render(cache_cams.to(device))  # [k, 3, H, W], [k, H, W]
-        latents = torch.randn(C, k, h, w, device=device, dtype=dtype)
+        # tokens are cached in bf16 as in the paper (xyz fp32 + 48 bf16), whatever the VAE computes in
+        latents = torch.randn(C, k, h, w, device=device, dtype=torch.bfloat16)
 
         lat_mem = LatentSpatialMemory(spatial_stride=s, temporal_stride=codec.temporal_stride, device=device)
         lat_mem.initialize(latents[:, 0], depth[0], cache_cams.camera(0))
@@ -103,7 +104,7 @@ def main() -> None:
         t_lat_view, _ = timed(lambda: lat_mem.read_views(chunk_cams[:1]), device, 3, reps)
         # RGB: one full read (rasterize + encode), stages timed inside the memory (synchronised)
         rgb_reps = max(1, reps // 4)
-        t_rgb, r_rgb = timed(lambda: rgb_mem.read(chunk_cams), device, 1, rgb_reps)
+        t_rgb, r_rgb = timed(lambda: rgb_mem.read(chunk_cams), device, 1 if device.type == "cuda" else 0, rgb_reps)
         stages = [rec for rec in rgb_mem.timings.history if rec["call"] == "read"][-rgb_reps:]
         t_rast = statistics.median(rec["rasterize"] for rec in stages)
         t_enc = statistics.median(rec["encode"] for rec in stages)

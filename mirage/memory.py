@@ -458,6 +458,7 @@ class RGBPointCloudMemory(_PointMemory):
             surface_tolerance=self.surface_tolerance,
         )
         rgb = self.colors[out.index.clamp(min=0).reshape(-1)].view(len(cameras), H, W, 3) if self.num_points else torch.zeros(len(cameras), H, W, 3, dtype=torch.uint8, device=self.device)
+        self._last_depth = out.depth  # [V, H, W], kept for read() to report the readout depth
         img = rgb.float() / 127.5 - 1.0  # [V, H, W, 3]
         img = torch.where(out.mask.unsqueeze(-1), img, self.hole_value)
         return img.permute(3, 0, 1, 2).contiguous(), out.mask  # [V, H, W, 3] -> [3, V, H, W]
@@ -474,4 +475,8 @@ class RGBPointCloudMemory(_PointMemory):
             s, ts = self.codec.spatial_stride, self.codec.temporal_stride
             seen = F.avg_pool2d(pixel_mask[::ts].float()[:, None], s)[:, 0]  # [F, h, w] share of seen pixels
             mask = seen >= self.visible_fraction
-        return MemoryReadout(latents=latents, mask=mask.to(latents.device), renders=renders, pixel_mask=pixel_mask, timings=dict(rec))
+            depth = downsample_depth(self._last_depth[::ts], s)  # [F, h, w] rendered depth on the latent grid
+        return MemoryReadout(
+            latents=latents, mask=mask.to(latents.device), depth=torch.where(mask, depth, torch.nan).to(latents.device),
+            renders=renders, pixel_mask=pixel_mask, timings=dict(rec),
+        )

@@ -178,6 +178,11 @@ def test_rgb_memory_renders_source_exactly_and_reads_chunks():
     assert out.latents.shape == (3, 2, h, w) and out.renders.shape == (3, 5, H, W)
     assert out.mask.shape == (2, h, w) and not out.mask[:, 0].any() and out.mask[:, 2:].all()
     assert set(out.timings) == {"rasterize", "encode"}
+    assert torch.isnan(out.depth[:, 0]).all()  # the top cells are sky in both latent frames
+    from mirage.geometry import downsample_depth
+
+    expected = downsample_depth(depth, 16)  # the source view's depth on the latent grid
+    assert torch.allclose(out.depth[:, out.mask[0]], expected[out.mask[0]].expand(2, -1))
     with pytest.raises(ValueError, match="does not match"):
         RGBPointCloudMemory(_PatchMeanCodec()).initialize(image, depth[:, :100], src)
 

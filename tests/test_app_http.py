@@ -1,0 +1,207 @@
+"""The app through its real HTTP interface: ``python app.py`` in a subprocess (offline mode, free port),
+driven with ``gradio_client`` through the named endpoints."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from mirage.paths import KEYFRAME_COLUMNS  # noqa: E402
+from mirage.video import read_video  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ("motorcycle", "auto", 256)  # name, depth source, working size (long side)
+PATH_CTL = ("orbit_left", 20, 33, "latent")  # preset, amount, frames, colour
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_app(tmp: Path, args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """Start ``python app.py`` offline; return (process, base url) once it serves its page."""
+    port = int(env.get("GRADIO_SERVER_PORT") or free_port())
+    if "--port" not in args and "GRADIO_SERVER_PORT" not in env:
+        args = [*args, "--port", str(port)]
+    full_env = {
+        **os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "MIRAGE_OFFLINE": "1",
+        "MIRAGE_APP_TMP": str(tmp / "sessions"), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "NO_PROXY": "127.0.0.1,localhost",
+        **env,
+    }  # fmt: skip
+    log = open(tmp / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{(tmp / 'app.log').read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"app.py did not serve {url} within 120 s:\n{(tmp / 'app.log').read_text()}")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app_http")
+    port = free_port()  # through gradio's own environment variables, as a Space would set them
+    proc, url = launch_app(tmp, [], {"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)})
+    yield url, tmp
+    stop_app(proc)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app[0], verbose=False)
+
+
+def array(v) -> np.ndarray:
+    """A plotly JSON array: a list, or numpy data as ``{"dtype", "bdata"}`` (base64)."""
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.asarray(v)
+
+
+def plot_json(value) -> dict:
+    assert value["type"] == "plotly"
+    return json.loads(value["plot"])
+
+
+def test_page_and_named_endpoints(app, client):
+    with urllib.request.urlopen(app[0], timeout=10) as r:
+        html = r.read().decode()
+    assert "Mirage" in html
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    expected = {"/load_example", "/load_image", "/preset_path", "/stroke_path", "/keyframe_path", "/import_path", "/export_path", "/run"}
+    assert expected <= set(api)
+
+
+def test_example_preset_run(client):
+    editor, summary, plot, table, status = client.predict(*EXAMPLE, *PATH_CTL, api_name="/load_example")
+    assert Path(editor["background"]).is_file() and "ground truth" in summary and status.startswith("Loaded")
+    fig = plot_json(plot)
+    assert fig["data"][0]["name"] == "points" and any("frusta (33)" in t.get("name", "") for t in fig["data"])
+    assert table["headers"] == list(KEYFRAME_COLUMNS) and len(table["data"]) == 3
+
+    summary, plot, status = client.predict("orbit_right", 15, 65, "image", api_name="/preset_path")
+    assert "65 frames" in status and any("frusta (65)" in t.get("name", "") for t in plot_json(plot)["data"])
+
+    out = client.predict(0, 20, "", "latent", api_name="/run")
+    latent, rgb, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = out
+    for path in (latent, rgb, latent_mask, rgb_mask):
+        assert read_video(path).shape == (3, 65, 128, 256)
+    assert read_video(side).shape[1:3] == (65, 128)
+    stages = {t["name"] for t in plot_json(timing)["data"]}
+    assert {"project", "rasterize", "encode", "decode", "update"} <= stages
+    size_traces = plot_json(sizes)["data"]
+    assert len(size_traces) == 2 and all(len(array(t["y"])) == 3 for t in size_traces)
+    assert len(plot_json(growth)["layout"]["sliders"][0]["steps"]) == 3
+    names = {Path(p).name for p in downloads}
+    assert {"latent_cache.ply", "latent_cache.safetensors", "camera_path_re10k.txt", "camera_path_transforms.json",
+            "camera_path_mirage.json", "side_by_side_readout.mp4"} <= names  # fmt: skip
+    assert "readout preview" in caption
+
+
+def _stroke_layer(path: Path, H: int, W: int) -> Path:
+    layer = np.zeros((H, W, 4), np.uint8)  # [H, W, RGBA]
+    v = H // 2
+    layer[v - 3 : v + 3, W // 2 : W - 30] = (255, 45, 45, 255)  # centre -> right
+    PIL.Image.fromarray(layer, "RGBA").save(path)
+    return path
+
+
+def test_stroke_keyframes_export_import(client, tmp_path):
+    editor, *_ = client.predict(*EXAMPLE, *PATH_CTL, api_name="/load_example")
+    W, H = PIL.Image.open(editor["background"]).size
+    layer = _stroke_layer(tmp_path / "layer.png", H, W)
+    value = {"background": handle_file(editor["background"]), "layers": [handle_file(layer)], "composite": None, "id": None}
+    _, plot, status = client.predict(value, 33, 0.5, "source", "latent", api_name="/stroke_path")
+    assert status.startswith("Path set: stroke")
+    traj = next(t for t in plot_json(plot)["data"] if t.get("name") == "trajectory")
+    assert array(traj["x"])[-1] > 0.05  # the camera travels right along the stroke
+
+    rows = [[0, 0, 0, 0, 0, 0, 40], [0.2, 0, 0.2, 5, 0, 0, 40]]
+    _, _, status = client.predict({"headers": list(KEYFRAME_COLUMNS), "data": rows}, 33, "latent", api_name="/keyframe_path")
+    assert "2 keyframes" in status
+
+    files = client.predict(api_name="/export_path")
+    assert sorted(Path(f).suffix for f in files) == [".json", ".json", ".txt"]
+    mirage_json = next(f for f in files if f.endswith("_mirage.json"))
+    _, _, status = client.predict(handle_file(mirage_json), 33, "latent", api_name="/import_path")
+    assert "imported" in status and "33 frames" in status
+
+
+def test_bad_inputs_return_errors_and_the_app_keeps_serving(app, tmp_path):
+    a, b = Client(app[0], verbose=False), Client(app[0], verbose=False)  # two sessions
+    with pytest.raises(AppError, match="no scene yet"):
+        a.predict(*PATH_CTL, api_name="/preset_path")
+    b.predict(*EXAMPLE, "truck_right", None, 33, "latent", api_name="/load_example")
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    image = tmp_path / "photo.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)).save(image)
+    np.save(tmp_path / "square.npy", np.ones((40, 40), np.float32))
+    np.save(tmp_path / "nan.npy", np.full((90, 160), np.nan, np.float32))
+    bad_path = tmp_path / "path.txt"
+    bad_path.write_text("https://example.com\n0 0.5 0.9 0.5 0.5 0 0 1 0 0\n")
+
+    def upload(img, depth, choice="auto"):
+        return a.predict(handle_file(img), None if depth is None else handle_file(depth), choice, 60, 256, *PATH_CTL,
+                         api_name="/load_image")  # fmt: skip
+
+    fake = tmp_path / "fake.png"
+    fake.write_text("text with an image extension")
+    with pytest.raises(AppError, match=r"not an image file.*fake\.png"):
+        upload(fake, None)
+    with pytest.raises(AppError, match="Invalid file type"):  # gradio's own check of the extension
+        upload(notes, None)
+    with pytest.raises(AppError, match=r"depth map is 40x40 \(WxH\) but the image is 160x90"):
+        upload(image, tmp_path / "square.npy", "upload")
+    with pytest.raises(AppError, match="no valid pixel"):
+        upload(image, tmp_path / "nan.npy", "upload")
+    _, summary, *_ = upload(image, None, "planar-prior")  # a good upload in session a
+    assert "planar prior" in summary
+    with pytest.raises(AppError, match=r"path\.txt: line 2"):
+        a.predict(handle_file(bad_path), 33, "latent", api_name="/import_path")
+    with pytest.raises(AppError, match="the camera would go through the scene"):
+        a.predict("dolly_in", 3.0, 33, "latent", api_name="/preset_path")
+    with pytest.raises(AppError, match="too many frames: 401"):
+        a.predict("orbit_left", 20, 401, "latent", api_name="/preset_path")
+
+    # session a still has its last good path; session b was never disturbed
+    _, _, status = a.predict("pan_left", 10, 33, "latent", api_name="/preset_path")
+    assert status.startswith("Path set: preset pan_left")
+    summary, _, status = b.predict("orbit_left", 10, 33, "latent", api_name="/preset_path")
+    assert "motorcycle" in summary and "ground truth" in summary
+    out = b.predict(0, 20, "", "latent", api_name="/run")
+    assert read_video(out[0]).shape == (3, 33, 128, 256)

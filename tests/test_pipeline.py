@@ -1,0 +1,327 @@
+"""MiragePipeline on CPU with the real diffusers/transformers classes at tiny sizes, random weights.
+
+The video model is a 2-layer ``WanTransformer3DModel`` and a narrow Wan2.2-style ``AutoencoderKLWan``
+(48 latent channels, patch size 2, residual, stride 16); the input image is the synthetic room at
+96x64 (latent grid 6x4, tokens 3x2) with its exact depth, later depth comes from the weight-free
+``PlanarPriorBackend``. Videos have 17 frames in two chunks of 9 (3 latent frames each).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+
+from mirage.cameras import Cameras
+from mirage.codecs import WanVAECodec
+from mirage.depth import PlanarPriorBackend
+from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory
+from mirage.paths import make_preset_path
+from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline, chunk_ranges, token_visible
+from mirage.synthetic import default_camera, default_scene
+
+H, W, T, CHUNK, STEPS, TEXT_DIM = 64, 96, 17, 9, 3, 32
+TINY_VAE = {"base_dim": 4, "decoder_base_dim": 4, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1}
+
+
+def tiny_transformer(text_dim: int = TEXT_DIM) -> WanTransformer3DModel:
+    torch.manual_seed(0)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
+        text_dim=text_dim, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def pipe() -> MiragePipeline:
+    torch.set_num_threads(2)
+    vae = WanVAECodec.from_config(TINY_VAE, seed=0).vae
+    scheduler = UniPCMultistepScheduler(**WAN_UNIPC_CONFIG)
+    return MiragePipeline(tiny_transformer(), vae, scheduler, depth_backend=PlanarPriorBackend())
+
+
+@pytest.fixture(scope="module")
+def scene():
+    cam = default_camera(W, H)
+    rgb, depth = default_scene().render(cam)  # [1, 3, H, W], [1, H, W]
+    path = make_preset_path("pan_left", cam, num_frames=T, amount=30.0, scene_depth=float(depth.median()))
+    embeds = torch.randn(1, 8, TEXT_DIM, generator=torch.Generator().manual_seed(0))  # [1, L, D]
+    return rgb[0], depth[0], path, embeds
+
+
+class Recorder:
+    """Keeps the transformer's inputs (hidden_states, timestep) of every call."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.inputs.append((kwargs["hidden_states"].detach().clone(), kwargs["timestep"].detach().clone()))
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def generate(pipe, scene, record: bool = False, **kwargs):
+    image, depth, path, embeds = scene
+    args = dict(
+        prompt_embeds=embeds, num_frames=T, chunk_frames=CHUNK, num_inference_steps=STEPS, image_depth=depth,
+        generator=torch.Generator().manual_seed(0),
+    )
+    args.update(kwargs)
+    rec = Recorder(pipe.transformer) if record else None
+    try:
+        out = pipe(image, path, **args)
+    finally:
+        if rec is not None:
+            rec.remove()
+    return (out, rec) if record else out
+
+
+@pytest.fixture(scope="module")
+def replace_run(pipe, scene):
+    return generate(pipe, scene, record=True, memory="latent", memory_mode="replace", memory_strength=1.0)
+
+
+@pytest.fixture(scope="module")
+def context_run(pipe, scene):
+    return generate(pipe, scene, record=True, memory="latent", memory_mode="context", memory_strength=1.0)
+
+
+@pytest.fixture(scope="module")
+def rgb_run(pipe, scene):
+    return generate(pipe, scene, memory="rgb", memory_mode="replace", memory_strength=1.0)
+
+
+def later_frames(mask: torch.Tensor) -> torch.Tensor:  # [F, h, w] -> [F, h, w] with frame 0 cleared
+    mask = mask.clone()
+    mask[0] = False
+    return mask
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def test_chunk_ranges_follow_the_paper_and_allow_a_short_last_chunk():
+    assert chunk_ranges(33) == [(0, 33)]
+    assert chunk_ranges(65) == [(0, 33), (32, 65)]
+    assert chunk_ranges(97) == [(0, 33), (32, 65), (64, 97)]
+    assert chunk_ranges(41) == [(0, 33), (32, 41)]  # last chunk 9 = 4*2+1 frames
+    assert chunk_ranges(17, 9) == [(0, 9), (8, 17)]
+    assert chunk_ranges(5, 9) == [(0, 5)]
+    with pytest.raises(ValueError, match="64"):
+        chunk_ranges(64)
+    with pytest.raises(ValueError, match="N >= 1"):
+        chunk_ranges(9, 1)
+
+
+def test_token_visible_needs_all_four_cells():
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :2, :2] = True  # token (0, 0) complete
+    mask[0, 2:, 2:] = True
+    mask[0, 3, 3] = False  # token (1, 1) misses one cell
+    mask[0, 0, 2] = True  # token (0, 1) has one cell
+    expected = torch.zeros(1, 4, 4, dtype=torch.bool)
+    expected[0, :2, :2] = True
+    assert torch.equal(token_visible(mask), expected)
+
+
+# ----------------------------------------------------------------------------- the loop
+def test_two_chunks_give_the_right_frames_and_shapes(replace_run):
+    out, rec = replace_run
+    assert out.video.shape == (3, T, H, W) and out.video.dtype == torch.float32
+    assert out.video.min() >= -1 and out.video.max() <= 1
+    assert out.frame_ranges == [(0, 9), (8, 17)]
+    assert [tuple(z.shape) for z in out.latents] == [(48, 3, 4, 6)] * 2
+    assert [tuple(r.mask.shape) for r in out.readouts] == [(3, 4, 6)] * 2
+    assert [tuple(r.latents.shape) for r in out.readouts] == [(48, 3, 4, 6)] * 2
+    assert len(rec.inputs) == 2 * STEPS  # one transformer call per step (CFG off)
+    assert len(out.chunk_timings) == len(out.peak_memory_bytes) == len(out.cache_bytes) == 2
+    for c, timing in enumerate(out.chunk_timings):
+        stages = {"readout", "project", "denoise", "decode", "depth", "update", "total"} | ({"prompt", "init"} if c == 0 else set())
+        assert set(timing) == stages
+        assert all(v >= 0 for v in timing.values())
+    assert out.peak_memory_bytes == [0, 0]  # CPU
+
+
+def test_same_seed_same_video(pipe, scene, replace_run):
+    again = generate(pipe, scene, memory="latent", memory_mode="replace", memory_strength=1.0)
+    assert torch.equal(again.video, replace_run[0].video)
+    other = generate(pipe, scene, memory="latent", memory_mode="replace", memory_strength=1.0,
+                     generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(other.video, replace_run[0].video)
+
+
+def test_replace_mode_final_latent_equals_readout_on_visible_cells_only(replace_run):
+    out, _ = replace_run
+    for latents, readout in zip(out.latents, out.readouts):
+        visible = later_frames(readout.mask)  # [F, h, w]
+        hidden = later_frames(~readout.mask)
+        assert visible.any() and hidden.any()
+        assert torch.equal(latents[:, visible], readout.latents[:, visible].float())
+        differs = (latents[:, hidden] != readout.latents[:, hidden].float()).any(dim=0)  # [n_hidden]
+        assert differs.all()
+
+
+def test_replace_mode_feeds_the_readout_noised_with_one_fixed_eps(pipe, replace_run):
+    out, rec = replace_run
+    sigmas = pipe.scheduler.sigmas.tolist()  # the same schedule for every chunk
+    for c, readout in enumerate(out.readouts):
+        calls = rec.inputs[c * STEPS : (c + 1) * STEPS]
+        visible = later_frames(readout.mask)
+        r = readout.latents.float()[:, visible]  # [C, n]
+        eps = [(x[0][:, visible] - (1 - s) * r) / s for (x, _), s in zip(calls, sigmas)]  # [C, n] per step
+        for e in eps[1:]:
+            torch.testing.assert_close(e, eps[0], rtol=1e-4, atol=1e-4)
+        # frame 0 is the clean pinned latent with timestep 0, every other token gets t (replace mode)
+        pinned = out.latents[0][:, 0] if c == 0 else out.latents[c - 1][:, -1]  # [C, h, w]
+        tokens_per_frame = (H // 32) * (W // 32)
+        for (x, t), step_t in zip(calls, pipe.scheduler.timesteps):
+            assert torch.equal(x[0, :, 0], pinned)
+            assert t.shape == (1, 3 * tokens_per_frame)
+            assert torch.equal(t[0, :tokens_per_frame], torch.zeros(tokens_per_frame))
+            assert torch.equal(t[0, tokens_per_frame:], torch.full((2 * tokens_per_frame,), float(step_t)))
+
+
+def test_context_mode_gives_visible_tokens_clean_with_timestep_zero(pipe, context_run):
+    out, rec = context_run
+    for c, (latents, readout) in enumerate(zip(out.latents, out.readouts)):
+        cells = later_frames(token_visible(readout.mask))  # [F, h, w] cells of fully visible tokens
+        assert cells.any() and (later_frames(readout.mask) & ~cells).any()  # some visible cells are in partial tokens
+        tokens = cells[:, ::2, ::2].reshape(-1)  # [F * h/2 * w/2]
+        tokens[: (H // 32) * (W // 32)] = True  # frame 0
+        for x, t in rec.inputs[c * STEPS : (c + 1) * STEPS]:
+            assert torch.equal(x[0][:, cells], readout.latents[:, cells].float())
+            assert torch.equal(t[0] == 0, tokens)
+        assert torch.equal(latents[:, cells], readout.latents[:, cells].float())
+
+
+def test_memory_strength_imposes_the_readout_only_during_the_first_steps(pipe, scene):
+    out, rec = generate(pipe, scene, record=True, memory="latent", memory_strength=2 / 3)  # 2 of 3 steps
+    sigmas = pipe.scheduler.sigmas.tolist()
+    latents, readout = out.latents[1], out.readouts[1]
+    visible = later_frames(readout.mask)
+    r = readout.latents.float()[:, visible]  # [C, n]
+    inputs = [x[0][:, visible] for x, _ in rec.inputs[STEPS:]]  # chunk 1, [C, n] per step
+    eps = (inputs[0] - (1 - sigmas[0]) * r) / sigmas[0]
+    torch.testing.assert_close(inputs[1], (1 - sigmas[1]) * r + sigmas[1] * eps, rtol=1e-4, atol=1e-4)
+    off_path = (inputs[2] - ((1 - sigmas[2]) * r + sigmas[2] * eps)).abs().amax(dim=0)  # [n]
+    assert (off_path > 1e-3).all()  # released: the model's own trajectory
+    assert (latents[:, visible] != r).any(dim=0).all()
+
+
+def test_later_chunks_start_from_the_previous_last_latent(replace_run, rgb_run):
+    for out in (replace_run[0], rgb_run):
+        assert torch.equal(out.latents[1][:, 0], out.latents[0][:, -1])
+
+
+def test_memory_grows_after_each_chunk(replace_run):
+    out, _ = replace_run
+    sizes = [entry["num_points"] for entry in out.memory.size_history]
+    assert [entry["step"] for entry in out.memory.size_history] == ["initialize", "update", "update"]
+    assert sizes[0] == 4 * 6  # the image latent: every cell has valid ground-truth depth
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert out.cache_bytes[0] < out.cache_bytes[1]
+    assert out.cache_bytes[-1] == out.memory.nbytes
+    assert isinstance(out.memory, LatentSpatialMemory)
+
+
+def test_rgb_memory_runs_through_the_same_loop(rgb_run):
+    out = rgb_run
+    assert isinstance(out.memory, RGBPointCloudMemory)
+    assert out.video.shape == (3, T, H, W)
+    sizes = [entry["num_points"] for entry in out.memory.size_history]
+    assert sizes[0] == H * W and sizes[0] < sizes[1] < sizes[2]
+    for timing, readout, latents in zip(out.chunk_timings, out.readouts, out.latents):
+        assert {"rasterize", "encode", "readout"} <= set(timing)
+        assert readout.renders.shape == (3, CHUNK, H, W)
+        visible = later_frames(readout.mask)
+        assert visible.any()
+        assert torch.equal(latents[:, visible], readout.latents[:, visible].float())
+
+
+def test_a_passed_memory_instance_is_initialized_and_returned(pipe, scene):
+    memory = LatentSpatialMemory()
+    out = generate(pipe, scene, memory=memory, num_frames=9)
+    assert out.memory is memory and memory.num_points > 0
+    assert out.video.shape == (3, 9, H, W) and len(out.latents) == 1
+
+
+def test_guidance_calls_the_transformer_twice_per_step(pipe, scene):
+    negative = torch.zeros(1, 8, TEXT_DIM)
+    out, rec = generate(pipe, scene, record=True, num_frames=9, guidance_scale=3.0, negative_prompt_embeds=negative)
+    assert len(rec.inputs) == 2 * STEPS and out.video.shape == (3, 9, H, W)
+    for (x_cond, t_cond), (x_uncond, t_uncond) in zip(rec.inputs[::2], rec.inputs[1::2]):
+        assert torch.equal(x_cond, x_uncond) and torch.equal(t_cond, t_uncond)
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_frames": 16}, "4N\\+1"),
+        ({"chunk_frames": 8}, "4N\\+1"),
+        ({"chunk_frames": 1}, "N >= 1"),
+        ({"num_frames": 1}, "N >= 1, got 1 and 9"),
+        ({"num_frames": 21}, "shorter than the video's num_frames=21"),
+        ({"memory_strength": 1.5}, "memory_strength must be in \\[0, 1\\], got 1.5"),
+        ({"memory_mode": "blend"}, "'blend'"),
+        ({"memory": "voxels"}, "'voxels'"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"prompt_embeds": torch.zeros(1, 8, 7)}, "\\[1, L, 32\\]"),
+        ({"image_depth": torch.ones(32, 32)}, "image_depth"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(pipe, scene, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(pipe, scene, **kwargs)
+
+
+def test_sizes_not_divisible_by_32_raise(pipe, scene):
+    _, _, _, embeds = scene
+    cam = default_camera(96, 48)
+    path = Cameras(cam.K[None].expand(9, 3, 3), torch.eye(4).expand(9, 4, 4), 96, 48)
+    with pytest.raises(ValueError, match="divisible by 32.*48x96"):
+        pipe(torch.zeros(3, 48, 96), path, prompt_embeds=embeds, num_frames=9)
+
+
+def test_prompt_and_embeds_are_exclusive(pipe, scene):
+    image, _, path, embeds = scene
+    with pytest.raises(ValueError, match="exactly one of prompt and prompt_embeds"):
+        pipe(image, path, prompt="a room", prompt_embeds=embeds, num_frames=9)
+    with pytest.raises(ValueError, match="exactly one of prompt and prompt_embeds"):
+        pipe(image, path, num_frames=9)
+
+
+def test_from_pretrained_without_weights_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lacks the subfolders.*transformer"):
+        MiragePipeline.from_pretrained(str(tmp_path), depth_backend=None)
+    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model.*weights"):
+        MiragePipeline.from_pretrained("no-such-org/no-such-model", local_files_only=True, depth_backend=None)
+
+
+# ----------------------------------------------------------------------------- prompts
+def test_prompt_embeddings_are_computed_once_per_prompt(pipe):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "red": 4, "room": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    encoder = UMT5EncoderModel(
+        UMT5Config(vocab_size=6, d_model=TEXT_DIM, d_kv=8, d_ff=16, num_layers=1, num_heads=2, relative_attention_num_buckets=8)
+    ).eval()
+    calls = []
+    encoder.register_forward_pre_hook(lambda module, args: calls.append(1))
+    text_pipe = MiragePipeline(pipe.transformer, pipe.vae, pipe.scheduler, encoder, tokenizer, PlanarPriorBackend())
+    first = text_pipe.encode_prompt("a red room", max_sequence_length=8)
+    assert first.shape == (1, 8, TEXT_DIM)
+    assert first[0, :3].abs().sum(dim=-1).gt(0).all() and torch.equal(first[0, 3:], torch.zeros(5, TEXT_DIM))
+    assert text_pipe.encode_prompt("a red room", max_sequence_length=8) is first
+    assert len(calls) == 1
+    text_pipe.encode_prompt("a room", max_sequence_length=8)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="pass prompt_embeds"):
+        pipe.encode_prompt("a red room")

@@ -130,8 +130,9 @@ class Cameras:
             raise ValueError(f"K must be upper-triangular with positive focal lengths and K[2,2]=1, got {K.tolist()}")
         R = T[:, :3, :3].double()
         det = torch.linalg.det(R)  # [N]
-        orth = (R @ R.transpose(-1, -2) - torch.eye(3, dtype=R.dtype)).abs().amax(dim=(-1, -2))  # [N]
-        bad = ((det - 1).abs() > 1e-3) | (orth > 1e-3) | (T[:, 3, :].double() - torch.tensor([0, 0, 0, 1.0], dtype=torch.float64)).abs().amax(-1).gt(1e-6)
+        orth = (R @ R.transpose(-1, -2) - torch.eye(3, dtype=R.dtype, device=R.device)).abs().amax(dim=(-1, -2))  # [N]
+        last_row = torch.tensor([0, 0, 0, 1.0], dtype=torch.float64, device=R.device)
+        bad = ((det - 1).abs() > 1e-3) | (orth > 1e-3) | (T[:, 3, :].double() - last_row).abs().amax(-1).gt(1e-6)
         if bad.any():
             i = int(bad.nonzero()[0])
             raise ValueError(
@@ -143,6 +144,17 @@ class Cameras:
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
 
+    @classmethod
+    def _derived(cls, K: Tensor, cam_from_world: Tensor, width: int, height: int) -> "Cameras":
+        """Build from tensors derived from already validated cameras (slices, rescales, moves),
+        skipping the checks: reads of the memory create these on every call."""
+        out = object.__new__(cls)
+        object.__setattr__(out, "K", K)
+        object.__setattr__(out, "cam_from_world", cam_from_world)
+        object.__setattr__(out, "width", int(width))
+        object.__setattr__(out, "height", int(height))
+        return out
+
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
         return self.K.shape[0]
@@ -151,7 +163,10 @@ class Cameras:
         """Index or slice; always returns ``Cameras`` (an int keeps a leading axis of 1)."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
-        return Cameras(self.K[index], self.cam_from_world[index], self.width, self.height)
+        K, T = self.K[index], self.cam_from_world[index]
+        if K.dim() != 3:
+            raise IndexError(f"Cameras index must be an int, a slice or a 1-D index, got {index!r}")
+        return Cameras._derived(K, T, self.width, self.height)
 
     def camera(self, i: int) -> "Camera":
         return Camera(self.K[i], self.cam_from_world[i], self.width, self.height)
@@ -169,7 +184,11 @@ class Cameras:
         return self.K.device
 
     def to(self, device) -> "Cameras":
-        return Cameras(self.K.to(device), self.cam_from_world.to(device), self.width, self.height)
+        return Cameras._derived(self.K.to(device), self.cam_from_world.to(device), self.width, self.height)
+
+    def projection(self) -> Tensor:  # [N, 3, 4]
+        """Full projection ``K @ cam_from_world[:3]``: world points to ``(z u, z v, z)``."""
+        return self.K @ self.cam_from_world[:, :3, :]
 
     def rescaled(self, width: int, height: int) -> "Cameras":
         """Same cameras for an image resized to ``width x height`` (e.g. the latent grid).
@@ -178,8 +197,10 @@ class Cameras:
         ``s * (i + 1/2)`` in the original image, so ``K`` scales by ``width / self.width`` exactly.
         """
         sx, sy = width / self.width, height / self.height
-        S = torch.tensor([[sx, 0, 0], [0, sy, 0], [0, 0, 1.0]], dtype=self.K.dtype, device=self.K.device)
-        return Cameras(S @ self.K, self.cam_from_world, width, height)
+        if int(width) <= 0 or int(height) <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        S = torch.tensor([[sx, 0, 0], [0, sy, 0], [0, 0, 1.0]], dtype=self.K.dtype, device=self.K.device)  # [3, 3]
+        return Cameras._derived(S @ self.K, self.cam_from_world, width, height)
 
     @staticmethod
     def cat(items: "list[Cameras]") -> "Cameras":
@@ -188,7 +209,7 @@ class Cameras:
         sizes = {(c.width, c.height) for c in items}
         if len(sizes) != 1:
             raise ValueError(f"cannot concatenate cameras of different image sizes: {sorted(sizes)}")
-        return Cameras(
+        return Cameras._derived(
             torch.cat([c.K for c in items]), torch.cat([c.cam_from_world for c in items]), items[0].width, items[0].height
         )
 

@@ -298,6 +298,12 @@ class WanVAECodec:
 
     @property
     def device(self) -> torch.device:
+        """Where encode/decode run: the offload hook's execution device when model CPU offload is
+        on (the weights then rest on the CPU between calls), else where the weights are."""
+        hook = getattr(self.vae, "_hf_hook", None)
+        execution_device = getattr(hook, "execution_device", None)
+        if execution_device is not None:
+            return torch.device(execution_device)
         return next(self.vae.parameters()).device
 
     @property

@@ -78,11 +78,13 @@ def project_points(
     cam_from_world: Tensor,  # [V, 4, 4]
 ) -> tuple[Tensor, Tensor]:  # uv [V, N, 2] continuous coordinates, z [V, N] camera depth
     """Project world points into ``V`` cameras. Points with ``z <= 0`` get meaningless ``uv``."""
-    P = K.float() @ cam_from_world[:, :3, :].float()  # [V, 3, 4] full projection
-    proj = points.float() @ P[:, :, :3].transpose(1, 2) + P[:, None, :, 3]  # [V, N, 3] = (z u, z v, z)
+    return _project(points, K.float() @ cam_from_world[:, :3, :].float())
+
+
+def _project(points: Tensor, P: Tensor) -> tuple[Tensor, Tensor]:  # [N, 3], [V, 3, 4] -> [V, N, 2], [V, N]
+    proj = torch.baddbmm(P[:, None, :, 3], points.float().expand(P.shape[0], -1, -1), P[:, :, :3].transpose(1, 2))  # [V, N, 3]
     z = proj[..., 2]  # [V, N]
-    uv = proj[..., :2] / z.unsqueeze(-1)  # [V, N, 2]
-    return uv, z
+    return proj[..., :2] / z.unsqueeze(-1), z
 
 
 @dataclass
@@ -97,51 +99,48 @@ class SplatResult:
 
 def _splat_indices(
     points: Tensor,  # [N, 3]
-    K: Tensor,  # [V, 3, 3]
-    cam_from_world: Tensor,  # [V, 4, 4]
+    P: Tensor,  # [V, 3, 4] full projections K @ cam_from_world[:3]
     height: int,
     width: int,
     surface_tolerance: float,
     near: float,
-) -> tuple[Tensor, Tensor]:  # index [V, h, w] long (N where empty), zbuf [V, h, w]
-    V, N = K.shape[0], points.shape[0]
-    uv, z = project_points(points, K, cam_from_world)  # [V, N, 2], [V, N]
-    col = torch.floor(uv[..., 0])  # [V, N] nearest cell: the one containing the projection
-    row = torch.floor(uv[..., 1])  # [V, N]
-    inside = (z > near) & (col >= 0) & (col < width) & (row >= 0) & (row < height)  # [V, N]; NaN -> False
+) -> Tensor:  # [V, h, w] long, index of the shown point, N where empty
+    V, N = P.shape[0], points.shape[0]
+    uv, z = _project(points, P)  # [V, N, 2], [V, N]
+    cell = torch.floor(uv)  # [V, N, 2] nearest cell: the one containing the projection (NaN stays NaN)
+    size = torch.tensor([width, height], device=points.device, dtype=cell.dtype)
+    inside = (z > near) & ((cell >= 0) & (cell < size)).all(-1)  # [V, N]; NaN compares False
     cells = height * width
     dump = V * cells  # one extra slot collects every point that lands nowhere
-    view_base = torch.arange(V, device=points.device).unsqueeze(1) * cells  # [V, 1]
-    flat = torch.where(
-        inside, view_base + row.clamp(0, height - 1).long() * width + col.clamp(0, width - 1).long(), dump
-    ).reshape(-1)  # [V*N] flat cell id per (view, point)
+    view_base = torch.arange(0, dump, cells, device=points.device).unsqueeze(1)  # [V, 1]
+    cell = torch.where(inside.unsqueeze(-1), cell, 0.0).long()  # [V, N, 2]
+    flat = torch.where(inside, view_base + cell[..., 1] * width + cell[..., 0], dump).reshape(-1)  # [V*N] flat cell ids
     z_in = torch.where(inside, z, torch.inf).reshape(-1)  # [V*N]
     # pass 1: closest depth per cell (amin is order independent -> deterministic)
     zbuf = torch.full((dump + 1,), torch.inf, device=points.device, dtype=z.dtype)
     zbuf.scatter_reduce_(0, flat, z_in, reduce="amin")
     # pass 2: among points within the surface band of the closest one, the lowest index (the oldest)
-    band = zbuf.gather(0, flat) * (1.0 + surface_tolerance)  # [V*N]
+    band = zbuf * (1.0 + surface_tolerance)  # [V*h*w + 1]
     if surface_tolerance > 0:
-        band = band + surface_band_slack(zbuf[:dump].view(V, height, width)).reshape(-1).gather(0, flat.clamp(max=dump - 1))
-    candidate = inside.reshape(-1) & (z_in <= band)
-    point_id = torch.arange(N, device=points.device).expand(V, N).reshape(-1)  # [V*N]
+        band[:dump] += surface_band_slack(zbuf[:dump].view(V, height, width)).reshape(-1)
+    candidate = z_in <= band.gather(0, flat)  # [V*N]; points that land nowhere have z_in = inf
+    point_id = torch.arange(N, device=points.device).repeat(V)  # [V*N]
     best = torch.full((dump + 1,), N, device=points.device, dtype=torch.long)
     best.scatter_reduce_(0, flat, torch.where(candidate, point_id, N), reduce="amin")
-    return best[:dump].view(V, height, width), zbuf[:dump].view(V, height, width)
+    return best[:dump].view(V, height, width)
 
 
 def surface_band_slack(zbuf: Tensor, max_fraction: float = 0.25) -> Tensor:  # [V, h, w] -> [V, h, w]
-    """How much a surface's depth may vary inside one cell: the largest depth step to a
-    4-neighbour's closest point, capped at ``max_fraction`` of the cell's depth so that an
+    """How much a surface's depth may vary inside one cell: the largest depth step to one of the
+    8 neighbouring cells' closest points, capped at ``max_fraction`` of the cell's depth so that an
     occluding edge never hides what lies well behind it. Grazing surfaces (floors, ceilings) get a
-    wide band, fronto-parallel ones a narrow one. Empty cells and empty neighbours give 0."""
-    z = torch.where(torch.isfinite(zbuf), zbuf, torch.nan)  # [V, h, w]
-    padded = F.pad(z[:, None], (1, 1, 1, 1), value=float("nan"))[:, 0]  # [V, h+2, w+2]
-    steps = torch.stack(
-        [(padded[:, 1:-1, :-2] - z).abs(), (padded[:, 1:-1, 2:] - z).abs(), (padded[:, :-2, 1:-1] - z).abs(), (padded[:, 2:, 1:-1] - z).abs()]
-    )  # [4, V, h, w]
-    step = torch.nan_to_num(steps, nan=0.0).amax(0)  # [V, h, w]
-    return torch.minimum(step, max_fraction * torch.nan_to_num(z, nan=0.0))
+    wide band, fronto-parallel ones a narrow one. Empty cells give 0; empty neighbours are ignored."""
+    finite = torch.isfinite(zbuf)  # [V, h, w]
+    z = torch.where(finite, zbuf, 0.0)
+    hi = F.max_pool2d(torch.where(finite, zbuf, -torch.inf).unsqueeze(1), 3, 1, 1).squeeze(1)  # [V, h, w] max over 3x3
+    lo = -F.max_pool2d(torch.where(finite, -zbuf, -torch.inf).unsqueeze(1), 3, 1, 1).squeeze(1)  # [V, h, w] min over 3x3
+    step = torch.where(finite, torch.maximum(hi - z, z - lo), 0.0)
+    return torch.minimum(step, max_fraction * z)
 
 
 def splat_zbuffer(
@@ -172,28 +171,23 @@ def splat_zbuffer(
     if surface_tolerance < 0:
         raise ValueError(f"surface_tolerance must be >= 0, got {surface_tolerance}")
     V, N, device = K.shape[0], points.shape[0], points.device
-    K, cam_from_world = K.to(device), cam_from_world.to(device)
+    P = (K.float() @ cam_from_world[:, :3, :].float()).to(device)  # [V, 3, 4], composed where the cameras live
     group = max(1, max_elements // max(N, 1))
-    idx_parts = []
-    for s in range(0, V, group):
-        i, _ = _splat_indices(points, K[s : s + group], cam_from_world[s : s + group], height, width, surface_tolerance, near)
-        idx_parts.append(i)
-    best = torch.cat(idx_parts)  # [V, h, w], N where empty
+    best = torch.cat([_splat_indices(points, P[s : s + group], height, width, surface_tolerance, near) for s in range(0, V, group)])
     mask = best < N  # [V, h, w]
-    safe = best.clamp(max=max(N - 1, 0))  # [V, h, w]
+    if N == 0:
+        depth = torch.full((V, height, width), torch.nan, device=device)
+        feats = None if features is None else torch.zeros(V, features.shape[1], height, width, dtype=features.dtype, device=device)
+        return SplatResult(index=best - 1, mask=mask, depth=depth, features=feats)
+    safe = best.clamp(max=N - 1).reshape(-1)  # [V*h*w]
     # depth of the shown point (not always the closest one when surface_tolerance > 0)
-    shown = points[safe.reshape(-1)].view(V, height, width, 3) if N > 0 else torch.zeros(V, height, width, 3, device=device)
-    z_row = cam_from_world[:, 2, :].float()  # [V, 4] camera-z row of each view
-    z_shown = torch.einsum("vj,vhwj->vhw", z_row[:, :3], shown.float()) + z_row[:, 3, None, None]  # [V, h, w]
+    shown = points[safe].view(V, -1, 3).float()  # [V, h*w, 3]
+    z_shown = torch.baddbmm(P[:, 2:3, 3:], P[:, 2:3, :3], shown.transpose(1, 2)).view(V, height, width)  # [V, h, w]
     depth = torch.where(mask, z_shown, torch.nan)  # [V, h, w]
     feats = None
     if features is not None:
-        if N == 0:
-            feats = torch.zeros(V, features.shape[1], height, width, dtype=features.dtype, device=device)
-        else:
-            gathered = features[safe.reshape(-1)].view(V, height, width, -1)  # [V, h, w, C]
-            gathered = gathered * mask.unsqueeze(-1).to(gathered.dtype)  # zero empty cells
-            feats = gathered.permute(0, 3, 1, 2).contiguous()  # [V, h, w, C] -> [V, C, h, w]
+        gathered = features[safe].view(V, height, width, -1) * mask.unsqueeze(-1)  # [V, h, w, C], zero where empty
+        feats = gathered.permute(0, 3, 1, 2)  # [V, h, w, C] -> [V, C, h, w] (a view)
     return SplatResult(index=torch.where(mask, best, -1), mask=mask, depth=depth, features=feats)
 
 

@@ -277,9 +277,8 @@ class LatentSpatialMemory(_PointMemory):
         with self.timings.record("read") as rec:
             with self.timings.stage("project"):
                 cams = self._latent_cameras(cameras)
-                out = splat_zbuffer(
-                    self.points, self.features, cams.K.to(self.device), cams.cam_from_world.to(self.device), h, w,
-                    surface_tolerance=self.surface_tolerance,
+                out = splat_zbuffer(  # cameras stay where they are: one [V, 3, 4] projection is moved
+                    self.points, self.features, cams.K, cams.cam_from_world, h, w, surface_tolerance=self.surface_tolerance
                 )
                 latents = out.features.permute(1, 0, 2, 3)  # [V, C, h, w] -> [C, V, h, w]
         return MemoryReadout(latents=latents, mask=out.mask, depth=out.depth, timings=dict(rec))
@@ -453,10 +452,7 @@ class RGBPointCloudMemory(_PointMemory):
         H, W = self.image_size
         if (cameras.width, cameras.height) != (W, H):
             raise ValueError(f"cameras are {cameras.width}x{cameras.height}, the memory renders {W}x{H}")
-        out = splat_zbuffer(
-            self.points, None, cameras.K.to(self.device), cameras.cam_from_world.to(self.device), H, W,
-            surface_tolerance=self.surface_tolerance,
-        )
+        out = splat_zbuffer(self.points, None, cameras.K, cameras.cam_from_world, H, W, surface_tolerance=self.surface_tolerance)
         rgb = self.colors[out.index.clamp(min=0).reshape(-1)].view(len(cameras), H, W, 3) if self.num_points else torch.zeros(len(cameras), H, W, 3, dtype=torch.uint8, device=self.device)
         self._last_depth = out.depth  # [V, H, W], kept for read() to report the readout depth
         img = rgb.float() / 127.5 - 1.0  # [V, H, W, 3]

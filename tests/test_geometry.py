@@ -53,8 +53,9 @@ def reference_splat(points, features, K, cam_from_world, height, width, surface_
 def test_surface_band_slack_is_the_capped_neighbour_step():
     z = torch.tensor([[[4.0, 4.5, 6.0], [4.1, float("inf"), 6.0]]])
     slack = surface_band_slack(z)
-    assert torch.allclose(slack[0, 0], torch.tensor([0.5, 1.125, 1.5]))  # 0.5; min(1.5, 0.25*4.5); 1.5
-    assert torch.allclose(slack[0, 1], torch.tensor([0.1, 0.0, 0.0]))  # empty cells and neighbours add nothing
+    # 8-neighbourhoods; the infinite (empty) cell is ignored as a neighbour and gets no slack itself
+    assert torch.allclose(slack[0, 0], torch.tensor([0.5, 1.125, 1.5]))  # 4.5-4; min(6-4.5, 0.25*4.5); min(6-4.5, 1.5)
+    assert torch.allclose(slack[0, 1], torch.tensor([0.4, 0.0, 1.5]))  # 4.5-4.1 (diagonal); empty; 6-4.5 (diagonal)
 
 
 def test_pixel_centers_are_half_integers():

@@ -18,13 +18,12 @@ holes stay holes, but the stage timings and the cache growth are real. With weig
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -71,6 +70,7 @@ __all__ = [
     "raw_from_example",
     "raw_from_upload",
     "result_figures",
+    "load_pipeline",
     "run_generation",
     "run_readout_preview",
     "scene_figure",
@@ -81,6 +81,7 @@ __all__ = [
 ]
 
 MODEL_PATH_ENV = "MIRAGE_MODEL_PATH"  # local diffusers folder of Wan2.2-TI2V-5B (else the HF cache is searched)
+_SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")  # what MiragePipeline loads
 OFFLINE_ENV = "MIRAGE_OFFLINE"  # "1" forces offline mode even when weights and a GPU exist
 LONG_SIDES = (256, 384, 512)  # preview working sizes (long side); 1280 (704x1280) only with the GPU pipeline
 FULL_LONG_SIDE = 1280
@@ -109,8 +110,8 @@ def find_model_weights(cache_dir: str | Path | None = None) -> tuple[str | None,
     cache entry of ``WAN22_MODEL_ID``. Never touches the network."""
     env = os.environ.get(MODEL_PATH_ENV, "").strip()
     if env:
-        ok = all((Path(env) / sub).is_dir() for sub in ("transformer", "vae", "scheduler"))
-        return (env if ok else None), f"${MODEL_PATH_ENV}={env!r}" + ("" if ok else " lacks transformer/ vae/ scheduler/")
+        ok = all((Path(env) / sub).is_dir() for sub in _SUBFOLDERS)
+        return (env if ok else None), f"${MODEL_PATH_ENV}={env!r}" + ("" if ok else f" lacks one of {'/ '.join(_SUBFOLDERS)}/")
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -119,9 +120,9 @@ def find_model_weights(cache_dir: str | Path | None = None) -> tuple[str | None,
         return None, f"HF cache lookup of {WAN22_MODEL_ID} failed: {err}"
     if isinstance(hit, str):
         folder = str(Path(hit).parent)
-        if all((Path(folder) / sub).is_dir() for sub in ("transformer", "vae", "scheduler")):
+        if all((Path(folder) / sub).is_dir() for sub in _SUBFOLDERS):
             return folder, f"HF cache ({folder})"
-        return None, f"HF cache has {WAN22_MODEL_ID}/model_index.json but not transformer/ vae/ scheduler/"
+        return None, f"HF cache has {WAN22_MODEL_ID}/model_index.json but not all of {'/ '.join(_SUBFOLDERS)}/"
     return None, f"no {WAN22_MODEL_ID} in the HF cache and ${MODEL_PATH_ENV} is unset"
 
 
@@ -142,7 +143,10 @@ class AppMode:
     def banner(self) -> str:
         """Markdown for the top of the page: the active mode and what needs weights."""
         if self.generation:
-            gen = f"**Mode: generation.** Wan2.2-TI2V-5B found ({self.model_path}) and a CUDA GPU: Generate runs the diffusion model with each memory."
+            gen = (
+                f"**Mode: generation.** Wan2.2-TI2V-5B found ({self.model_path}) and a CUDA GPU: Generate runs "
+                "the diffusion model with each memory."
+            )
         else:
             gen = (
                 "**Mode: offline readout preview** (no generative model). Generate shows what each memory *reads out* "
@@ -172,11 +176,15 @@ def detect_mode(cache_dir: str | Path | None = None) -> AppMode:
 
 # ----------------------------------------------------------------------------- session temp dirs
 class SessionDirs:
-    """One temporary folder per session, created on first use and removed when the session ends."""
+    """One temporary folder per session under ``root``, created on first use and removed when the
+    session ends. Without ``root`` a fresh temp folder is made (and removed at exit); a given root
+    is kept, only the session folders made in it are removed."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="mirage-app-"))
+        self.owned = root is None  # True: root was made here and goes at exit
+        self.root = Path(tempfile.mkdtemp(prefix="mirage-app-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._sessions: set[str] = set()
         self._lock = threading.Lock()
         atexit.register(self.remove_all)
 
@@ -186,20 +194,25 @@ class SessionDirs:
         with self._lock:
             folder = self.root / session
             folder.mkdir(parents=True, exist_ok=True)
+            self._sessions.add(session)
             return folder
 
     def remove(self, session: str | None) -> bool:
         """Delete the session's folder; True if it existed."""
-        if not session:
+        if not session or session not in self._sessions:
             return False
-        folder = self.root / session
         with self._lock:
+            folder = self.root / session
             existed = folder.is_dir()
             shutil.rmtree(folder, ignore_errors=True)
+            self._sessions.discard(session)
         return existed
 
     def remove_all(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        for session in list(self._sessions):
+            self.remove(session)
+        if self.owned:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------- scenes
@@ -257,7 +270,9 @@ def _estimate(image: Tensor, K: Tensor | None, key: str, fov_x_deg: float = 60.0
     """Depth Pro (``depth-pro``, or ``auto`` with weights) or the planar prior -> (depth, K, label)."""
     if key == "depth-pro" or (key == "auto" and weights_available("depth-pro")):
         if not weights_available("depth-pro"):
-            raise ValueError("Depth Pro weights are not available on this machine (offline); choose the planar prior or upload a depth map")
+            raise ValueError(
+                "Depth Pro weights are not available on this machine (offline); choose the planar prior or upload a depth map"
+            )
         est = _depth_pro().estimate(image, K)
         return est.depth, est.K, "Depth Pro"
     est = PlanarPriorBackend(fov_x_deg=fov_x_deg).estimate(image, K)
@@ -426,7 +441,8 @@ def stroke_path(
         raise ValueError("no stroke drawn: draw a line on the image with the brush first")
     H, W = state.size
     K = state.camera.K
-    pixels = strokes.stroke_pixels_from_layers(editor, 16, target_size=(H, W), start_near=(float(K[0, 2]), float(K[1, 2])))
+    start = (float(K[0, 2]), float(K[1, 2]))  # the stroke starts at its end nearer the principal point
+    pixels = strokes.stroke_pixels_from_layers(editor, 16, target_size=(H, W), start_near=start)  # [16, 2] (u, v)
     points = strokes.lift_stroke(pixels, state.depth, state.camera, float(depth_fraction))  # [16, 3] world
     cams = paths.path_from_points(state.camera, points, T, look=look)
     return set_path(state, cams, f"stroke ({depth_fraction:.0%} of the depth, look {look})", max_frames)
@@ -497,11 +513,10 @@ def scene_figure(state: SceneState, color_by: ColorBy = "latent"):
     """The latent point cache with the path's frusta (or the source camera alone)."""
     state = require_scene(state)
     cams = state.path if state.path is not None else state.camera.batch()
-    how = "latent features, PCA to RGB" if color_by == "latent" else "image colour"
-    return plotting.cache_figure(
-        state.memory.points, _colors(state.memory, state.colors, color_by), cams,
-        title=f"Latent cache, one point per cell ({how})",
-    )
+    how = "PCA of latent features" if color_by == "latent" else "image colours"
+    fig = plotting.cache_figure(state.memory.points, _colors(state.memory, state.colors, color_by), cams,
+                                title=f"Latent cache, {how}")  # fmt: skip
+    return fig.update_layout(height=460)
 
 
 # --------------------------------------------------------------------------------------- preview
@@ -530,7 +545,7 @@ class PreviewResult:
     timings: dict[str, list[dict[str, float]]]  # method -> per chunk {stage: seconds}
     sizes: dict[str, list[int]]  # method -> cache bytes after init and after each chunk
     memory: LatentSpatialMemory  # the latent memory after the last update
-    memory_colors: Tensor  # [N, 3] uint8 image colour of each latent memory point
+    memory_colors: Tensor  # [N, 3] uint8 image colour of each latent point (PCA colour after generation)
     counts: list[int]  # latent memory points after init and after each chunk
     ranges: list[tuple[int, int]]  # chunk (start, stop) pixel frames
     seconds: float = 0.0  # wall time of the whole run
@@ -623,7 +638,7 @@ def run_readout_preview(
         readouts=stitched,
         masks={m: _stitch(v, 0) for m, v in masks.items()},  # [T, H, W]
         timings=timings,
-        sizes={"latent": [s["nbytes"] for s in latent_mem.size_history], "rgb": [s["nbytes"] for s in rgb_mem.size_history]},
+        sizes={m: [s["nbytes"] for s in mem.size_history] for m, mem in (("latent", latent_mem), ("rgb", rgb_mem))},
         memory=latent_mem,
         memory_colors=torch.cat(colors),
         counts=[s["num_points"] for s in latent_mem.size_history],
@@ -640,42 +655,62 @@ def gpu_duration(num_frames: int, steps: int) -> int:
     return int(60 + 2 * chunks * (0.25 * int(steps) + 6))
 
 
-_PIPELINE: dict = {}
+_PIPELINE: dict = {}  # the loaded MiragePipeline, shared by sessions
 _PIPELINE_LOCK = threading.Lock()
 
 
-def run_generation(
-    state: SceneState, model_path: str, *, seed: int = 0, steps: int = 20, prompt: str = "",
-    progress: Progress | None = None,
-) -> PreviewResult:  # pragma: no cover - needs the Wan2.2 weights and a CUDA GPU
-    """Generate along the scene's path with ``MiragePipeline`` for both memories, one seed."""
+def load_pipeline(model_path: str, device: str = "cuda"):  # pragma: no cover - needs the Wan2.2 weights
+    """``MiragePipeline`` from ``model_path`` on ``device``, loaded once per process. Memory updates
+    need depth: Depth Pro when its weights are cached, else the (labelled) planar prior."""
     from .pipeline import MiragePipeline
 
+    with _PIPELINE_LOCK:
+        if _PIPELINE.get("key") != (model_path, device):
+            depth = "depth-pro" if weights_available("depth-pro") else "planar-prior"
+            pipe = MiragePipeline.from_pretrained(model_path, depth_backend=depth).to(device)
+            _PIPELINE.update(key=(model_path, device), pipe=pipe)
+        return _PIPELINE["pipe"]
+
+
+def run_generation(
+    state: SceneState,
+    pipe,  # a mirage.pipeline.MiragePipeline
+    *,
+    seed: int = 0,
+    steps: int = 20,
+    prompt: str | None = "",
+    prompt_embeds: Tensor | None = None,  # [1, L, D] instead of prompt (pipelines without a text encoder)
+    progress: Progress | None = None,
+) -> PreviewResult:
+    """Generate along the scene's path with ``pipe`` for both memories, with the same seed.
+
+    The readout videos are each chunk's memory readout decoded with the pipeline's VAE. The point
+    colours of the result are PCA colours: the pixels behind generated points are not tracked."""
     state = require_scene(state)
     if state.path is None:
-        raise ValueError("no camera path yet")
-    with _PIPELINE_LOCK:
-        if _PIPELINE.get("path") != model_path:
-            _PIPELINE.update(path=model_path, pipe=MiragePipeline.from_pretrained(model_path).to("cuda"))
-    pipe = _PIPELINE["pipe"]
+        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
     report = progress or (lambda *a, **k: None)
-    T, H, W = len(state.path), *state.size
+    T, (H, W) = len(state.path), state.size
+    n_chunks = len(chunk_ranges(T))
+    device = pipe._execution_device
     outs = {}
     for i, method in enumerate(("latent", "rgb")):
-        def step(c, s, n, i=i):
-            report((i + (c + s / n) / len(chunk_ranges(T))) / 2, desc=f"{METHOD_LABELS[method]}: chunk {c + 1}, step {s}/{n}")
+        def step(c, s, n, i=i, method=method):
+            report((i + (c + s / n) / n_chunks) / 2, desc=f"{METHOD_LABELS[method]}: chunk {c + 1}/{n_chunks}, step {s}/{n}")
 
         outs[method] = pipe(
-            state.image, state.path, prompt, num_frames=T, num_inference_steps=int(steps), memory=method,
-            image_depth=state.depth, generator=torch.Generator("cuda").manual_seed(int(seed)), callback=step,
+            state.image, state.path, None if prompt_embeds is not None else prompt, prompt_embeds=prompt_embeds,
+            num_frames=T, num_inference_steps=int(steps), memory=method, image_depth=state.depth,
+            generator=torch.Generator(device).manual_seed(int(seed)), callback=step,
         )
     readouts, masks = {}, {}
     for method, out in outs.items():
         parts = [pipe.codec.decode(r.latents[None])[0].float().cpu() for r in out.readouts]  # [3, T_c, H, W]
         readouts[method] = _stitch(parts, 1)
-        masks[method] = _stitch([video.upsample_latent_mask(r.mask, b - a, H, W) for r, (a, b) in zip(out.readouts, out.frame_ranges)], 0)
+        parts = [video.upsample_latent_mask(r.mask.cpu(), b - a, H, W) for r, (a, b) in zip(out.readouts, out.frame_ranges)]
+        masks[method] = _stitch(parts, 0)  # [T, H, W]
     mem = outs["latent"].memory
-    stages = set(plotting.STAGE_ORDER)
+    stages = set(plotting.STAGE_ORDER)  # "readout" holds its parts (project / rasterize / encode): chart the parts
     return PreviewResult(
         kind="generation",
         videos={m: o.video for m, o in outs.items()},
@@ -686,7 +721,7 @@ def run_generation(
         memory=mem,
         memory_colors=torch.as_tensor(plotting.pca_colors(mem.features.float().cpu())),
         counts=[s["num_points"] for s in mem.size_history],
-        ranges=outs["latent"].frame_ranges,
+        ranges=list(outs["latent"].frame_ranges),
     )
 
 
@@ -734,11 +769,12 @@ def result_figures(state: SceneState, result: PreviewResult, color_by: ColorBy =
     what = "readout preview, no generative model" if result.kind == "readout preview" else "generation"
     timings = {METHOD_LABELS[m]: t for m, t in result.timings.items()}
     timing = plotting.timing_figure(timings, aggregate="per_chunk", title=f"Time per stage and chunk ({what})")
-    sizes = plotting.cache_size_figure({METHOD_LABELS[m]: s for m, s in result.sizes.items()}, title="Cache size after each chunk")
+    sizes = {METHOD_LABELS[m]: s for m, s in result.sizes.items()}
+    sizes = plotting.cache_size_figure(sizes, title="Cache size after each chunk")
     growth = plotting.cache_growth_figure(
         result.memory.points, _colors(result.memory, result.memory_colors, color_by), result.counts,
         state.path, title="Latent cache as it grew",
-    )
+    ).update_layout(height=560)
     return timing, sizes, growth
 
 

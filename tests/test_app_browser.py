@@ -44,7 +44,7 @@ def _require_browser():
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app_browser")
-    proc, url = launch_app(tmp, ["--host", "127.0.0.1", "--port", str(free_port())], {})
+    proc, url = launch_app(tmp, free_port(), flags=True)  # python app.py --host --port
     yield url, tmp
     stop_app(proc)
 
@@ -63,12 +63,21 @@ def test_example_stroke_run_in_chromium(app):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
+            external: list[str] = []  # the page must work with no network: everything comes from the app
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else external.append(r.url))
             page.goto(url, wait_until="domcontentloaded")
             page.wait_for_selector("#examples button.gallery-item", timeout=60_000)
-            page.get_by_label("256").check()  # small working size: a quick CPU run
+            page.wait_for_function("document.querySelector('#summary').innerText.includes('motorcycle')", timeout=60_000)
+            page.get_by_label("256").check()  # small working size: a quick CPU run (rebuilds the first example)
+            page.wait_for_function(
+                "document.querySelector('#summary').innerText.includes('working size 256x')", timeout=60_000
+            )
             page.locator("#examples button.gallery-item").nth(2).click()  # the synthetic room
-            page.wait_for_function("document.querySelector('#status').innerText.startsWith('Loaded')", timeout=60_000)
+            page.wait_for_function(
+                "document.querySelector('#summary').innerText.includes('synthetic-room — working size 256x128')",
+                timeout=60_000,
+            )  # fmt: skip
 
             # draw a stroke on the scene image: from the centre to the right and a little up
             page.wait_for_timeout(1000)  # the editor's canvas draws its background
@@ -99,6 +108,7 @@ def test_example_stroke_run_in_chromium(app):
             page.screenshot(path=str(ARTIFACTS / "app_screenshot.png"), full_page=True)
             assert (ARTIFACTS / "app_screenshot.png").stat().st_size > 50_000
             assert not errors, errors
+            assert not external, external
 
             # the session's files exist now, and go when the page closes
             assert [d for d in sessions.iterdir() if any(d.rglob("*.mp4"))], list(sessions.iterdir())

@@ -35,16 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(tmp: Path, args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """Start ``python app.py`` offline; return (process, base url) once it serves its page."""
-    port = int(env.get("GRADIO_SERVER_PORT") or free_port())
-    if "--port" not in args and "GRADIO_SERVER_PORT" not in env:
-        args = [*args, "--port", str(port)]
+def launch_app(tmp: Path, port: int, *, flags: bool) -> tuple[subprocess.Popen, str]:
+    """Start ``python app.py`` offline on ``port`` (``--host/--port`` flags, or gradio's environment
+    variables ``GRADIO_SERVER_NAME/PORT``); return (process, base url) once it serves its page."""
+    args = ["--host", "127.0.0.1", "--port", str(port)] if flags else []
     full_env = {
         **os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "MIRAGE_OFFLINE": "1",
         "MIRAGE_APP_TMP": str(tmp / "sessions"), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "NO_PROXY": "127.0.0.1,localhost",
-        **env,
     }  # fmt: skip
+    if not flags:
+        full_env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
     log = open(tmp / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -73,8 +73,7 @@ def stop_app(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app_http")
-    port = free_port()  # through gradio's own environment variables, as a Space would set them
-    proc, url = launch_app(tmp, [], {"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)})
+    proc, url = launch_app(tmp, free_port(), flags=False)  # gradio's own environment variables, as on a Space
     yield url, tmp
     stop_app(proc)
 

@@ -12,8 +12,8 @@ import PIL.Image
 import pytest
 import torch
 
-from mirage import camera_io, paths, preview
-from mirage.cameras import Camera, Cameras, look_at
+from mirage import camera_io, preview
+from mirage.cameras import Cameras, look_at
 from mirage.codecs import OfflineCodec
 from mirage.depth import weights_available
 from mirage.memory import LatentSpatialMemory
@@ -277,6 +277,36 @@ def test_readout_preview_needs_a_path(scene):
         preview.run_readout_preview(scene)
 
 
+def test_generation_result_with_a_tiny_random_pipeline(scene):
+    """The GPU code path, on CPU with the real diffusers classes at tiny sizes and random weights."""
+    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+
+    from mirage.codecs import WanVAECodec
+    from mirage.depth import PlanarPriorBackend
+    from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline
+
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=48, out_channels=48,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+    )  # fmt: skip
+    codec = WanVAECodec.from_config({"base_dim": 16, "decoder_base_dim": 16, "num_res_blocks": 1}, seed=0)
+    pipe = MiragePipeline(transformer, codec.vae, UniPCMultistepScheduler(**WAN_UNIPC_CONFIG), depth_backend=PlanarPriorBackend())
+    preview.preset_path(scene, "orbit_left", 10.0, 33)
+    result = preview.run_generation(scene, pipe, seed=3, steps=2, prompt=None, prompt_embeds=torch.zeros(1, 4, 16))
+    assert result.kind == "generation" and result.ranges == [(0, 33)]
+    for m in ("latent", "rgb"):
+        assert result.videos[m].shape == result.readouts[m].shape == (3, 33, 128, 256)
+        assert result.masks[m].shape == (33, 128, 256)
+        assert len(result.sizes[m]) == 2 and result.sizes[m][1] >= result.sizes[m][0]
+        assert {"denoise", "decode", "depth", "update"} <= set(result.timings[m][0]) <= set(preview.plotting.STAGE_ORDER)
+    assert "project" in result.timings["latent"][0] and {"rasterize", "encode"} <= set(result.timings["rgb"][0])
+    assert result.counts[-1] == result.memory.num_points == len(result.memory_colors)
+    # the readout's first frame is the image's own latent decoded (every cell of the room is seen)
+    recon = codec.decode(codec.encode(scene.image[None, :, None]))[0, :, 0]  # [3, H, W]
+    torch.testing.assert_close(result.readouts["latent"][:, 0], recon.float(), atol=1e-4, rtol=0)
+
+
 def test_result_files_and_figures(scene, tmp_path):
     preview.preset_path(scene, "orbit_right", 15.0, 65)
     result = preview.run_readout_preview(scene)
@@ -324,7 +354,7 @@ def test_offline_mode_is_chosen_without_weights(tmp_path, monkeypatch):
     assert "offline readout preview" in mode.banner() and mode.name == "offline readout preview"
 
     fake = tmp_path / "wan"
-    for sub in ("transformer", "vae", "scheduler"):
+    for sub in ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"):
         (fake / sub).mkdir(parents=True)
     monkeypatch.setenv(preview.MODEL_PATH_ENV, str(fake))
     assert preview.find_model_weights()[0] == str(fake)
@@ -354,5 +384,11 @@ def test_session_dirs_are_created_lazily_and_removed(tmp_path):
     assert not dirs.remove("abc123") and not dirs.remove(None)
     with pytest.raises(ValueError, match="plain name"):
         dirs.get("../etc")
+    (dirs.root / "not-ours").mkdir()
     dirs.remove_all()
-    assert not dirs.root.exists()
+    assert dirs.root.is_dir() and [p.name for p in dirs.root.iterdir()] == ["not-ours"]  # a given root is kept
+
+    own = preview.SessionDirs()
+    own.get("s1")
+    own.remove_all()
+    assert not own.root.exists()  # a root made here goes at exit

@@ -1,0 +1,318 @@
+"""Mirage demo: latent 3D memory vs pixel point cloud along a camera path (Gradio).
+
+Layout and wiring only: every computation is in ``mirage.preview`` (scenes, paths, runs, files,
+figures). ``python app.py [--host H] [--port P] [--share]``; without flags gradio's own
+``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` / ``GRADIO_SHARE`` apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+
+import gradio as gr
+
+from mirage import paths, preview
+from mirage.examples import ASSETS_DIR, EXAMPLES
+
+try:  # Hugging Face ZeroGPU; a no-op decorator elsewhere
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:  # pragma: no cover - spaces is in requirements.txt
+    def gpu(fn=None, **_):
+        return fn if fn is not None else (lambda f: f)
+
+MODE = preview.detect_mode()
+DIRS = preview.SessionDirs(os.environ.get("MIRAGE_APP_TMP") or None)
+LONG_SIDES = list(preview.LONG_SIDES) + ([preview.FULL_LONG_SIDE] if MODE.generation else [])
+PRESETS = list(paths.PRESETS)
+if MODE.generation:  # pragma: no cover - load once at start (on ZeroGPU this must happen outside @spaces.GPU)
+    preview.load_pipeline(MODE.model_path)
+
+
+def ui_errors(fn):
+    """Turn the library's ValueError / FileNotFoundError into a message in the page (the app keeps serving)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, FileNotFoundError) as err:
+            raise gr.Error(str(err), duration=None) from None
+
+    return wrapper
+
+
+def _workdir(state, request: gr.Request):
+    state.workdir = DIRS.get(request.session_hash)
+    return state.workdir
+
+
+def _drop_state(state) -> None:  # gr.State delete_callback: the session's files go with its state
+    if state is not None and state.workdir is not None:
+        shutil.rmtree(state.workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- handlers
+def _scene_outputs(state, preset, amount, frames, color_by):
+    """After a load: the default preset path (if it fits the scene), editor, summary, plot, table."""
+    try:
+        preview.preset_path(state, preset, amount, frames)
+        status = f"Loaded. Path: {state.path_label}. Draw, edit keyframes or import to change it, then press Generate."
+    except ValueError as err:
+        status = f"Loaded, but the default path does not fit this scene: {err}"
+    return (state, preview.editor_value(state), preview.scene_summary(state), preview.scene_figure(state, color_by),
+            preview.default_keyframe_rows(state), status)  # fmt: skip
+
+
+@ui_errors
+def load_example(name, depth_choice, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
+    progress(0.1, desc=f"loading {name}")
+    state = preview.build_scene(preview.raw_from_example(name, depth_choice), int(long_side))
+    return _scene_outputs(state, preset, amount, frames, color_by)
+
+
+def load_example_index(index, depth_choice, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
+    return load_example(EXAMPLES[int(index)].name, depth_choice, long_side, preset, amount, frames, color_by, progress)
+
+
+@ui_errors
+def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
+                progress=gr.Progress()):  # fmt: skip
+    progress(0.1, desc="reading the image and its depth")
+    raw = preview.raw_from_upload(image_file, depth_file, depth_choice, float(fov))
+    state = preview.build_scene(raw, int(long_side))
+    return _scene_outputs(state, preset, amount, frames, color_by)
+
+
+@ui_errors
+def change_size(state, long_side, color_by):
+    if state is None:
+        return state, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    new = preview.build_scene(state.raw, int(long_side))
+    if state.path is not None:
+        preview.set_path(new, state.path.rescaled(new.size[1], new.size[0]), state.path_label)
+    return new, preview.editor_value(new), preview.scene_summary(new), preview.scene_figure(new, color_by), "Working size changed."
+
+
+def _path_outputs(state, color_by):
+    return state, preview.scene_summary(state), preview.scene_figure(state, color_by), f"Path set: {state.path_label}, {len(state.path)} frames."
+
+
+@ui_errors
+def use_preset(state, preset, amount, frames, color_by):
+    return _path_outputs(preview.preset_path(state, preset, amount, frames), color_by)
+
+
+@ui_errors
+def use_stroke(state, editor, frames, depth_fraction, look, color_by):
+    return _path_outputs(preview.stroke_path(state, editor, frames, float(depth_fraction), look), color_by)
+
+
+@ui_errors
+def use_keyframes(state, table, frames, color_by):
+    return _path_outputs(preview.keyframe_path(state, table, frames), color_by)
+
+
+@ui_errors
+def use_import(state, file, frames, color_by):
+    return _path_outputs(preview.imported_path(state, file, frames), color_by)
+
+
+@ui_errors
+def export_path(state, request: gr.Request):
+    state = preview.require_scene(state)
+    return [str(p) for p in preview.export_path(state, _workdir(state, request) / "path")]
+
+
+@ui_errors
+def recolor(state, color_by):
+    if state is None:
+        return gr.skip(), gr.skip()
+    growth = gr.skip() if state.result is None else preview.result_figures(state, state.result, color_by)[2]
+    return preview.scene_figure(state, color_by), growth
+
+
+def _gpu_seconds(state, seed, steps, prompt, *args, **kwargs) -> int:
+    return preview.gpu_duration(len(state.path) if state is not None and state.path is not None else 33, int(steps))
+
+
+@gpu(duration=_gpu_seconds)
+def generate_on_gpu(state, seed, steps, prompt):  # pragma: no cover - needs weights + GPU
+    pipe = preview.load_pipeline(MODE.model_path)
+    return preview.run_generation(state, pipe, seed=int(seed), steps=int(steps), prompt=prompt)
+
+
+@ui_errors
+def run(state, seed, steps, prompt, color_by, request: gr.Request, progress=gr.Progress()):
+    state = preview.require_scene(state)
+    if MODE.generation:  # pragma: no cover - needs weights + GPU
+        progress(0.05, desc="generating with both memories on the GPU")
+        result = generate_on_gpu(state, seed, steps, prompt)
+    else:
+        result = preview.run_readout_preview(state, progress=progress)
+    progress(0.95, desc="writing videos and the cache")
+    out = preview.finish_run(state, result, _workdir(state, request) / f"run{state.version}", color_by)
+    f = out.files
+    return (state, str(f.videos["latent"]), str(f.videos["rgb"]), str(f.masks["latent"]), str(f.masks["rgb"]),
+            str(f.side_by_side), *out.figures, [str(p) for p in f.downloads()], out.caption)  # fmt: skip
+
+
+def end_session(request: gr.Request) -> None:
+    DIRS.remove(request.session_hash)
+
+
+# --------------------------------------------------------------------------------------- layout
+CSS = """
+#mode-banner {border-left: 4px solid #f59e0b; padding-left: 12px;}
+.small-note {font-size: 0.85em; opacity: 0.85;}
+"""
+THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="Mirage: latent spatial memory", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
+        state = gr.State(None, delete_callback=_drop_state)
+        gr.Markdown(
+            "# Mirage: latent spatial memory\n"
+            "Pick a scene, give the camera a path, and compare two 3D memories on it: the **latent memory** (the video "
+            "model's own latent tokens lifted to 3D, read with one projection on the latent grid) and the **pixel point "
+            "cloud** baseline (rasterize every frame at full resolution, then encode it)."
+        )
+        gr.Markdown(MODE.banner(), elem_id="mode-banner")
+        status = gr.Markdown("Loading the first example…", elem_id="status")
+
+        with gr.Row(equal_height=False):
+            # ------------------------------------------------------------- 1. input
+            with gr.Column(scale=1, min_width=380):
+                gr.Markdown("### 1. Scene")
+                examples = gr.Dataset(
+                    components=[gr.Image(visible=False)], samples=[[str(s.image_path)] for s in EXAMPLES],
+                    type="index", layout="gallery", label="Examples (one click)", elem_id="examples",
+                )
+                gr.Markdown("\n".join(f"- **{s.name}**: {s.description}" for s in EXAMPLES), elem_classes="small-note")
+                example_name = gr.Textbox(visible=False)
+                example_button = gr.Button(visible=False)
+                editor = gr.ImageEditor(
+                    label="Scene (draw a stroke here for a stroke path)", type="numpy", image_mode="RGBA", sources=(),
+                    transforms=(), layers=False, fixed_canvas=False, format="png", elem_id="stroke-editor", height=380,
+                    brush=gr.Brush(colors=["#ff2d2d"], default_color="#ff2d2d", color_mode="fixed", default_size=6),
+                    eraser=gr.Eraser(default_size=12),
+                )
+                summary = gr.Markdown(elem_id="summary")
+                with gr.Accordion("Upload your own image", open=False):
+                    image_file = gr.File(label="Image (PNG/JPEG/WebP/TIFF; RGB, RGBA, gray, 16-bit)",
+                                         file_types=["image"], type="filepath")
+                    depth_file = gr.File(label="Depth map (optional): .npy in metres or 16-bit PNG in mm",
+                                         file_types=[".npy", ".png"], type="filepath")
+                    fov = gr.Slider(20, 120, value=60, step=1, label="Horizontal field of view (°)",
+                                    info="Used when the depth source gives none (planar prior, uploaded depth map).")
+                    load_button = gr.Button("Load image", variant="secondary")
+                depth_choice = gr.Dropdown(
+                    [(k, v) for k, v in preview.DEPTH_CHOICES.items()], value="auto", label="Depth source",
+                    info="Depth Pro " + ("weights found." if MODE.depth_pro else "needs its weights: not found, so automatic "
+                                         "depth for uploads is the planar prior (placeholder)."),
+                )  # fmt: skip
+                long_side = gr.Radio(LONG_SIDES, value=512, label="Working size (long side, px)",
+                                     info="The preview runs on CPU; 1280 (704x1280) only with the GPU pipeline.")
+
+            # ------------------------------------------------------------- 2. camera path
+            with gr.Column(scale=1, min_width=380):
+                gr.Markdown("### 2. Camera path")
+                frames = gr.Dropdown(list(preview.FRAME_CHOICES), value=33, allow_custom_value=True, label="Frames",
+                                     info=f"4N+1; chunks of 33 then +32; at most {preview.MAX_FRAMES}.")
+                with gr.Tabs():
+                    with gr.Tab("Preset"):
+                        preset = gr.Dropdown(PRESETS, value="orbit_left", label="Preset")
+                        amount = gr.Number(paths.PRESETS["orbit_left"].default, label="Amount",
+                                           info=paths.PRESETS["orbit_left"].unit)
+                        preset_button = gr.Button("Use preset", variant="primary")
+                    with gr.Tab("Stroke", elem_id="stroke-tab"):
+                        gr.Markdown("Draw on the scene image (left) from near the centre towards where the camera should go; "
+                                    "the stroke is lifted to 3D with the depth and the camera travels along it.")
+                        depth_fraction = gr.Slider(0.05, 0.9, value=0.5, step=0.05, label="How far (fraction of the depth under the stroke)")
+                        look = gr.Radio(["source", "forward"], value="source", label="Look", info="keep the source view or look along the stroke")
+                        stroke_button = gr.Button("Use stroke as path", variant="primary", elem_id="use-stroke")
+                    with gr.Tab("Keyframes"):
+                        table = gr.Dataframe(headers=list(paths.KEYFRAME_COLUMNS), datatype="number", column_count=7,
+                                             row_count=3, interactive=True, label="Keyframes (world = source camera; metres, degrees)")
+                        keyframe_button = gr.Button("Use keyframes", variant="primary")
+                    with gr.Tab("Import / export"):
+                        path_file = gr.File(label="RealEstate10K .txt, nerfstudio transforms.json or mirage .json",
+                                            file_types=[".txt", ".json"], type="filepath")
+                        import_button = gr.Button("Import path", variant="primary")
+                        export_button = gr.Button("Export current path (3 formats)")
+                        export_files = gr.File(label="Path files", file_count="multiple", interactive=False)
+                color_by = gr.Radio([("latent features (PCA)", "latent"), ("image colour", "image")], value="latent",
+                                    label="Colour the points by")
+                plot = gr.Plot(label="Latent point cache and camera path", elem_id="cache-plot")
+
+        # ----------------------------------------------------------------- 3. generate
+        gr.Markdown("### 3. Generate")
+        with gr.Row():
+            seed = gr.Number(0, precision=0, label="Seed", visible=MODE.generation)
+            steps = gr.Slider(4, 50, value=20, step=1, label="Sampling steps", visible=MODE.generation)
+            prompt = gr.Textbox("", label="Prompt (optional)", visible=MODE.generation)
+        gr.Markdown(
+            f"Mode: **{MODE.name}**. " + ("Both memories run the diffusion model with the same seed." if MODE.generation else
+            "Offline, Generate shows **readout previews** of both memories (needs no weights); generation needs the "
+            "Wan2.2-TI2V-5B weights and a CUDA GPU."), elem_classes="small-note",
+        )  # fmt: skip
+        run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary", elem_id="run")
+        with gr.Row():
+            with gr.Column():
+                latent_video = gr.Video(label=preview.METHOD_LABELS["latent"], elem_id="latent-video", autoplay=True, loop=True)
+                latent_mask = gr.Video(label="Latent memory: hole mask (white = seen)", autoplay=True, loop=True)
+            with gr.Column():
+                rgb_video = gr.Video(label=preview.METHOD_LABELS["rgb"], elem_id="rgb-video", autoplay=True, loop=True)
+                rgb_mask = gr.Video(label="Pixel point cloud: hole mask (white = seen)", autoplay=True, loop=True)
+        caption = gr.Markdown()
+        with gr.Row():
+            timing_plot = gr.Plot(label="Time per stage")
+            size_plot = gr.Plot(label="Cache size per chunk")
+        growth_plot = gr.Plot(label="Latent cache, chunk by chunk")
+        with gr.Accordion("Downloads", open=True):
+            side_video = gr.Video(label="Side by side", show_label=False, loop=True)
+            downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple", interactive=False)
+
+        # ----------------------------------------------------------------- wiring
+        path_ctl = [preset, amount, frames, color_by]
+        scene_out = [state, editor, summary, plot, table, status]
+        path_out = [state, summary, plot, status]
+        examples.click(load_example_index, [examples, depth_choice, long_side, *path_ctl], scene_out, api_visibility="private")
+        example_button.click(load_example, [example_name, depth_choice, long_side, *path_ctl], scene_out, api_name="load_example")
+        load_button.click(load_upload, [image_file, depth_file, depth_choice, fov, long_side, *path_ctl], scene_out, api_name="load_image")
+        long_side.change(change_size, [state, long_side, color_by], [state, editor, summary, plot, status], api_visibility="private")
+        preset.change(lambda p: gr.update(value=paths.PRESETS[p].default, info=paths.PRESETS[p].unit), preset, amount,
+                      api_visibility="private")  # fmt: skip
+        preset_button.click(use_preset, [state, *path_ctl], path_out, api_name="preset_path")
+        stroke_button.click(use_stroke, [state, editor, frames, depth_fraction, look, color_by], path_out, api_name="stroke_path")
+        keyframe_button.click(use_keyframes, [state, table, frames, color_by], path_out, api_name="keyframe_path")
+        import_button.click(use_import, [state, path_file, frames, color_by], path_out, api_name="import_path")
+        export_button.click(export_path, [state], export_files, api_name="export_path")
+        color_by.change(recolor, [state, color_by], [plot, growth_plot], api_visibility="private")
+        run_out = [state, latent_video, rgb_video, latent_mask, rgb_mask, side_video, timing_plot, size_plot, growth_plot,
+                   downloads, caption]  # fmt: skip
+        run_button.click(run, [state, seed, steps, prompt, color_by], run_out, api_name="run", concurrency_limit=1,
+                         concurrency_id="run")  # fmt: skip
+        demo.load(load_example_index, [gr.State(0), depth_choice, long_side, *path_ctl], scene_out, api_visibility="private")
+        demo.unload(end_session)
+    demo.queue(default_concurrency_limit=4)
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default=None, help="server name (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--share", action="store_true", default=None, help="public gradio link (default: $GRADIO_SHARE)")
+    args = parser.parse_args()
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(ASSETS_DIR)],
+                theme=THEME, css=CSS)  # fmt: skip

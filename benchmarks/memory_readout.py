@@ -126,7 +126,7 @@ def main() -> None:
                 "rgb_hole_fraction": r_rgb.hole_fraction,
             }
         )
-        del rgb_mem, lat_mem
+        rgb_mem = lat_mem = None  # free the caches before the next size
 
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

@@ -191,7 +191,7 @@ def summary(latent: dict, rgb: dict, bare: list[dict]) -> tuple[str, dict]:
         "peak_vram_gib": {"latent": max(latent["peak_vram_bytes"]) / GiB, "rgb": max(rgb["peak_vram_bytes"]) / GiB},
     }
     lines = [
-        f"| quantity | latent (Mirage) | RGB point cloud | ratio RGB/latent |",
+        "| quantity | latent (Mirage) | RGB point cloud | ratio RGB/latent |",
         "|---|---|---|---|",
         f"| total (s) | {latent['total_s']:.2f} | {rgb['total_s']:.2f} | {stats['total_ratio_rgb_over_latent']:.3f} |",
         f"| memory stages: readout + update (s) | {lat_mem:.4f} | {rgb_mem:.4f} | {stats['memory_ratio_rgb_over_latent']:.1f} |",

@@ -34,6 +34,7 @@ __all__ = [
     "num_latent_frames",
     "check_num_frames",
     "pixel_frames_of_latent",
+    "chunk_ranges",
 ]
 
 WAN22_MODEL_ID = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"  # the VAE lives in its subfolder "vae"
@@ -121,6 +122,24 @@ def pixel_frames_of_latent(k: int, temporal_stride: int = 4) -> range:
     if k == 0:
         return range(0, 1)
     return range(temporal_stride * k - temporal_stride + 1, temporal_stride * k + 1)
+
+
+def chunk_ranges(num_frames: int, chunk_frames: int = 33) -> list[tuple[int, int]]:
+    """Pixel-frame ranges ``(start, stop)`` of the chunks of a ``num_frames`` video.
+
+    The first chunk has ``min(num_frames, chunk_frames)`` frames; each later one starts at the
+    previous chunk's last frame and adds up to ``chunk_frames - 1`` new frames. With ``4N + 1`` for
+    both arguments every chunk has ``4N + 1`` frames. ``chunk_ranges(65) == [(0, 33), (32, 65)]``.
+    """
+    check_num_frames(num_frames)
+    check_num_frames(chunk_frames)
+    if chunk_frames < 5:
+        raise ValueError(f"chunk_frames must be 4N+1 with N >= 1 (a chunk must add frames), got {chunk_frames}")
+    ranges = [(0, min(num_frames, chunk_frames))]
+    while ranges[-1][1] < num_frames:
+        start = ranges[-1][1] - 1
+        ranges.append((start, min(num_frames, start + chunk_frames)))
+    return ranges
 
 
 def _check_video(video: Tensor, spatial_stride: int, temporal_stride: int) -> None:  # video [B, 3, T, H, W]

@@ -677,12 +677,22 @@ def align_scale(depth: Tensor, reference: Tensor, mask: Tensor | None = None) ->
     return float(torch.exp(centre))
 
 
-def estimate_frames(backend: DepthBackend, frames: Tensor, K: Tensor) -> Tensor:  # [3, F, H, W]; K [3, 3] -> [F, H, W]
-    """Depth of several frames with known intrinsics: ``backend.estimate_batch`` if it has one, else a loop."""
+def estimate_frames(backend: DepthBackend, frames: Tensor, K: Tensor) -> Tensor:  # [3, F, H, W]; K [3, 3] or [F, 3, 3] -> [F, H, W]
+    """Depth of several frames with known intrinsics, shared (``[3, 3]``) or per frame (``[F, 3, 3]``,
+    e.g. a zoom): one ``backend.estimate_batch`` call when the intrinsics agree and the backend has
+    one, else a loop of ``estimate``."""
+    frames = _check_frames(frames)
+    Fr = frames.shape[1]
+    if K.dim() == 3:
+        if K.shape != (Fr, 3, 3):
+            raise ValueError(f"per-frame K must be [{Fr}, 3, 3], got {tuple(K.shape)}")
+        if bool((K == K[:1]).all()):
+            K = K[0]
+        else:
+            return torch.stack([backend.estimate(frames[:, i], K[i]).depth for i in range(Fr)])
     if hasattr(backend, "estimate_batch"):
         return backend.estimate_batch(frames, K)
-    frames = _check_frames(frames)
-    return torch.stack([backend.estimate(frames[:, i], K).depth for i in range(frames.shape[1])])
+    return torch.stack([backend.estimate(frames[:, i], K).depth for i in range(Fr)])
 
 
 # ----------------------------------------------------------------------------- registry

@@ -46,6 +46,7 @@ class MemoryReadout:
     depth: Tensor | None = None  # [F, h, w] readout depth in metres, NaN where hidden
     renders: Tensor | None = None  # RGB memory only: [3, T, H, W] rasterized frames in [-1, 1]
     pixel_mask: Tensor | None = None  # RGB memory only: [T, H, W] bool
+    pixel_depth: Tensor | None = None  # RGB memory only: [T, H, W] rendered depth in metres, NaN where hidden
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds for this read
 
     @property
@@ -474,5 +475,5 @@ class RGBPointCloudMemory(_PointMemory):
             depth = downsample_depth(self._last_depth[::ts], s)  # [F, h, w] rendered depth on the latent grid
         return MemoryReadout(
             latents=latents, mask=mask.to(latents.device), depth=torch.where(mask, depth, torch.nan).to(latents.device),
-            renders=renders, pixel_mask=pixel_mask, timings=dict(rec),
+            renders=renders, pixel_mask=pixel_mask, pixel_depth=self._last_depth, timings=dict(rec),
         )

@@ -52,9 +52,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from .cameras import Cameras
-from .codecs import WAN22_MODEL_ID, WanVAECodec, check_num_frames
+from .codecs import WAN22_MODEL_ID, WanVAECodec, check_num_frames, chunk_ranges
 from .depth import MIN_ALIGN_PIXELS, DepthBackend, align_scale, estimate_frames, make_depth_backend
-from .geometry import downsample_depth, splat_zbuffer, valid_depth
+from .geometry import downsample_depth, valid_depth
 from .memory import LatentSpatialMemory, MemoryReadout, RGBPointCloudMemory
 from .timing import StageTimer
 
@@ -120,24 +120,6 @@ class MirageOutput:
     depth_scales: list[float] = field(default_factory=list)  # per chunk: scale applied to the estimated depth
     depth_aligned: list[bool] = field(default_factory=list)  # per chunk: False when too few cells overlapped
     # and the previous chunk's scale (1.0 for chunk 0) was kept
-
-
-def chunk_ranges(num_frames: int, chunk_frames: int = 33) -> list[tuple[int, int]]:
-    """Pixel-frame ranges ``(start, stop)`` of the chunks of a ``num_frames`` video.
-
-    The first chunk has ``min(num_frames, chunk_frames)`` frames; each later one starts at the
-    previous chunk's last frame and adds up to ``chunk_frames - 1`` new frames. With ``4N + 1`` for
-    both arguments every chunk has ``4N + 1`` frames. ``chunk_ranges(65) == [(0, 33), (32, 65)]``.
-    """
-    check_num_frames(num_frames)
-    check_num_frames(chunk_frames)
-    if chunk_frames < 5:
-        raise ValueError(f"chunk_frames must be 4N+1 with N >= 1 (a chunk must add frames), got {chunk_frames}")
-    ranges = [(0, min(num_frames, chunk_frames))]
-    while ranges[-1][1] < num_frames:
-        start = ranges[-1][1] - 1
-        ranges.append((start, min(num_frames, start + chunk_frames)))
-    return ranges
 
 
 def token_visible(mask: Tensor, patch: tuple[int, int] = (2, 2)) -> Tensor:  # [F, h, w] bool -> [F, h, w] bool
@@ -343,21 +325,8 @@ class MiragePipeline(DiffusionPipeline):
         return memory
 
     def _estimate_depth(self, frames: Tensor, K: Tensor) -> Tensor:  # frames [3, F, H, W]; K [F, 3, 3] -> [F, H, W]
-        """Depth of frames with their own intrinsics (one batched call when all ``K`` agree)."""
-        if bool((K == K[:1]).all()):
-            return estimate_frames(self.depth_backend, frames, K[0])
-        return torch.stack([self.depth_backend.estimate(frames[:, i], K[i]).depth for i in range(frames.shape[1])])
-
-    @staticmethod
-    def _reference_depth(memory, readout: MemoryReadout, cameras: Cameras, h: int, w: int) -> Tensor:  # -> [F, h, w]
-        """The memory's depth on the latent grid of the chunk's latent-aligned cameras (NaN where hidden)."""
-        if readout.depth is not None:
-            return readout.depth
-        # RGBPointCloudMemory.read returns no depth: render its points on the latent grid (same z-buffer rule)
-        lat = cameras.rescaled(w, h).to(memory.device)
-        return splat_zbuffer(
-            memory.points, None, lat.K, lat.cam_from_world, h, w, surface_tolerance=memory.surface_tolerance
-        ).depth
+        """Depth of frames with their own intrinsics (zoom paths change ``K`` per frame)."""
+        return estimate_frames(self.depth_backend, frames, K)
 
     # ------------------------------------------------------------------ 5. denoise one chunk
     @torch.no_grad()
@@ -466,9 +435,6 @@ class MiragePipeline(DiffusionPipeline):
             prompt, prompt_embeds, guidance_scale, negative_prompt_embeds, image_depth,
         )
         device = self._execution_device
-        H, W = image.shape[1:]
-        s = self.codec.spatial_stride
-        h, w = H // s, W // s
         ranges = chunk_ranges(num_frames, chunk_frames)
         timer = StageTimer(device)
         on_cuda = device.type == "cuda"
@@ -542,8 +508,8 @@ class MiragePipeline(DiffusionPipeline):
                     new_frames = frames[:, self.codec.temporal_stride :: self.codec.temporal_stride]  # [3, F-1, H, W]
                     new_cams = latent_cams[1:]
                     depth = self._estimate_depth(new_frames, new_cams.K.to(device)).float()  # [F-1, H, W]
-                    reference = self._reference_depth(mem, readout, latent_cams, h, w)[1:]  # [F-1, h, w]
-                    depth_lat = downsample_depth(depth, s)  # [F-1, h, w]
+                    reference = readout.depth[1:]  # [F-1, h, w] the memory's depth, NaN where hidden
+                    depth_lat = downsample_depth(depth, self.codec.spatial_stride)  # [F-1, h, w]
                     common = readout.mask[1:].to(device) & valid_depth(depth_lat) & valid_depth(reference.to(device))
                     ok = int(common.sum()) >= MIN_ALIGN_PIXELS
                     if ok:

@@ -34,10 +34,10 @@ from torch import Tensor
 
 from . import camera_io, paths, plotting, strokes, video
 from .cameras import Camera, Cameras, fov_from_intrinsics, intrinsics_from_fov
-from .codecs import WAN22_MODEL_ID, OfflineCodec, check_num_frames
+from .codecs import WAN22_MODEL_ID, OfflineCodec, check_num_frames, chunk_ranges
 from .depth import FileDepth, PlanarPriorBackend, make_depth_backend, weights_available
 from .examples import EXAMPLES, load_example
-from .geometry import downsample_depth, splat_zbuffer, valid_depth
+from .geometry import downsample_depth, valid_depth
 from .images import choose_resolution, fit_image_depth_camera, image_to_uint8, load_image
 from .memory import LatentSpatialMemory, RGBPointCloudMemory
 
@@ -520,20 +520,6 @@ def scene_figure(state: SceneState, color_by: ColorBy = "latent"):
 
 
 # --------------------------------------------------------------------------------------- preview
-def chunk_ranges(num_frames: int, chunk_frames: int = CHUNK_FRAMES) -> list[tuple[int, int]]:
-    """Pixel-frame ranges ``(start, stop)`` of the chunks, exactly as ``mirage.pipeline.chunk_ranges``:
-    ``(0, 33)``, then each chunk starts at the previous chunk's last frame and adds up to 32."""
-    check_num_frames(num_frames)
-    check_num_frames(chunk_frames)
-    if chunk_frames < 5:
-        raise ValueError(f"chunk_frames must be 4N+1 with N >= 1, got {chunk_frames}")
-    ranges = [(0, min(num_frames, chunk_frames))]
-    while ranges[-1][1] < num_frames:
-        start = ranges[-1][1] - 1
-        ranges.append((start, min(num_frames, start + chunk_frames)))
-    return ranges
-
-
 @dataclass
 class PreviewResult:
     """Both memories along one path: decoded readouts (or generated videos), masks, timings, sizes."""
@@ -620,13 +606,9 @@ def run_readout_preview(
         rgb_video, t_dec = _timed(lambda: codec.decode(rgb.latents[None])[0])  # [3, T_c, H, W]
         frames = rgb.renders[:, ts::ts]  # [3, F-1, H, W] rendered latent-aligned frames
 
-        def render_depth():  # the rendered depth of those frames (same z-buffer rule as the renders)
-            return splat_zbuffer(rgb_mem.points, None, new_cams.K, new_cams.cam_from_world, H, W,
-                                 surface_tolerance=rgb_mem.surface_tolerance).depth  # [F-1, H, W]
-
-        depth, t_depth = _timed(render_depth)
+        depth = rgb.pixel_depth[ts::ts]  # [F-1, H, W] the rendered depth of those frames
         rgb_mem.update(frames, depth, new_cams)
-        timings["rgb"].append({**rgb.timings, "decode": t_dec, "depth": t_depth, "update": rgb_mem.timings.last["update"]})
+        timings["rgb"].append({**rgb.timings, "decode": t_dec, "update": rgb_mem.timings.last["update"]})
         videos["rgb"].append(rgb_video)
         masks["rgb"].append(rgb.pixel_mask.cpu())
         report((c + 1) / len(ranges), desc=f"chunk {c + 1}/{len(ranges)} done")
@@ -790,9 +772,8 @@ def result_caption(result: PreviewResult) -> str:
     if result.kind == "readout preview":
         lines.append(
             "These are **readout previews**: what each memory returns along the path, decoded with the offline codec. "
-            "No generative model runs, so unseen regions stay empty (grey); each memory is updated with its own readout. "
-            "The point cloud's *depth* stage renders its own depth for that update (the stand-in for depth estimation); "
-            "the latent projection returns depth with the readout."
+            "No generative model runs, so unseen regions stay empty (grey); each memory is updated with its own readout "
+            "and the depth that came with it (no depth estimation offline)."
         )
     return "\n\n".join(lines)
 

@@ -330,7 +330,7 @@ def test_offline_is_orthogonal_projection():
 
 def test_offline_exact_on_subspace():
     g = torch.Generator().manual_seed(4)
-    B_, T, F, h, w = 1, 9, 3, H // 16, W // 16
+    B_, F, h, w = 1, 3, H // 16, W // 16  # T = 9 pixel frames
     cells = torch.rand(B_, 3, F, h, w, generator=g) * 2 - 1  # one RGB colour per patch per latent frame
     per_frame = cells[:, :, [0, 1, 1, 1, 1, 2, 2, 2, 2]]  # [B, 3, T, h, w] constant over each group
     x = per_frame.repeat_interleave(16, dim=3).repeat_interleave(16, dim=4)  # [B, 3, T, H, W]

@@ -17,7 +17,8 @@ from mirage.codecs import WanVAECodec
 from mirage.depth import PlanarPriorBackend
 from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory
 from mirage.paths import make_preset_path
-from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline, chunk_ranges, token_visible
+from mirage.codecs import chunk_ranges
+from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline, token_visible
 from mirage.synthetic import default_camera, default_scene
 
 H, W, T, CHUNK, STEPS, TEXT_DIM = 64, 96, 17, 9, 3, 32

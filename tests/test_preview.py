@@ -221,14 +221,6 @@ def test_import_errors_name_the_file(scene, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- preview
-def test_chunk_ranges_match_the_pipeline():
-    from mirage.pipeline import chunk_ranges
-
-    for T in (5, 33, 41, 65, 97, 161):
-        assert preview.chunk_ranges(T) == chunk_ranges(T)
-    assert preview.chunk_ranges(65) == [(0, 33), (32, 65)]
-
-
 @pytest.mark.parametrize("T", [33, 65])
 def test_readout_preview_videos_masks_timings_and_growth(scene, T):
     preview.preset_path(scene, "orbit_left", 15.0, T)
@@ -245,7 +237,7 @@ def test_readout_preview_videos_masks_timings_and_growth(scene, T):
         assert all(b > a for a, b in zip(result.sizes[m], result.sizes[m][1:])), result.sizes[m]  # grows every chunk
         assert 0.0 <= result.hole_fraction(m) < 1.0
     assert all(set(t) == {"project", "decode", "update"} for t in result.timings["latent"])
-    assert all(set(t) == {"rasterize", "encode", "decode", "depth", "update"} for t in result.timings["rgb"])
+    assert all(set(t) == {"rasterize", "encode", "decode", "update"} for t in result.timings["rgb"])
     assert all(v >= 0 for t in result.timings["rgb"] + result.timings["latent"] for v in t.values())
     assert result.counts[0] == scene.memory.num_points and len(result.counts) == n_chunks + 1
     assert result.memory.num_points == result.counts[-1] == len(result.memory_colors)
@@ -325,7 +317,7 @@ def test_result_files_and_figures(scene, tmp_path):
     assert [p.suffix for p in files.path_files] == [".txt", ".json", ".json"]
     assert len(files.downloads()) == 10  # 5 videos, 2 cache files, 3 path files
     timing, sizes, growth = out.figures
-    assert {t.name for t in timing.data} >= {"project", "rasterize", "encode", "decode", "depth", "update"}
+    assert {t.name for t in timing.data} >= {"project", "rasterize", "encode", "decode", "update"}
     assert [t.name for t in sizes.data] == [preview.METHOD_LABELS["latent"], preview.METHOD_LABELS["rgb"]]
     assert len(sizes.data[0].y) == 3
     assert len(growth.layout.sliders[0].steps) == 3  # init + 2 chunks

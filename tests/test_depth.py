@@ -101,6 +101,20 @@ def test_depth_pro_estimate_batch_matches_single(depth_pro):
     torch.testing.assert_close(estimate_frames(depth_pro, frames, _K()), batch, equal_nan=True)
 
 
+def test_estimate_frames_with_per_frame_intrinsics():
+    # a zoom path: each frame has its own focal length, and Depth Pro's depth scales with it
+    backend = _constant_depth_pro()
+    frames = torch.stack([_image(s) for s in range(3)], dim=1)  # [3, 3, H, W]
+    Ks = torch.stack([_K(), _K(), _K()])
+    Ks[1, :2, :2] *= 2.0
+    out = estimate_frames(backend, frames, Ks)
+    torch.testing.assert_close(out[1], 2.0 * out[0])
+    torch.testing.assert_close(out[2], out[0])
+    torch.testing.assert_close(estimate_frames(backend, frames, Ks[[0, 0, 0]]), estimate_frames(backend, frames, _K()))
+    with pytest.raises(ValueError, match=r"\[3, 3, 3\]"):
+        estimate_frames(backend, frames, Ks[:2])
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

@@ -104,17 +104,17 @@ def _splat_indices(
     width: int,
     surface_tolerance: float,
     near: float,
-) -> Tensor:  # [V, h, w] long, index of the shown point, N where empty
+) -> tuple[Tensor, Tensor]:  # index [V, h, w] long (N where empty), depth [V, h, w] of the shown point
     V, N = P.shape[0], points.shape[0]
     uv, z = _project(points, P)  # [V, N, 2], [V, N]
     cell = torch.floor(uv)  # [V, N, 2] nearest cell: the one containing the projection (NaN stays NaN)
-    size = torch.tensor([width, height], device=points.device, dtype=cell.dtype)
-    inside = (z > near) & ((cell >= 0) & (cell < size)).all(-1)  # [V, N]; NaN compares False
+    col, row = cell[..., 0], cell[..., 1]  # [V, N] each
+    inside = (z > near) & (col >= 0) & (row >= 0) & (col < width) & (row < height)  # [V, N]; NaN compares False
     cells = height * width
     dump = V * cells  # one extra slot collects every point that lands nowhere
     view_base = torch.arange(0, dump, cells, device=points.device).unsqueeze(1)  # [V, 1]
-    cell = torch.where(inside.unsqueeze(-1), cell, 0.0).long()  # [V, N, 2]
-    flat = torch.where(inside, view_base + cell[..., 1] * width + cell[..., 0], dump).reshape(-1)  # [V*N] flat cell ids
+    in_view = torch.add(col, row, alpha=width).long()  # [V, N] col + w * row (exact below 2^24 cells)
+    flat = torch.where(inside, in_view + view_base, dump).reshape(-1)  # [V*N] flat cell ids
     z_in = torch.where(inside, z, torch.inf).reshape(-1)  # [V*N]
     # pass 1: closest depth per cell (amin is order independent -> deterministic)
     zbuf = torch.full((dump + 1,), torch.inf, device=points.device, dtype=z.dtype)
@@ -123,11 +123,17 @@ def _splat_indices(
     band = zbuf * (1.0 + surface_tolerance)  # [V*h*w + 1]
     if surface_tolerance > 0:
         band[:dump] += surface_band_slack(zbuf[:dump].view(V, height, width)).reshape(-1)
-    candidate = z_in <= band.gather(0, flat)  # [V*N]; points that land nowhere have z_in = inf
-    point_id = torch.arange(N, device=points.device).repeat(V)  # [V*N]
-    best = torch.full((dump + 1,), N, device=points.device, dtype=torch.long)
-    best.scatter_reduce_(0, flat, torch.where(candidate, point_id, N), reduce="amin")
-    return best[:dump].view(V, height, width)
+    # (view, point) pairs are numbered v*N + i; inside one cell v is fixed, so the smallest number
+    # is the smallest point index i
+    pair = torch.arange(V * N, device=points.device)  # [V*N]
+    best = torch.full((dump + 1,), V * N, device=points.device, dtype=torch.long)
+    best.scatter_reduce_(0, flat, torch.where(z_in <= band.gather(0, flat), pair, V * N), reduce="amin")
+    best = best[:dump].view(V, cells)  # [V, h*w] pair numbers, V*N where empty
+    point = best - torch.arange(0, V * N, N, device=points.device).unsqueeze(1)  # [V, h*w] point index i
+    shown = best < V * N  # [V, h*w]
+    # depth of the shown point (not always the closest one when surface_tolerance > 0)
+    depth = torch.where(shown, z.gather(1, point.clamp(0, N - 1)), torch.nan)  # [V, h*w]
+    return torch.where(shown, point, N).view(V, height, width), depth.view(V, height, width)
 
 
 def surface_band_slack(zbuf: Tensor, max_fraction: float = 0.25) -> Tensor:  # [V, h, w] -> [V, h, w]
@@ -137,10 +143,11 @@ def surface_band_slack(zbuf: Tensor, max_fraction: float = 0.25) -> Tensor:  # [
     wide band, fronto-parallel ones a narrow one. Empty cells give 0; empty neighbours are ignored."""
     finite = torch.isfinite(zbuf)  # [V, h, w]
     z = torch.where(finite, zbuf, 0.0)
-    hi = F.max_pool2d(torch.where(finite, zbuf, -torch.inf).unsqueeze(1), 3, 1, 1).squeeze(1)  # [V, h, w] max over 3x3
-    lo = -F.max_pool2d(torch.where(finite, -zbuf, -torch.inf).unsqueeze(1), 3, 1, 1).squeeze(1)  # [V, h, w] min over 3x3
-    step = torch.where(finite, torch.maximum(hi - z, z - lo), 0.0)
-    return torch.minimum(step, max_fraction * z)
+    # one 3x3 max-pool over (z, -z) with empty cells at -inf gives the neighbourhood max and -min
+    both = torch.stack([torch.where(finite, zbuf, -torch.inf), -zbuf], 1)  # [V, 2, h, w]; -inf stays -inf
+    pooled = F.max_pool2d(both, 3, 1, 1)  # [V, 2, h, w]
+    step = torch.maximum(pooled[:, 0] - z, pooled[:, 1] + z)  # max(hi - z, z - lo)
+    return torch.where(finite, torch.minimum(step, max_fraction * z), 0.0)
 
 
 def splat_zbuffer(
@@ -172,21 +179,20 @@ def splat_zbuffer(
         raise ValueError(f"surface_tolerance must be >= 0, got {surface_tolerance}")
     V, N, device = K.shape[0], points.shape[0], points.device
     P = (K.float() @ cam_from_world[:, :3, :].float()).to(device)  # [V, 3, 4], composed where the cameras live
-    group = max(1, max_elements // max(N, 1))
-    best = torch.cat([_splat_indices(points, P[s : s + group], height, width, surface_tolerance, near) for s in range(0, V, group)])
-    mask = best < N  # [V, h, w]
     if N == 0:
-        depth = torch.full((V, height, width), torch.nan, device=device)
         feats = None if features is None else torch.zeros(V, features.shape[1], height, width, dtype=features.dtype, device=device)
-        return SplatResult(index=best - 1, mask=mask, depth=depth, features=feats)
-    safe = best.clamp(max=N - 1).reshape(-1)  # [V*h*w]
-    # depth of the shown point (not always the closest one when surface_tolerance > 0)
-    shown = points[safe].view(V, -1, 3).float()  # [V, h*w, 3]
-    z_shown = torch.baddbmm(P[:, 2:3, 3:], P[:, 2:3, :3], shown.transpose(1, 2)).view(V, height, width)  # [V, h, w]
-    depth = torch.where(mask, z_shown, torch.nan)  # [V, h, w]
+        return SplatResult(index=torch.full((V, height, width), -1, device=device),
+                           mask=torch.zeros(V, height, width, dtype=torch.bool, device=device),
+                           depth=torch.full((V, height, width), torch.nan, device=device), features=feats)  # fmt: skip
+    group = max(1, max_elements // N)
+    parts = [_splat_indices(points, P[s : s + group], height, width, surface_tolerance, near) for s in range(0, V, group)]
+    best = parts[0][0] if len(parts) == 1 else torch.cat([b for b, _ in parts])  # [V, h, w], N where empty
+    depth = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts])  # [V, h, w], NaN where empty
+    mask = best < N  # [V, h, w]
     feats = None
     if features is not None:
-        gathered = features[safe].view(V, height, width, -1) * mask.unsqueeze(-1)  # [V, h, w, C], zero where empty
+        safe = best.clamp(max=N - 1).view(-1)  # [V*h*w]
+        gathered = features[safe].view(V, height, width, -1) * mask.unsqueeze(-1)  # [V, h, w, C], 0 where empty
         feats = gathered.permute(0, 3, 1, 2)  # [V, h, w, C] -> [V, C, h, w] (a view)
     return SplatResult(index=torch.where(mask, best, -1), mask=mask, depth=depth, features=feats)
 

@@ -553,5 +553,5 @@ def _readout_to_cpu(r: MemoryReadout) -> MemoryReadout:
     move = lambda x: None if x is None else x.cpu()  # noqa: E731
     return MemoryReadout(
         latents=r.latents.cpu(), mask=r.mask.cpu(), depth=move(r.depth), renders=move(r.renders),
-        pixel_mask=move(r.pixel_mask), timings=dict(r.timings),
+        pixel_mask=move(r.pixel_mask), pixel_depth=move(r.pixel_depth), timings=dict(r.timings),
     )

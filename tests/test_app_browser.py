@@ -67,16 +67,16 @@ def test_example_stroke_run_in_chromium(app):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else external.append(r.url))
             page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector("#examples button.gallery-item", timeout=60_000)
-            page.wait_for_function("document.querySelector('#summary').innerText.includes('motorcycle')", timeout=60_000)
+            page.wait_for_selector("#examples button.gallery-item", timeout=180_000)
+            page.wait_for_function("document.querySelector('#summary').innerText.includes('motorcycle')", timeout=180_000)
             page.get_by_label("256").check()  # small working size: a quick CPU run (rebuilds the first example)
             page.wait_for_function(
-                "document.querySelector('#summary').innerText.includes('working size 256x')", timeout=60_000
+                "document.querySelector('#summary').innerText.includes('working size 256x')", timeout=180_000
             )
             page.locator("#examples button.gallery-item").nth(2).click()  # the synthetic room
             page.wait_for_function(
                 "document.querySelector('#summary').innerText.includes('synthetic-room — working size 256x128')",
-                timeout=60_000,
+                timeout=180_000,
             )  # fmt: skip
 
             # draw a stroke on the scene image: from the centre to the right and a little up
@@ -92,17 +92,17 @@ def test_example_stroke_run_in_chromium(app):
             page.get_by_role("tab", name="Stroke").click()
             page.click("#use-stroke")
             page.wait_for_function(
-                "document.querySelector('#status').innerText.startsWith('Path set: stroke')", timeout=60_000
+                "document.querySelector('#status').innerText.startsWith('Path set: stroke')", timeout=180_000
             )
             assert "33 frames" in _status(page)
 
             page.click("#run")
             for elem in ("#latent-video video", "#rgb-video video"):
-                page.wait_for_selector(elem, timeout=120_000)
+                page.wait_for_selector(elem, timeout=240_000)
                 assert page.get_attribute(elem, "src"), elem
-            page.wait_for_selector("#cache-plot .js-plotly-plot", timeout=30_000)
+            page.wait_for_selector("#cache-plot .js-plotly-plot", timeout=90_000)
             page.wait_for_function(
-                "document.querySelector('#cache-plot .js-plotly-plot').data.length >= 4", timeout=30_000
+                "document.querySelector('#cache-plot .js-plotly-plot').data.length >= 4", timeout=90_000
             )  # points, frusta, source camera, trajectory
             page.wait_for_timeout(1500)  # let the videos show a frame
             page.screenshot(path=str(ARTIFACTS / "app_screenshot.png"), full_page=True)

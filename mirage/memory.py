@@ -174,6 +174,7 @@ class LatentSpatialMemory(_PointMemory):
         self.temporal_stride = int(temporal_stride)
         self.features: Tensor | None = None  # [N, C] in the latent dtype
         self.grid: tuple[int, int] | None = None  # latent (h, w)
+        self.last_added: Tensor | None = None  # [F, h, w] bool: the cells the last update appended, in point order
 
     # ------------------------------------------------------------------ state
     @property
@@ -254,6 +255,8 @@ class LatentSpatialMemory(_PointMemory):
                 new_pts, new_feats = pts[keep], feats[keep]  # [M, 3], [M, C]
                 sel = self._dedup(new_pts)
                 new_pts, new_feats = new_pts[sel], new_feats[sel]
+                keep[keep.clone()] = sel  # [F, h, w]: appended cells, row-major like the points
+                self.last_added = keep
                 self.points = torch.cat([self.points, new_pts])
                 self.features = new_feats.clone() if self.features is None else torch.cat([self.features, new_feats.to(self.features.dtype)])
         self._record_size(_step, int(new_pts.shape[0]))

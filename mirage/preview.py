@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import camera_io, paths, plotting, strokes, video
-from .cameras import Camera, Cameras, fov_from_intrinsics, intrinsics_from_fov
+from .cameras import Camera, Cameras, fov_from_intrinsics, intrinsics_from_fov, invert_rigid
 from .codecs import WAN22_MODEL_ID, OfflineCodec, check_num_frames, chunk_ranges
 from .depth import FileDepth, PlanarPriorBackend, make_depth_backend, weights_available
 from .examples import EXAMPLES, load_example
-from .geometry import downsample_depth, valid_depth
+from .geometry import valid_depth
 from .images import choose_resolution, fit_image_depth_camera, image_to_uint8, load_image
 from .memory import LatentSpatialMemory, RGBPointCloudMemory
 
@@ -335,18 +335,14 @@ class SceneState:
         return tuple(self.image.shape[1:])
 
 
-def cell_colors(frames: Tensor, depth: Tensor, stride: int = 16) -> Tensor:
-    """Mean colour of each latent cell with valid depth, in the memory's point order.
+def cell_colors(frames: Tensor, cells: Tensor, stride: int = 16) -> Tensor:
+    """Mean colour of the given latent cells, in the memory's point order.
 
-    frames: ``[3, F, H, W]`` in [-1, 1]; depth: ``[F, h, w]`` (latent grid) or ``[F, H, W]``.
-    Returns ``[M, 3]`` uint8 for the cells where ``valid_depth`` holds, row-major over ``(F, h, w)``,
-    the order in which ``LatentSpatialMemory.update`` appends points."""
-    C, Fr, H, W = frames.shape
-    if depth.shape[-2:] != (H // stride, W // stride):
-        depth = downsample_depth(depth, stride)  # [F, h, w]
+    frames: ``[3, F, H, W]`` in [-1, 1]; cells: ``[F, h, w]`` bool, e.g. ``memory.last_added``.
+    Returns ``[M, 3]`` uint8, row-major over ``(F, h, w)`` as ``LatentSpatialMemory.update`` appends."""
     mean = F.avg_pool2d(frames.permute(1, 0, 2, 3).float(), stride)  # [3, F, H, W] -> [F, 3, H, W] -> [F, 3, h, w]
     rgb = ((mean.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # [F, h, w, 3]
-    return rgb[valid_depth(depth)]  # [M, 3]
+    return rgb[cells.to(rgb.device)]  # [M, 3]
 
 
 def build_scene(raw: RawScene, long_side: int = 512, codec: OfflineCodec | None = None) -> SceneState:
@@ -362,9 +358,7 @@ def build_scene(raw: RawScene, long_side: int = 512, codec: OfflineCodec | None 
     latent = codec.encode(image[None, :, None])[0]  # [1, 3, 1, H, W] -> [C, 1, h, w]
     memory = LatentSpatialMemory(spatial_stride=codec.spatial_stride, temporal_stride=codec.temporal_stride)
     memory.initialize(latent, depth, camera)
-    colors = cell_colors(image[:, None], depth[None], codec.spatial_stride)  # [N, 3]
-    if len(colors) != memory.num_points:
-        raise RuntimeError(f"{len(colors)} cell colours for {memory.num_points} memory points")
+    colors = cell_colors(image[:, None], memory.last_added, codec.spatial_stride)  # [N, 3]
     scene_depth = float(depth[valid_depth(depth)].median())
     return SceneState(raw, image, depth, camera, latent, memory, colors, scene_depth)
 
@@ -486,7 +480,7 @@ def imported_path(state: SceneState, file: str | Path | None, num_frames, max_fr
     if len(cams) < 2:
         raise ValueError(f"{Path(file).name}: a path needs at least 2 cameras, the file has {len(cams)}")
     first_from_world = cams.cam_from_world[0].double()  # [4, 4]
-    cam_from_first = cams.cam_from_world.double() @ torch.linalg.inv(first_from_world)  # [N, 4, 4]
+    cam_from_first = cams.cam_from_world.double() @ invert_rigid(first_from_world)  # [N, 4, 4]
     cams = paths.resample_path(Cameras(cams.K, cam_from_first.float(), W, H), T)
     return set_path(state, cams, f"imported {Path(file).name}", max_frames)
 
@@ -592,10 +586,8 @@ def run_readout_preview(
         lat = latent_mem.read(chunk)  # latents [C, F, h, w], mask [F, h, w], depth [F, h, w]
         lat_video, t_dec = _timed(lambda: codec.decode(lat.latents[None])[0])  # [3, T_c, H, W]
         lat_new_depth = lat.depth[1:]  # [F-1, h, w] readout depth, NaN where hidden
-        added = latent_mem.update(lat.latents[:, 1:], lat_new_depth, new_cams)
-        new_colors = cell_colors(lat_video[:, ts::ts], lat_new_depth, codec.spatial_stride)  # [added, 3]
-        if len(new_colors) != added:
-            raise RuntimeError(f"{len(new_colors)} colours for {added} new latent points")
+        latent_mem.update(lat.latents[:, 1:], lat_new_depth, new_cams)
+        new_colors = cell_colors(lat_video[:, ts::ts], latent_mem.last_added, codec.spatial_stride)  # [added, 3]
         colors.append(new_colors)
         timings["latent"].append({**lat.timings, "decode": t_dec, "update": latent_mem.timings.last["update"]})
         videos["latent"].append(lat_video)

@@ -81,6 +81,8 @@ def test_update_drops_invalid_far_and_excluded_cells():
     added = mem.update(latent[:, None], d, src.batch(), exclude=exclude)
     expected = (w // 2) * h - (w // 2) - 1  # right half, minus the invalid top row, minus one excluded cell
     assert added == expected and mem.num_points == n0 + expected
+    assert int(mem.last_added.sum()) == added and not mem.last_added[0, :, : w // 2].any()  # the cells, in point order
+    assert mem.last_added[0, 0].sum() == 0 and not mem.last_added[0, h - 1, 300 // S]
     assert [e["num_points"] for e in mem.size_history] == [n0, n0 + expected]
 
 
@@ -92,7 +94,8 @@ def test_voxel_dedup_keeps_revisits_from_growing_the_cache():
     assert plain.num_points == 2 * h * w  # no dedup: the paper's growing cache
     dedup = LatentSpatialMemory(voxel_size=0.05).initialize(latent, depth, src)
     n0 = dedup.num_points
-    assert dedup.update(latent[:, None], depth[None] * 1.001, src.batch()) <= 0.05 * n0
+    added = dedup.update(latent[:, None], depth[None] * 1.001, src.batch())
+    assert added <= 0.05 * n0 and int(dedup.last_added.sum()) == added  # dedup is reflected in last_added
     keys = voxel_keys(dedup.points, 0.05)
     assert keys.unique().numel() == keys.numel()  # one point per voxel
 

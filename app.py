@@ -1,8 +1,10 @@
 """Mirage demo: latent 3D memory vs pixel point cloud along a camera path (Gradio).
 
-Layout and wiring only: every computation is in ``mirage.preview`` (scenes, paths, runs, files,
-figures). ``python app.py [--host H] [--port P] [--share]``; without flags gradio's own
-``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` / ``GRADIO_SHARE`` apply.
+Layout and wiring only: scenes and paths are in ``mirage.scene``, runs, files and figures in
+``mirage.preview``, and the app's own runtime (mode, device, sessions, UI formats, ZeroGPU) in
+``app_runtime``. ``python app.py [--host H] [--port P] [--share]``; without flags gradio's own
+``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` / ``GRADIO_SHARE`` apply. Environment settings:
+see ``app_runtime``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import shutil
 
 import gradio as gr
 
-from mirage import paths, preview
+import app_runtime as rt
+from mirage import paths, preview, scene
 from mirage.examples import ASSETS_DIR, EXAMPLES
 
 try:  # Hugging Face ZeroGPU; a no-op decorator elsewhere
@@ -25,12 +28,13 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     def gpu(fn=None, **_):
         return fn if fn is not None else (lambda f: f)
 
-MODE = preview.detect_mode()
-DIRS = preview.SessionDirs(os.environ.get("MIRAGE_APP_TMP") or None)
-LONG_SIDES = list(preview.LONG_SIDES) + ([preview.FULL_LONG_SIDE] if MODE.generation else [])
+MODE = rt.detect_mode()
+DIRS = rt.SessionDirs(os.environ.get("MIRAGE_APP_TMP") or None)
+LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
 PRESETS = list(paths.PRESETS)
-if MODE.generation:  # pragma: no cover - load once at start (on ZeroGPU this must happen outside @spaces.GPU)
-    preview.load_pipeline(MODE.model_path)
+GEN = rt.generation_defaults()
+if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @spaces.GPU)
+    rt.load_pipeline(MODE.model_path, MODE.device)
 
 
 def ui_errors(fn):
@@ -59,21 +63,25 @@ def _drop_state(state) -> None:  # gr.State delete_callback: the session's files
 
 
 # ------------------------------------------------------------------------------------- handlers
+def _frames(frames) -> int:
+    return rt.check_frame_count(frames)
+
+
 def _scene_outputs(state, preset, amount, frames, color_by):
     """After a load: the default preset path (if it fits the scene), editor, summary, plot, table."""
     try:
-        preview.preset_path(state, preset, amount, frames)
+        scene.preset_path(state, preset, amount, _frames(frames))
         status = f"Loaded. Path: {state.path_label}. Draw, edit keyframes or import to change it, then press Generate."
     except ValueError as err:
         status = f"Loaded, but the default path does not fit this scene: {err}"
-    return (state, preview.editor_value(state), preview.scene_summary(state), preview.scene_figure(state, color_by),
-            preview.default_keyframe_rows(state), status)  # fmt: skip
+    return (state, rt.editor_value(state), scene.scene_summary(state), scene.scene_figure(state, color_by),
+            scene.default_keyframe_rows(state), status)  # fmt: skip
 
 
 @ui_errors
 def load_example(name, depth_choice, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
     progress(0.1, desc=f"loading {name}")
-    state = preview.build_scene(preview.raw_from_example(name, depth_choice), int(long_side))
+    state = scene.build_scene(scene.raw_from_example(name, depth_choice), int(long_side))
     return _scene_outputs(state, preset, amount, frames, color_by)
 
 
@@ -85,8 +93,8 @@ def load_example_index(index, depth_choice, long_side, preset, amount, frames, c
 def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
                 progress=gr.Progress()):  # fmt: skip
     progress(0.1, desc="reading the image and its depth")
-    raw = preview.raw_from_upload(image_file, depth_file, depth_choice, float(fov))
-    state = preview.build_scene(raw, int(long_side))
+    raw = scene.raw_from_upload(image_file, depth_file, depth_choice, float(fov))
+    state = scene.build_scene(raw, int(long_side))
     return _scene_outputs(state, preset, amount, frames, color_by)
 
 
@@ -94,40 +102,38 @@ def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, am
 def change_size(state, long_side, color_by):
     if state is None:
         return state, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    new = preview.build_scene(state.raw, int(long_side))
-    if state.path is not None:
-        preview.set_path(new, state.path.rescaled(new.size[1], new.size[0]), state.path_label)
-    return new, preview.editor_value(new), preview.scene_summary(new), preview.scene_figure(new, color_by), "Working size changed."
+    new = scene.rebuild_at(state, int(long_side))
+    return new, rt.editor_value(new), scene.scene_summary(new), scene.scene_figure(new, color_by), "Working size changed."
 
 
 def _path_outputs(state, color_by):
-    return state, preview.scene_summary(state), preview.scene_figure(state, color_by), f"Path set: {state.path_label}, {len(state.path)} frames."
+    return state, scene.scene_summary(state), scene.scene_figure(state, color_by), f"Path set: {state.path_label}, {len(state.path)} frames."
 
 
 @ui_errors
 def use_preset(state, preset, amount, frames, color_by):
-    return _path_outputs(preview.preset_path(state, preset, amount, frames), color_by)
+    return _path_outputs(scene.preset_path(state, preset, amount, _frames(frames)), color_by)
 
 
 @ui_errors
 def use_stroke(state, editor, frames, depth_fraction, look, color_by):
-    return _path_outputs(preview.stroke_path(state, editor, frames, float(depth_fraction), look), color_by)
+    return _path_outputs(scene.stroke_path(state, editor, _frames(frames), float(depth_fraction), look), color_by)
 
 
 @ui_errors
 def use_keyframes(state, table, frames, color_by):
-    return _path_outputs(preview.keyframe_path(state, table, frames), color_by)
+    return _path_outputs(scene.keyframe_path(state, table, _frames(frames)), color_by)
 
 
 @ui_errors
 def use_import(state, file, frames, color_by):
-    return _path_outputs(preview.imported_path(state, file, frames), color_by)
+    return _path_outputs(scene.imported_path(state, file, _frames(frames)), color_by)
 
 
 @ui_errors
 def export_path(state, request: gr.Request):
-    state = preview.require_scene(state)
-    return [str(p) for p in preview.export_path(state, _workdir(state, request) / "path")]
+    state = scene.require_scene(state)
+    return [str(p) for p in scene.export_path(state, _workdir(state, request) / "path")]
 
 
 @ui_errors
@@ -135,29 +141,42 @@ def recolor(state, color_by):
     if state is None:
         return gr.skip(), gr.skip()
     growth = gr.skip() if state.result is None else preview.result_figures(state, state.result, color_by)[2]
-    return preview.scene_figure(state, color_by), growth
+    return scene.scene_figure(state, color_by), growth
 
 
-def _gpu_seconds(state, seed, steps, prompt, *args, **kwargs) -> int:
-    return preview.gpu_duration(len(state.path) if state is not None and state.path is not None else 33, int(steps))
+def _gpu_seconds(state, method, settings, *args, **kwargs) -> int:
+    return rt.gpu_seconds(len(state.path), settings["num_inference_steps"], settings["guidance_scale"])
 
 
 @gpu(duration=_gpu_seconds)
-def generate_on_gpu(state, seed, steps, prompt):  # pragma: no cover - needs weights + GPU
-    pipe = preview.load_pipeline(MODE.model_path)
-    return preview.run_generation(state, pipe, seed=int(seed), steps=int(steps), prompt=prompt)
+def generate_on_gpu(state, method, settings, progress=None):
+    """One memory's generation: one GPU call (ZeroGPU schedules each call with its own duration)."""
+    pipe = rt.load_pipeline(MODE.model_path, MODE.device)
+    i = preview.METHODS.index(method)
+    return preview.generate_method(state, pipe, method, progress=progress, progress_span=(i / 2, (i + 1) / 2), **settings)
 
 
 @ui_errors
-def run(state, seed, steps, prompt, color_by, request: gr.Request, progress=gr.Progress()):
-    state = preview.require_scene(state)
-    if MODE.generation:  # pragma: no cover - needs weights + GPU
-        progress(0.05, desc="generating with both memories on the GPU")
-        result = generate_on_gpu(state, seed, steps, prompt)
+def run(state, seed, steps, guidance, prompt, negative_prompt, color_by, request: gr.Request, progress=gr.Progress()):
+    state = scene.require_scene(state)
+    if state.path is None:
+        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
+    fps = rt.FPS
+    if MODE.generation:
+        settings = dict(prompt=prompt or "", num_inference_steps=int(steps), guidance_scale=float(guidance),
+                        negative_prompt=negative_prompt)  # fmt: skip
+        if MODE.zero_gpu:
+            rt.check_gpu_budget(len(state.path), int(steps), float(guidance))
+        seed = int(seed)
+        report = None if MODE.zero_gpu else progress  # a ZeroGPU call runs in another process
+        methods = {m: generate_on_gpu(state, m, {**settings, "seed": seed}, report) for m in preview.METHODS}
+        result = preview.RunResult("generation", methods, {"weights": MODE.model_path, "device": MODE.device, "seed": seed,
+                                                           "steps": int(steps), "guidance": float(guidance)})  # fmt: skip
+        fps = GEN["fps"]
     else:
         result = preview.run_readout_preview(state, progress=progress)
     progress(0.95, desc="writing videos and the cache")
-    out = preview.finish_run(state, result, _workdir(state, request) / f"run{state.version}", color_by)
+    out = rt.finish_run(state, result, _workdir(state, request) / f"run{state.version}", color_by, fps)
     f = out.files
     return (state, str(f.videos["latent"]), str(f.videos["rgb"]), str(f.masks["latent"]), str(f.masks["rgb"]),
             str(f.side_by_side), *out.figures, [str(p) for p in f.downloads()], out.caption)  # fmt: skip
@@ -214,7 +233,7 @@ def build_demo() -> gr.Blocks:
                                     info="Used when the depth source gives none (planar prior, uploaded depth map).")
                     load_button = gr.Button("Load image", variant="secondary")
                 depth_choice = gr.Dropdown(
-                    [(k, v) for k, v in preview.DEPTH_CHOICES.items()], value="auto", label="Depth source",
+                    [(k, v) for k, v in rt.DEPTH_CHOICES.items()], value="auto", label="Depth source",
                     info="Depth Pro " + ("weights found." if MODE.depth_pro else "needs its weights: not found, so automatic "
                                          "depth for uploads is the planar prior (placeholder)."),
                 )  # fmt: skip
@@ -224,8 +243,8 @@ def build_demo() -> gr.Blocks:
             # ------------------------------------------------------------- 2. camera path
             with gr.Column(scale=1, min_width=380):
                 gr.Markdown("### 2. Camera path")
-                frames = gr.Dropdown(list(preview.FRAME_CHOICES), value=33, allow_custom_value=True, label="Frames",
-                                     info=f"4N+1; chunks of 33 then +32; at most {preview.MAX_FRAMES}.")
+                frames = gr.Dropdown(list(rt.FRAME_CHOICES), value=33, allow_custom_value=True, label="Frames",
+                                     info=f"4N+1; chunks of 33 then +32; at most {rt.MAX_FRAMES}.")
                 with gr.Tabs():
                     with gr.Tab("Preset"):
                         preset = gr.Dropdown(PRESETS, value="orbit_left", label="Preset")
@@ -254,14 +273,19 @@ def build_demo() -> gr.Blocks:
 
         # ----------------------------------------------------------------- 3. generate
         gr.Markdown("### 3. Generate")
-        with gr.Row():
-            seed = gr.Number(0, precision=0, label="Seed", visible=MODE.generation)
-            steps = gr.Slider(4, 50, value=20, step=1, label="Sampling steps", visible=MODE.generation)
-            prompt = gr.Textbox("", label="Prompt (optional)", visible=MODE.generation)
+        with gr.Row(visible=MODE.generation):
+            seed = gr.Number(0, precision=0, label="Seed", info="the same for both memories")
+            steps = gr.Slider(1, 100, value=GEN["steps"], step=1, label="Sampling steps",
+                              info=f"Wan2.2-TI2V-5B default: {GEN['steps']}")
+            guidance = gr.Slider(1.0, 10.0, value=GEN["guidance"], step=0.5, label="Guidance scale",
+                                 info=f"Wan2.2-TI2V-5B default: {GEN['guidance']:g} (1 = off, half the time)")
+        with gr.Row(visible=MODE.generation):
+            prompt = gr.Textbox("", label="Prompt (optional)")
+            negative_prompt = gr.Textbox(GEN["negative_prompt"], label="Negative prompt (Wan2.2's default)", lines=2)
         gr.Markdown(
-            f"Mode: **{MODE.name}**. " + ("Both memories run the diffusion model with the same seed." if MODE.generation else
+            f"Mode: **{MODE.name}**. " + ("Both memories run the diffusion model with the same seed and settings." if MODE.generation else
             "Offline, Generate shows **readout previews** of both memories (needs no weights); generation needs the "
-            "Wan2.2-TI2V-5B weights and a CUDA GPU."), elem_classes="small-note",
+            "Wan2.2-TI2V-5B weights."), elem_classes="small-note",
         )  # fmt: skip
         run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary", elem_id="run")
         with gr.Row():
@@ -298,7 +322,7 @@ def build_demo() -> gr.Blocks:
         color_by.change(recolor, [state, color_by], [plot, growth_plot], api_visibility="private")
         run_out = [state, latent_video, rgb_video, latent_mask, rgb_mask, side_video, timing_plot, size_plot, growth_plot,
                    downloads, caption]  # fmt: skip
-        run_button.click(run, [state, seed, steps, prompt, color_by], run_out, api_name="run", concurrency_limit=1,
+        run_button.click(run, [state, seed, steps, guidance, prompt, negative_prompt, color_by], run_out, api_name="run", concurrency_limit=1,
                          concurrency_id="run")  # fmt: skip
         demo.load(load_example_index, [gr.State(0), depth_choice, long_side, *path_ctl], scene_out, api_visibility="private")
         demo.unload(end_session)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mirage.cameras import Camera, Cameras  # noqa: E402
 from mirage.codecs import WAN22_VAE_CONFIG, WanVAECodec  # noqa: E402
-from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory  # noqa: E402
+from mirage.memory import LatentSpatialMemory, Observation, RGBPointCloudMemory  # noqa: E402
 from mirage.paths import make_preset_path  # noqa: E402
 from mirage.synthetic import default_camera, default_scene  # noqa: E402
 from mirage.timing import synchronize  # noqa: E402
@@ -92,13 +92,15 @@ def main() -> None:
         # tokens are cached in bf16 as in the paper (xyz fp32 + 48 bf16), whatever the VAE computes in
         latents = torch.randn(C, k, h, w, device=device, dtype=torch.bfloat16)
 
-        lat_mem = LatentSpatialMemory(spatial_stride=s, temporal_stride=codec.temporal_stride, device=device)
-        lat_mem.initialize(latents[:, 0], depth[0], cache_cams.camera(0))
+        lat_mem = LatentSpatialMemory(codec=codec, device=device)
         rgb_mem = RGBPointCloudMemory(codec, device=device)
-        rgb_mem.initialize(rgb[0], depth[0], cache_cams.camera(0))
+        first = Observation.single(cache_cams.camera(0), depth[0], latents[:, 0], rgb[0])
+        lat_mem.initialize(first)
+        rgb_mem.initialize(first)
         if k > 1:
-            lat_mem.update(latents[:, 1:], depth[1:], cache_cams[1:])
-            rgb_mem.update(rgb[1:].permute(1, 0, 2, 3), depth[1:], cache_cams[1:])
+            rest = Observation(cache_cams[1:], depth[1:], latents[:, 1:], rgb[1:].permute(1, 0, 2, 3))
+            lat_mem.update(rest)
+            rgb_mem.update(rest)
 
         t_lat, r_lat = timed(lambda: lat_mem.read(chunk_cams), device, 3, reps)
         t_lat_view, _ = timed(lambda: lat_mem.read_views(chunk_cams[:1]), device, 3, reps)

@@ -14,15 +14,17 @@ frames; latent frame 0 is pixel frame 0 and latent frame ``k >= 1`` covers pixel
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import re
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from . import weights
+from .frames import check_num_frames, num_latent_frames
+from .offload import execution_device
 
 __all__ = [
     "VideoCodec",
@@ -30,14 +32,11 @@ __all__ = [
     "OfflineCodec",
     "WAN22_MODEL_ID",
     "WAN22_VAE_CONFIG",
-    "latent_frame_indices",
-    "num_latent_frames",
-    "check_num_frames",
-    "pixel_frames_of_latent",
-    "chunk_ranges",
+    "WAN22_VAE_LAYOUT",
 ]
 
 WAN22_MODEL_ID = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"  # the VAE lives in its subfolder "vae"
+WAN22_VAE_LAYOUT: weights.Layout = {"vae": "model"}  # what WanVAECodec.from_pretrained needs of a checkpoint
 
 # The Wan2.2 VAE as configured in `WAN22_MODEL_ID`/vae/config.json (diffusers AutoencoderKLWan kwargs).
 WAN22_VAE_CONFIG: dict[str, Any] = {
@@ -87,59 +86,7 @@ class VideoCodec(Protocol):
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]: ...
 
 
-# ----------------------------------------------------------------------------- frame helpers
-
-
-def check_num_frames(num_frames: int, temporal_stride: int = 4) -> None:
-    """Raise ``ValueError`` unless ``num_frames = temporal_stride * N + 1`` with ``N >= 0``."""
-    if not isinstance(temporal_stride, int) or temporal_stride < 1:
-        raise ValueError(f"temporal_stride must be a positive int, got {temporal_stride!r}")
-    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal_stride != 0:
-        raise ValueError(
-            f"num_frames must be {temporal_stride}N+1 (1, {temporal_stride + 1}, "
-            f"{2 * temporal_stride + 1}, ...), got {num_frames!r}"
-        )
-
-
-def num_latent_frames(num_frames: int, temporal_stride: int = 4) -> int:
-    """``F = (T - 1) / temporal_stride + 1`` for a valid ``T``."""
-    check_num_frames(num_frames, temporal_stride)
-    return (num_frames - 1) // temporal_stride + 1
-
-
-def latent_frame_indices(num_frames: int, temporal_stride: int = 4) -> list[int]:
-    """The pixel frame whose camera/depth each latent frame uses: ``[0, 4, 8, ..., T-1]``."""
-    check_num_frames(num_frames, temporal_stride)
-    return list(range(0, num_frames, temporal_stride))
-
-
-def pixel_frames_of_latent(k: int, temporal_stride: int = 4) -> range:
-    """Pixel frames covered by latent frame ``k``: ``[0]`` for ``k = 0``, else ``4k-3 .. 4k``."""
-    if not isinstance(k, int) or k < 0:
-        raise ValueError(f"latent frame index must be an int >= 0, got {k!r}")
-    if not isinstance(temporal_stride, int) or temporal_stride < 1:
-        raise ValueError(f"temporal_stride must be a positive int, got {temporal_stride!r}")
-    if k == 0:
-        return range(0, 1)
-    return range(temporal_stride * k - temporal_stride + 1, temporal_stride * k + 1)
-
-
-def chunk_ranges(num_frames: int, chunk_frames: int = 33) -> list[tuple[int, int]]:
-    """Pixel-frame ranges ``(start, stop)`` of the chunks of a ``num_frames`` video.
-
-    The first chunk has ``min(num_frames, chunk_frames)`` frames; each later one starts at the
-    previous chunk's last frame and adds up to ``chunk_frames - 1`` new frames. With ``4N + 1`` for
-    both arguments every chunk has ``4N + 1`` frames. ``chunk_ranges(65) == [(0, 33), (32, 65)]``.
-    """
-    check_num_frames(num_frames)
-    check_num_frames(chunk_frames)
-    if chunk_frames < 5:
-        raise ValueError(f"chunk_frames must be 4N+1 with N >= 1 (a chunk must add frames), got {chunk_frames}")
-    ranges = [(0, min(num_frames, chunk_frames))]
-    while ranges[-1][1] < num_frames:
-        start = ranges[-1][1] - 1
-        ranges.append((start, min(num_frames, start + chunk_frames)))
-    return ranges
+# ----------------------------------------------------------------------------- checks
 
 
 def _check_video(video: Tensor, spatial_stride: int, temporal_stride: int) -> None:  # video [B, 3, T, H, W]
@@ -179,37 +126,12 @@ def _latent_shape(codec: VideoCodec, num_frames: int, height: int, width: int) -
 # ----------------------------------------------------------------------------- Wan2.2 VAE
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-@contextlib.contextmanager
-def _hub_offline_mode(enabled: bool) -> Iterator[None]:
-    """While loading with local files only, put huggingface_hub in offline mode too.
-
-    huggingface_hub reads ``HF_HUB_OFFLINE`` once at import and, unless it is set, makes requests of
-    its own (e.g. a user-agent registry) even with ``local_files_only=True``; patching its constant
-    for the duration of the call guarantees that no request leaves the process.
-    """
-    from huggingface_hub import constants
-
-    previous = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = previous or enabled
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = previous
-
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)?$")
-
-
 class WanVAECodec:
     """The Wan2.2 VAE behind the ``VideoCodec`` interface.
 
     ``encode`` takes the posterior mode (deterministic) and normalizes like diffusers' Wan
-    pipelines: ``(z - latents_mean) * (1 / latents_std)``; ``decode`` inverts that and clamps the
-    output to ``[-1, 1]``. Inputs are cast to the VAE's device and dtype; outputs keep the VAE dtype.
+    pipelines, in float32: ``(z - latents_mean) * (1 / latents_std)``, returning float32 latents;
+    ``decode`` inverts that in the VAE dtype (as diffusers does) and clamps the output to ``[-1, 1]``.
     """
 
     name = "wan2.2-vae"
@@ -273,57 +195,34 @@ class WanVAECodec:
         local_files_only: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> "WanVAECodec":
-        """Load from a hub id, a local diffusers folder or the HF cache.
+        """Load from a hub id, a local diffusers folder or the HF cache (``mirage.weights.resolve``).
 
-        ``local_files_only=None`` means "only local files when ``HF_HUB_OFFLINE`` is set"; with
-        ``HF_HUB_OFFLINE`` set (or ``local_files_only=True``) no network is ever tried. Raises
-        ``FileNotFoundError`` naming the path/id when the weights cannot be found.
+        ``torch_dtype`` defaults to float32, the released VAE's dtype (diffusers' Wan pipelines also
+        normalise its latents in float32). ``local_files_only=None`` means "only local files when
+        ``HF_HUB_OFFLINE`` is set"; then no network is ever tried. Raises ``FileNotFoundError``
+        naming the path/id when the weights cannot be found.
         """
         from diffusers import AutoencoderKLWan
 
-        source = os.fspath(path_or_id)
-        offline = _hub_offline()
-        local_only = bool(local_files_only) or offline
-        where = f"{source!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+        layout: weights.Layout = {subfolder or ".": "model"}
         hint = (
-            f"The Wan2.2 VAE needs its weights: download them, e.g. "
-            f"`huggingface-cli download {WAN22_MODEL_ID} --include 'vae/*'`, or pass a local folder "
-            f"holding a diffusers AutoencoderKLWan (config.json + safetensors)."
+            f"Download them where there is network (`hf download {WAN22_MODEL_ID} --include 'vae/*'`), or pass a "
+            f"local folder holding a diffusers AutoencoderKLWan (config.json + safetensors)."
         )
-        if os.path.isdir(source):
-            folder = os.path.join(source, subfolder) if subfolder else source
-            if not os.path.isfile(os.path.join(folder, "config.json")):
-                raise FileNotFoundError(f"No VAE config.json in local folder {folder!r} for {where}. {hint}")
-        elif not _REPO_ID.match(source) or ".." in source:
-            raise FileNotFoundError(f"Local VAE folder {source!r} does not exist (and is not a hub id). {hint}")
-        try:
-            with _hub_offline_mode(local_only):
-                vae = AutoencoderKLWan.from_pretrained(
-                    source,
-                    subfolder=subfolder,
-                    torch_dtype=torch_dtype,
-                    local_files_only=local_only,
-                    cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-                )
-        except OSError as err:  # diffusers/huggingface_hub report missing files and no network as OSError
-            raise FileNotFoundError(
-                f"Could not load the Wan2.2 VAE from {where} (local_files_only={local_only}, "
-                f"HF_HUB_OFFLINE={'set' if offline else 'unset'}, cache_dir={cache_dir!r}). {hint} "
-                f"Cause: {type(err).__name__}: {err}"
-            ) from err
+        root = weights.resolve(path_or_id, layout, what="The Wan2.2 VAE", hint=hint,
+                               local_files_only=local_files_only, cache_dir=cache_dir)  # fmt: skip
+        folder = root / subfolder if subfolder else root
+        with weights.offline_mode():
+            vae = AutoencoderKLWan.from_pretrained(str(folder), torch_dtype=torch_dtype, local_files_only=True)
         return cls(vae.to(device=device).eval())
 
     # --- device / options
 
     @property
     def device(self) -> torch.device:
-        """Where encode/decode run: the offload hook's execution device when model CPU offload is
-        on (the weights then rest on the CPU between calls), else where the weights are."""
-        hook = getattr(self.vae, "_hf_hook", None)
-        execution_device = getattr(hook, "execution_device", None)
-        if execution_device is not None:
-            return torch.device(execution_device)
-        return next(self.vae.parameters()).device
+        """Where encode/decode run (``mirage.offload.execution_device``: the offload hook's device
+        when model CPU offload is on, else where the weights are)."""
+        return execution_device(self.vae)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -338,10 +237,10 @@ class WanVAECodec:
         self.vae.enable_tiling(**kwargs)
         return self
 
-    def _norm_stats(self, like: Tensor) -> tuple[Tensor, Tensor]:  # like [B, C, F, h, w]
+    def _norm_stats(self, device: torch.device) -> tuple[Tensor, Tensor]:  # -> [1, C, 1, 1, 1] float32 each
         cfg = self.vae.config
-        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(like.device, like.dtype)  # [1, C, 1, 1, 1]
-        inv_std = (1.0 / torch.tensor(cfg.latents_std)).view(1, -1, 1, 1, 1).to(like.device, like.dtype)  # [1, C, 1, 1, 1]
+        mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1).to(device)  # [1, C, 1, 1, 1]
+        inv_std = (1.0 / torch.tensor(cfg.latents_std, dtype=torch.float32)).view(1, -1, 1, 1, 1).to(device)  # [1, C, 1, 1, 1]
         return mean, inv_std
 
     # --- codec
@@ -353,16 +252,16 @@ class WanVAECodec:
     def encode(self, video: Tensor) -> Tensor:  # video [B, 3, T, H, W] in [-1, 1] -> [B, C, F, h, w]
         _check_video(video, self.spatial_stride, self.temporal_stride)
         x = video.to(device=self.device, dtype=self.dtype)
-        z = self.vae.encode(x).latent_dist.mode()  # [B, C, F, h, w] raw latents
-        mean, inv_std = self._norm_stats(z)
-        return (z - mean) * inv_std
+        z = self.vae.encode(x).latent_dist.mode().float()  # [B, C, F, h, w] raw latents, float32
+        mean, inv_std = self._norm_stats(z.device)
+        return (z - mean) * inv_std  # normalised in float32, as diffusers' Wan pipelines do
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:  # latents [B, C, F, h, w] -> [B, 3, T, H, W] in [-1, 1]
         _check_latents(latents, self.latent_channels)
         z = latents.to(device=self.device, dtype=self.dtype)
-        mean, inv_std = self._norm_stats(z)
-        raw = z / inv_std + mean  # [B, C, F, h, w], as diffusers' Wan pipelines un-normalize
+        mean, inv_std = (x.to(z.dtype) for x in self._norm_stats(z.device))
+        raw = z / inv_std + mean  # [B, C, F, h, w], in the VAE dtype as diffusers' Wan pipelines un-normalize
         video = self.vae.decode(raw, return_dict=False)[0]  # [B, 3, T, H, W]
         return video.clamp(-1.0, 1.0)
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from mirage.cameras import Camera, intrinsics_from_fov
+from mirage.images import from_uint8
 
 __all__ = [
     "StereoExample",
@@ -74,7 +75,7 @@ def _middlebury_K(cx_opencv: float, cy_opencv: float) -> Tensor:  # -> [3, 3]
 
 
 def _to_signed(image_uint8: np.ndarray) -> Tensor:  # [H, W, 3] uint8 -> [3, H, W] float32 in [-1, 1]
-    return torch.from_numpy(np.array(image_uint8, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0  # HWC -> CHW
+    return from_uint8(torch.from_numpy(np.array(image_uint8, dtype=np.uint8)).permute(2, 0, 1))  # HWC -> CHW
 
 
 def load_middlebury_motorcycle() -> StereoExample:

@@ -35,6 +35,8 @@ __all__ = [
     "MAX_PIXELS",
     "FitPlan",
     "load_image",
+    "to_uint8",
+    "from_uint8",
     "image_to_uint8",
     "choose_resolution",
     "plan_fit",
@@ -181,12 +183,24 @@ def load_image(
     return (image * 2.0 - 1.0).clamp(-1.0, 1.0).contiguous()
 
 
+def to_uint8(x: Tensor) -> Tensor:  # [...] float in [-1, 1] -> [...] uint8, same device
+    """Pixel values in ``[-1, 1]`` to ``uint8`` (``(x + 1) * 127.5``, rounded half to even, clamped):
+    the one conversion every image, video and colour of the library goes through."""
+    return ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def from_uint8(x: Tensor) -> Tensor:  # [...] uint8 -> [...] float32 in [-1, 1], same device
+    """The inverse of ``to_uint8`` on its range: ``x / 127.5 - 1``."""
+    if x.dtype != torch.uint8:
+        raise ValueError(f"from_uint8 takes uint8 values, got {x.dtype}")
+    return x.float() / 127.5 - 1.0
+
+
 def image_to_uint8(image: Tensor) -> np.ndarray:  # image: [3, H, W] in [-1, 1] -> [H, W, 3] uint8
     """Image tensor to a displayable ``uint8`` array (rounded, clamped)."""
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
-    unit = ((image.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
-    return unit.to(torch.uint8).permute(1, 2, 0).numpy()  # [3, H, W] -> [H, W, 3]
+    return to_uint8(image.cpu()).permute(1, 2, 0).numpy()  # [3, H, W] -> [H, W, 3]
 
 
 # ------------------------------------------------------------------------------------- resolution

@@ -1,40 +1,78 @@
-"""The two 3D memories: latent tokens in 3D (Mirage) and the pixel RGB point cloud (baseline).
+"""The two 3D memories behind one protocol: latent tokens in 3D (Mirage) and the pixel RGB point
+cloud (the baseline of GEN3C / Voyager / ViewCrafter-style systems).
 
-Both are thin state (points plus per-point values) around the pure functions of
-``mirage.geometry``, with the same interface:
+Both are thin state (points, the frame each came from, per-point values) around the pure functions
+of ``mirage.geometry``, and both implement ``SpatialMemory`` in full, so that callers never ask
+which one they hold:
 
-* ``initialize(...)`` from the first frame, its depth and its camera;
-* ``read(cameras)`` for a chunk's ``T = 4N + 1`` pixel-frame cameras -> ``MemoryReadout`` with
-  latents ``[C, F, h, w]`` and a visibility mask ``[F, h, w]`` (``F = N + 1``);
-* ``update(values, depths, cameras, exclude=None)`` with the latent-aligned frames of a chunk.
-
-``LatentSpatialMemory.read`` is one projection at latent resolution. ``RGBPointCloudMemory.read``
-rasterizes every pixel frame at full resolution and encodes the renders with the codec, as
-GEN3C / Voyager / ViewCrafter-style systems do. Both record per-stage timings in ``timings``.
+* ``initialize(observation)`` / ``update(observation)`` store an ``Observation``: the frames' cameras
+  and depths plus *both* their latents and their pixels; each memory takes what it stores (tokens on
+  the latent grid, colours at pixel resolution) and records the cells it appended (``last_added``);
+* ``read(cameras)`` for a chunk's ``T = 4N + 1`` pixel-frame cameras -> ``MemoryReadout``: latents
+  ``[C, F, h, w]``, visibility ``[F, h, w]``, depth ``[F, h, w]`` (``F = N + 1``). The latent memory
+  reads with one projection on the latent grid; the RGB memory rasterizes every pixel frame at full
+  resolution and encodes the renders with its codec, exactly the work GEN3C-style systems do;
+* ``render(cameras)`` -> ``MemoryRender``: what the memory shows at each camera in pixels, with its
+  mask and depth (the latent memory decodes each view's tokens as a single image with its codec);
+* ``save`` / ``load`` (safetensors), ``to_ply``, ``nbytes``, ``num_points``, ``size_history``,
+  ``timings`` (per-stage seconds of every call).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .cameras import Camera, Cameras
-from .geometry import (
-    downsample_depth,
-    downsample_mask_any,
-    splat_zbuffer,
-    unproject_depth,
-    valid_depth,
-)
+from .frames import latent_aligned
+from .geometry import downsample_depth, downsample_mask_any, splat_zbuffer, unproject_depth, valid_depth
+from .images import from_uint8, to_uint8
 from .timing import StageTimer
 
-__all__ = ["MemoryReadout", "LatentSpatialMemory", "RGBPointCloudMemory", "voxel_keys", "near_voxel_keys", "write_ply"]
+__all__ = [
+    "Observation",
+    "MemoryReadout",
+    "MemoryRender",
+    "SpatialMemory",
+    "LatentSpatialMemory",
+    "RGBPointCloudMemory",
+    "load_memory",
+    "voxel_keys",
+    "near_voxel_keys",
+    "write_ply",
+]
+
+
+@dataclass
+class Observation:
+    """Frames for a memory to store: the input image (``F = 1``) or the latent-aligned frames of a chunk.
+
+    Every memory receives everything and stores what it keeps; ``latents`` and ``frames`` describe the
+    same ``F`` frames (a memory that needs one of them raises ``ValueError`` when it is missing).
+    """
+
+    cameras: Cameras  # F cameras at pixel size W x H
+    depths: Tensor  # [F, H, W] camera-z metres, NaN where unknown ([F, h, w] on the latent grid also works for latents)
+    latents: Tensor | None = None  # [C, F, h, w] normalized latents of these frames
+    frames: Tensor | None = None  # [3, F, H, W] pixels in [-1, 1]
+    exclude: Tensor | None = None  # [F, H, W] (or [F, h, w]) bool: never store (far, sky, dynamic)
+
+    @classmethod
+    def single(cls, camera: Camera, depth: Tensor, latent: Tensor | None = None, image: Tensor | None = None,
+               exclude: Tensor | None = None) -> "Observation":  # fmt: skip
+        """One frame: depth ``[H, W]``, latent ``[C, h, w]`` or ``[C, 1, h, w]``, image ``[3, H, W]``, exclude ``[H, W]``."""
+        if latent is not None and latent.dim() == 3:
+            latent = latent[:, None]  # [C, h, w] -> [C, 1, h, w]
+        return cls(_as_cameras(camera, "camera"), depth[None], latent, None if image is None else image[:, None],
+                   None if exclude is None else exclude[None])  # fmt: skip
 
 
 @dataclass
@@ -43,17 +81,67 @@ class MemoryReadout:
 
     latents: Tensor  # [C, F, h, w] normalized latents; zeros where hidden
     mask: Tensor  # [F, h, w] bool, True where the memory saw the cell
-    depth: Tensor | None = None  # [F, h, w] readout depth in metres, NaN where hidden
-    renders: Tensor | None = None  # RGB memory only: [3, T, H, W] rasterized frames in [-1, 1]
-    pixel_mask: Tensor | None = None  # RGB memory only: [T, H, W] bool
-    pixel_depth: Tensor | None = None  # RGB memory only: [T, H, W] rendered depth in metres, NaN where hidden
+    depth: Tensor  # [F, h, w] readout depth in metres, NaN where hidden
+    renders: Tensor | None = None  # pixel memories: [3, T, H, W] rasterized frames in [-1, 1]
+    pixel_mask: Tensor | None = None  # pixel memories: [T, H, W] bool
+    pixel_depth: Tensor | None = None  # pixel memories: [T, H, W] rendered depth in metres, NaN where hidden
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds for this read
 
     @property
     def hole_fraction(self) -> float:
         return 1.0 - float(self.mask.float().mean())
 
+    def frame_depths(self, temporal_stride: int) -> Tensor:  # -> [F-1, H, W] or [F-1, h, w]
+        """Depth of the latent-aligned frames ``1 .. F-1`` at the finest resolution the memory read:
+        the rendered pixel depth when it rasterized pixels, else the latent-grid depth."""
+        if self.pixel_depth is not None:
+            return self.pixel_depth[temporal_stride::temporal_stride]
+        return self.depth[1:]
 
+    def cpu(self) -> "MemoryReadout":
+        move = lambda x: None if x is None else x.cpu()  # noqa: E731
+        return replace(self, latents=self.latents.cpu(), mask=self.mask.cpu(), depth=self.depth.cpu(),
+                       renders=move(self.renders), pixel_mask=move(self.pixel_mask), pixel_depth=move(self.pixel_depth))  # fmt: skip
+
+
+@dataclass
+class MemoryRender:
+    """What a memory shows at ``V`` cameras, in pixels."""
+
+    frames: Tensor  # [3, V, H, W] in [-1, 1]; hole_value where empty
+    mask: Tensor  # [V, H, W] bool, True where the memory saw the pixel
+    depth: Tensor  # [V, H, W] metres, NaN where empty
+
+
+@runtime_checkable
+class SpatialMemory(Protocol):
+    """What every memory offers; callers use nothing else (``tests/test_memory.py`` checks both)."""
+
+    kind: ClassVar[str]  # "latent" or "rgb"
+    size_history: list[dict]  # one entry per initialize/update: step, added, num_points, nbytes
+    timings: StageTimer  # per-stage seconds of every call
+    last_added: Tensor | None  # [F, g_h, g_w] bool: the grid cells the last update appended, in point order
+
+    @property
+    def num_points(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def initialize(self, observation: Observation) -> "SpatialMemory": ...
+
+    def update(self, observation: Observation) -> int: ...
+
+    def read(self, cameras: Cameras) -> MemoryReadout: ...
+
+    def render(self, cameras: Cameras) -> MemoryRender: ...
+
+    def save(self, path: str | Path) -> Path: ...
+
+    def to_ply(self, path: str | Path, colors: Tensor | None = None) -> Path: ...
+
+
+# ----------------------------------------------------------------------------------- voxel keys
 def _pack(ijk: Tensor) -> Tensor:  # [..., 3] int64 voxel indices -> [...] int64 keys
     if ijk.numel() and int(ijk.abs().max()) >= (1 << 20) - 1:
         raise ValueError("points span more than 2^20 voxels per axis; use a larger voxel_size")
@@ -85,7 +173,7 @@ def _first_of_each_key(keys: Tensor) -> Tensor:  # [M] -> [M] bool, True at the 
     return keep
 
 
-def _check_cameras(cameras: Cameras | Camera, name: str = "cameras") -> Cameras:
+def _as_cameras(cameras: Cameras | Camera, name: str = "cameras") -> Cameras:
     if isinstance(cameras, Camera):
         return cameras.batch()
     if not isinstance(cameras, Cameras):
@@ -93,43 +181,147 @@ def _check_cameras(cameras: Cameras | Camera, name: str = "cameras") -> Cameras:
     return cameras
 
 
-def _chunk_latent_cameras(cameras: Cameras, temporal_stride: int) -> Cameras:
-    """The cameras of the latent-aligned pixel frames 0, 4, 8, ... of a 4N+1-frame chunk."""
-    T = len(cameras)
-    if T < 1 or (T - 1) % temporal_stride:
-        raise ValueError(f"a chunk needs {temporal_stride}N+1 pixel-frame cameras, got {T}")
-    return cameras[::temporal_stride]
-
-
+# ----------------------------------------------------------------------------------- the shared state
 class _PointMemory:
-    """Shared state handling: points, dedup, exclusion, size history. Subclasses own the values."""
+    """Points, the frame each came from, and per-point values (tokens or colours) on the memory's own
+    grid (``grid``: the latent grid or the pixel grid). One ``update`` for both memories; the
+    subclasses say which grid they store at and which values they keep."""
 
-    def __init__(self, *, surface_tolerance: float, voxel_size: float | None, max_depth: float | None, device) -> None:
+    kind: ClassVar[str]
+    _FORMAT = "mirage-memory"
+
+    def __init__(self, *, codec, surface_tolerance: float, voxel_size: float | None, max_depth: float | None, device) -> None:
         if surface_tolerance < 0:
             raise ValueError(f"surface_tolerance must be >= 0, got {surface_tolerance}")
         if voxel_size is not None and not voxel_size > 0:
             raise ValueError(f"voxel_size must be > 0 or None, got {voxel_size}")
         if max_depth is not None and not max_depth > 0:
             raise ValueError(f"max_depth must be > 0 or None, got {max_depth}")
+        self.codec = codec  # a mirage.codecs.VideoCodec (or None where the memory never needs one)
         self.surface_tolerance = float(surface_tolerance)
         self.voxel_size = voxel_size
         self.max_depth = max_depth
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.grid: tuple[int, int] | None = None  # (rows, cols) of the storage grid, set by initialize
         self.points = torch.zeros(0, 3, device=self.device)  # [N, 3] world
+        self.frame_ids = torch.zeros(0, dtype=torch.int32, device=self.device)  # [N] observation index, oldest first
+        self.values: Tensor | None = None  # [N, D] tokens (latent) or uint8 colours (rgb)
+        self.frames_stored = 0  # observations (frames) stored so far
+        self.last_added: Tensor | None = None  # [F, rows, cols] bool
         self.size_history: list[dict] = []
         self.timings = StageTimer(self.device)
 
+    # ------------------------------------------------------------------ what subclasses define
+    def _grid_of(self, cameras: Cameras) -> tuple[int, int]:  # (rows, cols) of the storage grid for these cameras
+        raise NotImplementedError
+
+    def _values_of(self, obs: Observation) -> Tensor:  # -> [F, rows, cols, D] values of each grid cell
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
     @property
     def num_points(self) -> int:
         return int(self.points.shape[0])
 
-    def _keep_mask(self, depth: Tensor, exclude: Tensor | None) -> Tensor:  # [F, h, w] -> [F, h, w] bool
-        keep = valid_depth(depth)
-        if self.max_depth is not None:
-            keep &= depth <= self.max_depth
-        if exclude is not None:
-            keep &= ~exclude
-        return keep
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the cache: xyz (float32), frame id (int32) and the values of every point."""
+        values = 0 if self.values is None else self.values.numel() * self.values.element_size()
+        return self.points.numel() * self.points.element_size() + self.frame_ids.numel() * 4 + values
+
+    def _require_grid(self) -> tuple[int, int]:
+        if self.grid is None:
+            raise RuntimeError("the memory is empty: call initialize() first")
+        return self.grid
+
+    def _on_grid(self, cameras: Cameras) -> Cameras:
+        """Cameras rescaled to the storage grid (checked against the size the memory was made for)."""
+        rows, cols = self._require_grid()
+        if self._grid_of(cameras) != (rows, cols):
+            want = self._pixel_size()
+            raise ValueError(f"cameras are {cameras.width}x{cameras.height} but this memory was made for {want[1]}x{want[0]} images")
+        return cameras if (cameras.height, cameras.width) == (rows, cols) else cameras.rescaled(cols, rows)
+
+    def _pixel_size(self) -> tuple[int, int]:  # (H, W) of the images this memory was made for
+        rows, cols = self._require_grid()
+        s = self._stride()
+        return rows * s, cols * s
+
+    def _stride(self) -> int:  # pixels per grid cell
+        return 1
+
+    # ------------------------------------------------------------------ initialize / update
+    def initialize(self, observation: Observation):
+        """Start the memory from one observation (normally the input image, ``F = 1``)."""
+        if not valid_depth(observation.depths).any():
+            raise ValueError("depth has no valid (finite, positive) value; cannot initialize the memory")
+        cams = _as_cameras(observation.cameras)
+        self.grid = self._grid_of(cams)
+        self.points = torch.zeros(0, 3, device=self.device)
+        self.frame_ids = torch.zeros(0, dtype=torch.int32, device=self.device)
+        self.values, self.frames_stored, self.size_history = None, 0, []
+        self._store(observation, "initialize")
+        return self
+
+    def update(self, observation: Observation) -> int:
+        """Append the cells with valid depth that are not far (``max_depth``), not excluded and not
+        already stored (``voxel_size``). Returns the number of points added."""
+        self._require_grid()
+        return self._store(observation, "update")
+
+    def _store(self, obs: Observation, step: str) -> int:
+        cameras = _as_cameras(obs.cameras)
+        Fr = len(cameras)
+        rows, cols = self._require_grid()
+        with self.timings.record(step):
+            with self.timings.stage("update"):
+                cams = self._on_grid(cameras).to(self.device)
+                values = self._values_of(obs).to(self.device)  # [F, rows, cols, D]
+                depth = self._depth_on_grid(obs.depths, Fr, "depths").to(self.device)  # [F, rows, cols]
+                exclude = None if obs.exclude is None else self._mask_on_grid(obs.exclude, Fr).to(self.device)
+                keep = valid_depth(depth)
+                if self.max_depth is not None:
+                    keep &= depth <= self.max_depth
+                if exclude is not None:
+                    keep &= ~exclude
+                pts = unproject_depth(torch.where(keep, depth, 1.0), cams.K, cams.world_from_cam)  # [F, rows, cols, 3]
+                ids = (self.frames_stored + torch.arange(Fr, device=self.device, dtype=torch.int32))[:, None, None]
+                ids = ids.expand(Fr, rows, cols)  # [F, rows, cols] observation index of each cell
+                new_pts, new_vals, new_ids = pts[keep], values[keep], ids[keep]  # [M, 3], [M, D], [M]
+                sel = self._dedup(new_pts)
+                new_pts, new_vals, new_ids = new_pts[sel], new_vals[sel], new_ids[sel]
+                keep[keep.clone()] = sel  # [F, rows, cols]: appended cells, row-major like the points
+                self.last_added = keep
+                self.points = torch.cat([self.points, new_pts])
+                self.frame_ids = torch.cat([self.frame_ids, new_ids])
+                self.values = new_vals.clone() if self.values is None else torch.cat([self.values, new_vals.to(self.values.dtype)])
+                self.frames_stored += Fr
+        added = int(new_pts.shape[0])
+        self.size_history.append({"step": step, "added": added, "num_points": self.num_points, "nbytes": self.nbytes})
+        return added
+
+    def _depth_on_grid(self, depths: Tensor, Fr: int, name: str) -> Tensor:  # [F, H, W] or [F, rows, cols] -> [F, rows, cols]
+        rows, cols = self._require_grid()
+        if depths.dim() != 3 or depths.shape[0] != Fr:
+            raise ValueError(f"{name} must be [F={Fr}, H, W], got {tuple(depths.shape)}")
+        if tuple(depths.shape[-2:]) == (rows, cols):
+            return torch.where(valid_depth(depths), depths.float(), torch.nan)
+        return downsample_depth(depths, self._factor(depths.shape[-2:], name))  # [F, rows, cols]
+
+    def _mask_on_grid(self, mask: Tensor, Fr: int) -> Tensor:  # [F, H, W] bool -> [F, rows, cols] (any pixel set)
+        if mask.dim() != 3 or mask.shape[0] != Fr:
+            raise ValueError(f"exclude must be [F={Fr}, H, W] bool, got {tuple(mask.shape)}")
+        mask = mask.bool()
+        if tuple(mask.shape[-2:]) == self._require_grid():
+            return mask
+        return downsample_mask_any(mask, self._factor(mask.shape[-2:], "exclude"))
+
+    def _factor(self, size, name: str) -> int:
+        rows, cols = self._require_grid()
+        H, W = size
+        if H % rows or W % cols or H // rows != W // cols:
+            raise ValueError(f"{name} size {H}x{W} is not a whole multiple of the memory's grid {rows}x{cols}")
+        return H // rows
 
     def _dedup(self, new_points: Tensor) -> Tensor:  # [M, 3] -> [M] bool, the new points to keep
         """Drop a new point when a stored point lies in the 2x2x2 voxel block nearest it (always when
@@ -144,195 +336,63 @@ class _PointMemory:
         keep &= _first_of_each_key(torch.where(keep, new_keys, -1 - torch.arange(len(keep), device=keep.device)))
         return keep
 
-    def _record_size(self, step: str, added: int) -> None:
-        self.size_history.append({"step": step, "added": added, "num_points": self.num_points, "nbytes": self.nbytes})
-
-    @property
-    def nbytes(self) -> int:  # pragma: no cover - subclasses
-        raise NotImplementedError
-
-
-class LatentSpatialMemory(_PointMemory):
-    """Latent tokens lifted to 3D: one point per latent cell with valid depth, feature = its token.
-
-    Reading for a camera is one hard z-buffer projection on the latent grid; reading the source
-    camera back returns the source tokens exactly on every valid cell.
-    """
-
-    def __init__(
-        self,
-        *,
-        spatial_stride: int = 16,  # pixels per latent cell (Wan2.2 VAE: 16)
-        temporal_stride: int = 4,  # pixel frames per latent frame (Wan2.2 VAE: 4)
-        surface_tolerance: float = 0.05,  # relative depth band in which the oldest point wins
-        voxel_size: float | None = None,  # deduplicate new points into occupied voxels (metres)
-        max_depth: float | None = None,  # far/sky cutoff in metres for updates
-        device=None,
-    ) -> None:
-        super().__init__(surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth, device=device)
-        self.spatial_stride = int(spatial_stride)
-        self.temporal_stride = int(temporal_stride)
-        self.features: Tensor | None = None  # [N, C] in the latent dtype
-        self.grid: tuple[int, int] | None = None  # latent (h, w)
-        self.last_added: Tensor | None = None  # [F, h, w] bool: the cells the last update appended, in point order
-
-    # ------------------------------------------------------------------ state
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the cache: xyz (float32) plus one latent token per point."""
-        feats = 0 if self.features is None else self.features.numel() * self.features.element_size()
-        return self.points.numel() * self.points.element_size() + feats
-
-    def initialize(self, latent: Tensor, depth: Tensor, camera: Camera | Cameras, exclude: Tensor | None = None):
-        """latent: ``[C, h, w]`` or ``[C, 1, h, w]``; depth: ``[H, W]`` (or ``[h, w]``); camera at pixel size."""
-        if latent.dim() == 3:
-            latent = latent.unsqueeze(1)  # [C, h, w] -> [C, 1, h, w]
-        if latent.dim() != 4 or latent.shape[1] != 1:
-            raise ValueError(f"latent must be [C, h, w] or [C, 1, h, w], got {tuple(latent.shape)}")
-        if depth.dim() != 2:
-            raise ValueError(f"depth must be [H, W], got {tuple(depth.shape)}")
-        if not valid_depth(depth).any():
-            raise ValueError("depth has no valid (finite, positive) value; cannot initialize the memory")
-        self.points = torch.zeros(0, 3, device=self.device)
-        self.features = None
-        self.grid = (latent.shape[-2], latent.shape[-1])
-        self.size_history = []
-        self.update(latent, depth[None], _check_cameras(camera, "camera"), None if exclude is None else exclude[None], _step="initialize")
-        return self
-
-    def _latent_cameras(self, cameras: Cameras) -> Cameras:
-        h, w = self._require_grid()
-        s = self.spatial_stride
-        if (cameras.width, cameras.height) != (w * s, h * s):
-            raise ValueError(
-                f"cameras are {cameras.width}x{cameras.height} but the latent grid {w}x{h} at stride {s} "
-                f"needs {w * s}x{h * s}"
-            )
-        return cameras.rescaled(w, h)
-
-    def _require_grid(self) -> tuple[int, int]:
-        if self.grid is None:
-            raise RuntimeError("the memory is empty: call initialize() first")
-        return self.grid
-
-    def update(
-        self,
-        latents: Tensor,  # [C, F, h, w]
-        depths: Tensor,  # [F, H, W] pixel-resolution metres (or [F, h, w] already on the latent grid)
-        cameras: Cameras,  # F cameras of those frames, at pixel size
-        exclude: Tensor | None = None,  # [F, H, W] or [F, h, w] bool: cells never to store (sky, dynamic)
-        *,
-        _step: str = "update",
-    ) -> int:
-        """Append the cells with valid depth that are not far/sky and not excluded. Returns the count added."""
-        cameras = _check_cameras(cameras)
-        h, w = self._require_grid()
-        if latents.dim() != 4 or latents.shape[-2:] != (h, w):
-            raise ValueError(f"latents must be [C, F, {h}, {w}], got {tuple(latents.shape)}")
-        C, Fr = latents.shape[:2]
-        if self.features is not None and C != self.features.shape[1]:
-            raise ValueError(f"latents have {C} channels, the memory holds {self.features.shape[1]}")
-        if len(cameras) != Fr:
-            raise ValueError(f"{Fr} latent frames but {len(cameras)} cameras")
-        if depths.dim() != 3 or depths.shape[0] != Fr:
-            raise ValueError(f"depths must be [F={Fr}, H, W], got {tuple(depths.shape)}")
-        with self.timings.record(_step):
-            with self.timings.stage("update"):
-                cams = self._latent_cameras(cameras).to(self.device)
-                d = depths.to(self.device)
-                if d.shape[-2:] != (h, w):
-                    d = downsample_depth(d, self._factor(d.shape[-2:], "depths"))  # [F, h, w]
-                ex = None
-                if exclude is not None:
-                    if exclude.shape[0] != Fr or exclude.dim() != 3:
-                        raise ValueError(f"exclude must be [F={Fr}, H, W] bool, got {tuple(exclude.shape)}")
-                    ex = exclude.to(self.device).bool()
-                    if ex.shape[-2:] != (h, w):
-                        ex = downsample_mask_any(ex, self._factor(ex.shape[-2:], "exclude"))  # [F, h, w]
-                keep = self._keep_mask(d, ex)  # [F, h, w]
-                pts = unproject_depth(torch.where(keep, d, 1.0), cams.K, cams.world_from_cam)  # [F, h, w, 3]
-                feats = latents.to(self.device).permute(1, 2, 3, 0)  # [C, F, h, w] -> [F, h, w, C]
-                new_pts, new_feats = pts[keep], feats[keep]  # [M, 3], [M, C]
-                sel = self._dedup(new_pts)
-                new_pts, new_feats = new_pts[sel], new_feats[sel]
-                keep[keep.clone()] = sel  # [F, h, w]: appended cells, row-major like the points
-                self.last_added = keep
-                self.points = torch.cat([self.points, new_pts])
-                self.features = new_feats.clone() if self.features is None else torch.cat([self.features, new_feats.to(self.features.dtype)])
-        self._record_size(_step, int(new_pts.shape[0]))
-        return int(new_pts.shape[0])
-
-    def _factor(self, size, name: str) -> int:
-        h, w = self._require_grid()
-        H, W = size
-        if H % h or W % w or H // h != W // w:
-            raise ValueError(f"{name} size {H}x{W} is not a whole multiple of the latent grid {h}x{w}")
-        return H // h
-
-    # ------------------------------------------------------------------ read
-    def read(self, cameras: Cameras) -> MemoryReadout:
-        """Read a chunk: ``T = 4N + 1`` pixel-frame cameras -> ``F = N + 1`` latent frames (frame ``4k``)."""
-        return self.read_views(_chunk_latent_cameras(_check_cameras(cameras), self.temporal_stride))
-
-    def read_views(self, cameras: Cameras) -> MemoryReadout:
-        """One latent frame per camera: latents ``[C, V, h, w]``, mask ``[V, h, w]``."""
-        cameras = _check_cameras(cameras)
-        h, w = self._require_grid()
-        with self.timings.record("read") as rec:
-            with self.timings.stage("project"):
-                cams = self._latent_cameras(cameras)
-                out = splat_zbuffer(  # cameras stay where they are: one [V, 3, 4] projection is moved
-                    self.points, self.features, cams.K, cams.cam_from_world, h, w, surface_tolerance=self.surface_tolerance
-                )
-                latents = out.features.permute(1, 0, 2, 3)  # [V, C, h, w] -> [C, V, h, w]
-        return MemoryReadout(latents=latents, mask=out.mask, depth=out.depth, timings=dict(rec))
+    # ------------------------------------------------------------------ splat
+    def _splat(self, cameras: Cameras, features: Tensor | None):
+        """Hard z-buffer of the stored points into ``cameras`` on the storage grid."""
+        rows, cols = self._require_grid()
+        cams = self._on_grid(cameras)
+        return splat_zbuffer(self.points, features, cams.K, cams.cam_from_world, rows, cols,
+                             surface_tolerance=self.surface_tolerance)  # fmt: skip
 
     # ------------------------------------------------------------------ files
+    def _config(self) -> dict:
+        return {"surface_tolerance": self.surface_tolerance, "voxel_size": self.voxel_size, "max_depth": self.max_depth}
+
     def save(self, path: str | Path) -> Path:
-        """Write the cache (points, features, settings, size history) as safetensors."""
-        h, w = self._require_grid()
+        """Write the cache (points, frame ids, values, settings, size history) as safetensors."""
+        rows, cols = self._require_grid()
         meta = {
-            "format": "mirage-latent-memory",
-            "version": "1",
-            "config": json.dumps(
-                {"spatial_stride": self.spatial_stride, "temporal_stride": self.temporal_stride,
-                 "surface_tolerance": self.surface_tolerance, "voxel_size": self.voxel_size,
-                 "max_depth": self.max_depth, "grid": [h, w]}
-            ),
+            "format": self._FORMAT, "kind": self.kind, "version": "2",
+            "config": json.dumps({**self._config(), "grid": [rows, cols], "frames_stored": self.frames_stored}),
             "size_history": json.dumps(self.size_history),
-        }
+        }  # fmt: skip
+        tensors = {"points": self.points, "frame_ids": self.frame_ids, "values": self.values}
         path = Path(path)
-        save_file({"points": self.points.contiguous().cpu(), "features": self.features.contiguous().cpu()}, str(path), metadata=meta)
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device=None) -> "LatentSpatialMemory":
-        from safetensors import safe_open
-
+    def load(cls, path: str | Path, codec=None, device=None):
+        """Read a cache written by ``save`` (``ValueError`` for another memory kind or another file)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no memory file at {path}")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != "mirage-latent-memory":
-            raise ValueError(f"{path} is not a mirage latent memory (format={meta.get('format')!r})")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as err:  # safetensors raises its own error types for non-safetensors files
+            raise ValueError(f"{path.name} is not a safetensors file: {err}") from None
+        if meta.get("format") != cls._FORMAT or meta.get("kind") != cls.kind:
+            raise ValueError(f"{path.name} is not a mirage {cls.kind} memory (format={meta.get('format')!r}, kind={meta.get('kind')!r})")
         cfg = json.loads(meta["config"])
-        grid = cfg.pop("grid")
-        mem = cls(**cfg, device=device)
+        grid, frames_stored = cfg.pop("grid"), cfg.pop("frames_stored")
+        mem = cls(codec=codec, **cfg, device=device)
         tensors = load_file(str(path), device=str(mem.device))
-        mem.points, mem.features, mem.grid = tensors["points"], tensors["features"], (int(grid[0]), int(grid[1]))
+        mem.points, mem.frame_ids, mem.values = tensors["points"], tensors["frame_ids"], tensors["values"]
+        mem.grid, mem.frames_stored = (int(grid[0]), int(grid[1])), int(frames_stored)
         mem.size_history = json.loads(meta.get("size_history", "[]"))
         return mem
 
-    def to_ply(self, path: str | Path, colors: Tensor | None = None) -> Path:
-        """Binary PLY: x y z (float32), red green blue (uint8, PCA of the tokens unless given), and
-        every latent channel as ``latent_i`` (float32)."""
-        self._require_grid()
-        if colors is None:
-            from .plotting import pca_colors
 
-            colors = torch.as_tensor(pca_colors(self.features.float().cpu()))
-        return write_ply(path, self.points, colors, self.features)
+def load_memory(path: str | Path, codec=None, device=None) -> "LatentSpatialMemory | RGBPointCloudMemory":
+    """Either memory from a file written by ``save``."""
+    for cls in (LatentSpatialMemory, RGBPointCloudMemory):
+        try:
+            return cls.load(path, codec=codec, device=device)
+        except ValueError as err:
+            if "is not a mirage" not in str(err):
+                raise
+    raise ValueError(f"{Path(path).name} is not a mirage memory file")
 
 
 def write_ply(path: str | Path, points: Tensor, colors: Tensor, features: Tensor | None = None) -> Path:
@@ -364,6 +424,97 @@ def write_ply(path: str | Path, points: Tensor, colors: Tensor, features: Tensor
     return path
 
 
+# ----------------------------------------------------------------------------------- latent memory
+class LatentSpatialMemory(_PointMemory):
+    """Latent tokens lifted to 3D: one point per latent cell with valid depth, feature = its token.
+
+    Reading for a camera is one hard z-buffer projection on the latent grid; reading the source
+    camera back returns the source tokens exactly on every valid cell. ``codec`` is needed only by
+    ``render`` (to decode each view's tokens into pixels).
+    """
+
+    kind = "latent"
+
+    def __init__(
+        self,
+        *,
+        codec=None,  # a mirage.codecs.VideoCodec, for render()
+        spatial_stride: int = 16,  # pixels per latent cell (Wan2.2 VAE: 16)
+        temporal_stride: int = 4,  # pixel frames per latent frame (Wan2.2 VAE: 4)
+        surface_tolerance: float = 0.05,  # relative depth band in which the oldest point wins
+        voxel_size: float | None = None,  # deduplicate new points into occupied voxels (metres)
+        max_depth: float | None = None,  # far/sky cutoff in metres for updates
+        device=None,
+    ) -> None:
+        super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth, device=device)
+        if codec is not None:
+            spatial_stride, temporal_stride = codec.spatial_stride, codec.temporal_stride
+        self.spatial_stride = int(spatial_stride)
+        self.temporal_stride = int(temporal_stride)
+
+    @property
+    def features(self) -> Tensor | None:  # [N, C] tokens in the latent dtype
+        return self.values
+
+    def _config(self) -> dict:
+        return {**super()._config(), "spatial_stride": self.spatial_stride, "temporal_stride": self.temporal_stride}
+
+    def _stride(self) -> int:
+        return self.spatial_stride
+
+    def _grid_of(self, cameras: Cameras) -> tuple[int, int]:
+        s = self.spatial_stride
+        if cameras.width % s or cameras.height % s:
+            raise ValueError(f"cameras are {cameras.width}x{cameras.height}, not a multiple of the latent stride {s}")
+        return cameras.height // s, cameras.width // s
+
+    def _values_of(self, obs: Observation) -> Tensor:  # -> [F, h, w, C]
+        lat = obs.latents
+        if lat is None:
+            raise ValueError("the latent memory stores latents: the observation has none")
+        h, w = self._require_grid()
+        if lat.dim() != 4 or tuple(lat.shape[-2:]) != (h, w) or lat.shape[1] != len(obs.cameras):
+            raise ValueError(f"latents must be [C, F={len(obs.cameras)}, {h}, {w}], got {tuple(lat.shape)}")
+        if self.values is not None and lat.shape[0] != self.values.shape[1]:
+            raise ValueError(f"latents have {lat.shape[0]} channels, the memory holds {self.values.shape[1]}")
+        return lat.permute(1, 2, 3, 0)  # [C, F, h, w] -> [F, h, w, C]
+
+    def read(self, cameras: Cameras) -> MemoryReadout:
+        """Read a chunk: ``T = 4N + 1`` pixel-frame cameras -> ``F = N + 1`` latent frames (frame ``4k``)."""
+        return self.read_views(latent_aligned(_as_cameras(cameras), self.temporal_stride))
+
+    def read_views(self, cameras: Cameras) -> MemoryReadout:
+        """One latent frame per camera: latents ``[C, V, h, w]``, mask ``[V, h, w]``."""
+        cameras = _as_cameras(cameras)
+        with self.timings.record("read") as rec:
+            with self.timings.stage("project"):
+                out = self._splat(cameras, self.values)  # cameras stay where they are: one [V, 3, 4] projection moves
+                latents = out.features.permute(1, 0, 2, 3)  # [V, C, h, w] -> [C, V, h, w]
+        return MemoryReadout(latents=latents, mask=out.mask, depth=out.depth, timings=dict(rec))
+
+    def render(self, cameras: Cameras) -> MemoryRender:
+        """Each camera's readout decoded as a single image with the codec (every view, not only frames 4k)."""
+        if self.codec is None:
+            raise ValueError("the latent memory needs a codec to render pixels: LatentSpatialMemory(codec=...)")
+        out = self.read_views(cameras)
+        s = self.spatial_stride
+        lat = out.latents.permute(1, 0, 2, 3)[:, :, None]  # [C, V, h, w] -> [V, C, 1, h, w] one image per view
+        frames = self.codec.decode(lat)[:, :, 0].float()  # [V, 3, H, W]
+        up = lambda x: x.repeat_interleave(s, -2).repeat_interleave(s, -1)  # noqa: E731  [V, h, w] -> [V, H, W]
+        return MemoryRender(frames=frames.permute(1, 0, 2, 3), mask=up(out.mask), depth=up(out.depth))  # [3, V, H, W]
+
+    def to_ply(self, path: str | Path, colors: Tensor | None = None) -> Path:
+        """Binary PLY: x y z (float32), red green blue (uint8, PCA of the tokens unless given), and
+        every latent channel as ``latent_i`` (float32)."""
+        self._require_grid()
+        if colors is None:
+            from .plotting import pca_colors
+
+            colors = torch.as_tensor(pca_colors(self.values.float().cpu()))
+        return write_ply(path, self.points, colors, self.values)
+
+
+# ----------------------------------------------------------------------------------- pixel memory
 class RGBPointCloudMemory(_PointMemory):
     """The pixel-space baseline: one RGB point per pixel with valid depth.
 
@@ -372,9 +523,11 @@ class RGBPointCloudMemory(_PointMemory):
     latent, exactly the work GEN3C-style systems do per chunk.
     """
 
+    kind = "rgb"
+
     def __init__(
         self,
-        codec,  # a mirage.codecs.VideoCodec: encode [B,3,T,H,W] -> [B,C,F,h,w]
+        codec=None,  # a mirage.codecs.VideoCodec: encode [B,3,T,H,W] -> [B,C,F,h,w] (needed by read())
         *,
         surface_tolerance: float = 0.05,
         voxel_size: float | None = None,
@@ -383,100 +536,66 @@ class RGBPointCloudMemory(_PointMemory):
         visible_fraction: float = 0.5,  # a latent cell counts as seen when this share of its pixels is
         device=None,
     ) -> None:
-        super().__init__(surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth, device=device)
-        self.codec = codec
-        self.colors = torch.zeros(0, 3, dtype=torch.uint8, device=self.device)  # [N, 3]
+        super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth, device=device)
         self.hole_value = float(hole_value)
         self.visible_fraction = float(visible_fraction)
-        self.image_size: tuple[int, int] | None = None  # (H, W)
 
     @property
-    def nbytes(self) -> int:
-        """Bytes of the cache: xyz (float32) plus RGB (uint8) per point."""
-        return self.points.numel() * self.points.element_size() + self.colors.numel() * self.colors.element_size()
+    def colors(self) -> Tensor:  # [N, 3] uint8
+        return self.values if self.values is not None else torch.zeros(0, 3, dtype=torch.uint8, device=self.device)
 
-    def initialize(self, image: Tensor, depth: Tensor, camera: Camera | Cameras, exclude: Tensor | None = None):
-        """image ``[3, H, W]`` in [-1, 1]; depth ``[H, W]`` metres; camera at ``W x H``."""
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
-        if depth.shape != image.shape[1:]:
-            raise ValueError(f"depth {tuple(depth.shape)} does not match image {tuple(image.shape[1:])}")
-        if not valid_depth(depth).any():
-            raise ValueError("depth has no valid (finite, positive) value; cannot initialize the memory")
-        self.points = torch.zeros(0, 3, device=self.device)
-        self.colors = torch.zeros(0, 3, dtype=torch.uint8, device=self.device)
-        self.image_size = tuple(image.shape[1:])
-        self.size_history = []
-        self.update(image[:, None], depth[None], _check_cameras(camera, "camera"), None if exclude is None else exclude[None], _step="initialize")
-        return self
+    @property
+    def image_size(self) -> tuple[int, int] | None:  # (H, W)
+        return self.grid
 
-    def update(
-        self,
-        frames: Tensor,  # [3, F, H, W] in [-1, 1]
-        depths: Tensor,  # [F, H, W] metres
-        cameras: Cameras,  # F cameras at W x H
-        exclude: Tensor | None = None,  # [F, H, W] bool
-        *,
-        _step: str = "update",
-    ) -> int:
-        cameras = _check_cameras(cameras)
-        if self.image_size is None:
-            raise RuntimeError("the memory is empty: call initialize() first")
-        H, W = self.image_size
-        if frames.dim() != 4 or frames.shape[0] != 3 or frames.shape[-2:] != (H, W):
-            raise ValueError(f"frames must be [3, F, {H}, {W}], got {tuple(frames.shape)}")
-        Fr = frames.shape[1]
-        if depths.shape != (Fr, H, W):
-            raise ValueError(f"depths must be [{Fr}, {H}, {W}], got {tuple(depths.shape)}")
-        if len(cameras) != Fr or (cameras.width, cameras.height) != (W, H):
-            raise ValueError(f"need {Fr} cameras of {W}x{H}, got {len(cameras)} of {cameras.width}x{cameras.height}")
-        if exclude is not None and exclude.shape != (Fr, H, W):
-            raise ValueError(f"exclude must be [{Fr}, {H}, {W}], got {tuple(exclude.shape)}")
-        with self.timings.record(_step):
-            with self.timings.stage("update"):
-                d = depths.to(self.device).float()
-                keep = self._keep_mask(d, None if exclude is None else exclude.to(self.device).bool())  # [F, H, W]
-                cams = cameras.to(self.device)
-                pts = unproject_depth(torch.where(keep, d, 1.0), cams.K, cams.world_from_cam)  # [F, H, W, 3]
-                rgb = ((frames.to(self.device).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                rgb = rgb.permute(1, 2, 3, 0)  # [3, F, H, W] -> [F, H, W, 3]
-                new_pts, new_rgb = pts[keep], rgb[keep]  # [M, 3], [M, 3]
-                sel = self._dedup(new_pts)
-                new_pts, new_rgb = new_pts[sel], new_rgb[sel]
-                self.points = torch.cat([self.points, new_pts])
-                self.colors = torch.cat([self.colors, new_rgb])
-        self._record_size(_step, int(new_pts.shape[0]))
-        return int(new_pts.shape[0])
+    def _config(self) -> dict:
+        return {**super()._config(), "hole_value": self.hole_value, "visible_fraction": self.visible_fraction}
 
-    def render(self, cameras: Cameras) -> tuple[Tensor, Tensor]:
-        """Rasterize ``V`` views at full resolution -> (rgb ``[3, V, H, W]`` in [-1, 1], mask ``[V, H, W]``)."""
-        cameras = _check_cameras(cameras)
-        if self.image_size is None:
-            raise RuntimeError("the memory is empty: call initialize() first")
-        H, W = self.image_size
-        if (cameras.width, cameras.height) != (W, H):
-            raise ValueError(f"cameras are {cameras.width}x{cameras.height}, the memory renders {W}x{H}")
-        out = splat_zbuffer(self.points, None, cameras.K, cameras.cam_from_world, H, W, surface_tolerance=self.surface_tolerance)
-        rgb = self.colors[out.index.clamp(min=0).reshape(-1)].view(len(cameras), H, W, 3) if self.num_points else torch.zeros(len(cameras), H, W, 3, dtype=torch.uint8, device=self.device)
-        self._last_depth = out.depth  # [V, H, W], kept for read() to report the readout depth
-        img = rgb.float() / 127.5 - 1.0  # [V, H, W, 3]
-        img = torch.where(out.mask.unsqueeze(-1), img, self.hole_value)
-        return img.permute(3, 0, 1, 2).contiguous(), out.mask  # [V, H, W, 3] -> [3, V, H, W]
+    def _grid_of(self, cameras: Cameras) -> tuple[int, int]:
+        return cameras.height, cameras.width
+
+    def _values_of(self, obs: Observation) -> Tensor:  # -> [F, H, W, 3] uint8
+        frames = obs.frames
+        if frames is None:
+            raise ValueError("the pixel memory stores colours: the observation has no frames")
+        H, W = self._require_grid()
+        if frames.dim() != 4 or frames.shape[0] != 3 or tuple(frames.shape[-2:]) != (H, W) or frames.shape[1] != len(obs.cameras):
+            raise ValueError(f"frames must be [3, F={len(obs.cameras)}, {H}, {W}], got {tuple(frames.shape)}")
+        if tuple(obs.depths.shape[-2:]) != (H, W):
+            raise ValueError(f"the pixel memory needs depth at pixel resolution {H}x{W}, got {tuple(obs.depths.shape)}")
+        return to_uint8(frames).permute(1, 2, 3, 0)  # [3, F, H, W] -> [F, H, W, 3]
+
+    def render(self, cameras: Cameras) -> MemoryRender:
+        """Rasterize ``V`` views at full resolution: frames ``[3, V, H, W]``, mask and depth ``[V, H, W]``."""
+        cameras = _as_cameras(cameras)
+        H, W = self._require_grid()
+        out = self._splat(cameras, None)
+        rgb = self.colors[out.index.clamp(min=0).reshape(-1)].view(len(cameras), H, W, 3) if self.num_points else \
+            torch.zeros(len(cameras), H, W, 3, dtype=torch.uint8, device=self.device)  # fmt: skip
+        img = torch.where(out.mask.unsqueeze(-1), from_uint8(rgb), self.hole_value)  # [V, H, W, 3]
+        return MemoryRender(frames=img.permute(3, 0, 1, 2).contiguous(), mask=out.mask, depth=out.depth)  # [3, V, H, W]
 
     def read(self, cameras: Cameras) -> MemoryReadout:
         """Rasterize all ``T = 4N + 1`` pixel frames, encode them: latents ``[C, N+1, h, w]``."""
-        cameras = _check_cameras(cameras)
-        _chunk_latent_cameras(cameras, self.codec.temporal_stride)  # validates T
+        cameras = _as_cameras(cameras)
+        if self.codec is None:
+            raise ValueError("the pixel memory needs a codec to read latents: RGBPointCloudMemory(codec)")
+        s, ts = self.codec.spatial_stride, self.codec.temporal_stride
+        latent_aligned(cameras, ts)  # validates T
         with self.timings.record("read") as rec:
             with self.timings.stage("rasterize"):
-                renders, pixel_mask = self.render(cameras)  # [3, T, H, W], [T, H, W]
+                r = self.render(cameras)  # frames [3, T, H, W], mask [T, H, W], depth [T, H, W]
             with self.timings.stage("encode"):
-                latents = self.codec.encode(renders[None])[0]  # [C, F, h, w]
-            s, ts = self.codec.spatial_stride, self.codec.temporal_stride
-            seen = F.avg_pool2d(pixel_mask[::ts].float()[:, None], s)[:, 0]  # [F, h, w] share of seen pixels
+                latents = self.codec.encode(r.frames[None])[0]  # [C, F, h, w]
+            seen = F.avg_pool2d(r.mask[::ts].float()[:, None], s)[:, 0]  # [F, h, w] share of seen pixels
             mask = seen >= self.visible_fraction
-            depth = downsample_depth(self._last_depth[::ts], s)  # [F, h, w] rendered depth on the latent grid
+            depth = downsample_depth(r.depth[::ts], s)  # [F, h, w] rendered depth on the latent grid
         return MemoryReadout(
             latents=latents, mask=mask.to(latents.device), depth=torch.where(mask, depth, torch.nan).to(latents.device),
-            renders=renders, pixel_mask=pixel_mask, pixel_depth=self._last_depth, timings=dict(rec),
+            renders=r.frames, pixel_mask=r.mask, pixel_depth=r.depth, timings=dict(rec),
         )
+
+    def to_ply(self, path: str | Path, colors: Tensor | None = None) -> Path:
+        """Binary PLY: x y z (float32) and the stored colours (or ``colors``) as red green blue (uint8)."""
+        self._require_grid()
+        return write_ply(path, self.points, self.colors if colors is None else colors)

@@ -1,7 +1,10 @@
-"""Camera paths for generation: presets, keyframes, strokes, resampling and a sanity check.
+"""Camera paths for generation: the ``CameraPath`` type, presets, keyframes, strokes, imported
+paths, resampling and a sanity check.
 
-A *path* is a :class:`~mirage.cameras.Cameras` of ``T = 4N + 1`` frames (``N >= 1``: 5, 9, ...,
-33, 65) at the source image size whose frame 0 is exactly (bitwise) the source camera.
+A *path* (``CameraPath``) is a :class:`~mirage.cameras.Cameras` of ``T = 4N + 1`` frames (``N >= 1``:
+5, 9, ..., 33, 65) at the source image size whose frame 0 is exactly (bitwise) the source camera,
+pose and intrinsics. The type checks that once, when it is made; every builder here returns one, so
+reading frame 0 of any path from a memory built on the source returns the source's tokens.
 
 Preset and stroke motions are defined in the source camera's frame (OpenCV axes: +x right,
 +y down, +z forward) as the pose of each new camera in source coordinates, ``src_from_new``, and
@@ -25,20 +28,23 @@ from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation, Slerp
 from torch import Tensor
 
-from mirage.cameras import Camera, Cameras
+from mirage.cameras import Camera, Cameras, invert_rigid
+from mirage.frames import check_num_frames
 
 __all__ = [
+    "CameraPath",
     "KEYFRAME_COLUMNS",
     "PRESETS",
     "Keyframe",
     "PathPreset",
     "PresetInfo",
-    "check_path_frames",
     "interpolate_keyframes",
     "keyframe_camera",
     "keyframe_table_rows",
     "keyframes_from_cameras",
     "keyframes_from_table",
+    "keyframe_path",
+    "anchored_path",
     "make_preset_path",
     "path_bounds_check",
     "path_from_points",
@@ -91,17 +97,44 @@ KEYFRAME_COLUMNS = ("x", "y", "z", "yaw", "pitch", "roll", "fov_x")  # the UI ta
 _LOOK = ("forward", "source")
 
 
-# ----------------------------------------------------------------------------- small helpers
-def check_path_frames(num_frames: int) -> int:
-    """Return ``num_frames`` if it is ``4N + 1`` with ``N >= 1``; ``ValueError`` otherwise."""
-    if (
-        isinstance(num_frames, bool)
-        or not isinstance(num_frames, (int, np.integer))
-        or num_frames < 5
-        or (num_frames - 1) % 4 != 0
-    ):
-        raise ValueError(f"num_frames must be 4N+1 with N >= 1 (5, 9, ..., 33, 65, ...), got {num_frames!r}")
-    return int(num_frames)
+# ----------------------------------------------------------------------------- the path type
+@dataclass(frozen=True)
+class CameraPath(Cameras):
+    """``T = 4N + 1`` cameras (``N >= 1``) at the source image size whose frame 0 is exactly the
+    ``source`` camera (``K``, ``cam_from_world`` and size, bitwise). Checked when the path is made;
+    slices are plain ``Cameras`` (a chunk of a path is not a path)."""
+
+    source: Camera  # the camera of the input image; frame 0 equals it exactly
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_num_frames(len(self), min_latent_frames=2)
+        src = self.source
+        if not isinstance(src, Camera):
+            raise TypeError(f"source must be a mirage.cameras.Camera, got {type(src).__name__}")
+        if (src.width, src.height) != (self.width, self.height):
+            raise ValueError(f"the path is for {self.width}x{self.height} images, the source camera is {src.width}x{src.height}")
+        K0, T0 = self.K[0], self.cam_from_world[0]
+        if not torch.equal(K0, src.K.to(K0.device)) or not torch.equal(T0, src.cam_from_world.to(T0.device)):
+            dK = float((K0 - src.K.to(K0.device)).abs().max())
+            dT = float((T0 - src.cam_from_world.to(T0.device)).abs().max())
+            raise ValueError(
+                f"frame 0 of a camera path must be the source camera exactly; it differs by {dK:.3g} in K and "
+                f"{dT:.3g} in cam_from_world"
+            )
+
+    @classmethod
+    def starting_at(cls, source: Camera, cameras: Cameras) -> "CameraPath":
+        """``cameras`` as a path of ``source`` (``ValueError`` unless frame 0 is exactly the source)."""
+        return cls(cameras.K, cameras.cam_from_world, cameras.width, cameras.height, source)
+
+    def to(self, device) -> "CameraPath":
+        return CameraPath(self.K.to(device), self.cam_from_world.to(device), self.width, self.height, self.source.to(device))
+
+    def rescaled(self, width: int, height: int) -> "CameraPath":
+        """The same path for the source image resized to ``width x height``."""
+        cams = Cameras.rescaled(self, width, height)
+        return CameraPath.starting_at(self.source.rescaled(width, height), cams)
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -133,17 +166,24 @@ def _euler_from_rotation(R: np.ndarray) -> np.ndarray:  # [N, 3, 3] world_from_c
     return np.stack([-a[:, 0], a[:, 1], a[:, 2]], axis=-1)
 
 
-def _compose(source: Camera, src_from_new: np.ndarray, K: np.ndarray | None = None) -> Cameras:
-    """``cam_from_world[t] = inverse(src_from_new[t]) @ source.cam_from_world``; src_from_new [T, 4, 4], K [T, 3, 3]."""
+def _compose(source: Camera, src_from_new: np.ndarray, focal: np.ndarray | None = None) -> CameraPath:
+    """The path ``cam_from_world[t] = inverse(src_from_new[t]) @ source.cam_from_world`` with the
+    source intrinsics zoomed by ``focal[t]`` about the principal point (``fx``, ``fy`` and skew
+    scaled). src_from_new ``[T, 4, 4]`` (``[0]`` the identity), focal ``[T]`` (``[0] == 1``)."""
     R, c = src_from_new[:, :3, :3], src_from_new[:, :3, 3]  # [T, 3, 3], [T, 3]
     new_from_src = np.zeros_like(src_from_new)  # [T, 4, 4]
     new_from_src[:, :3, :3] = R.transpose(0, 2, 1)
     new_from_src[:, :3, 3] = -np.einsum("tji,tj->ti", R, c)  # -R^T c
     new_from_src[:, 3, 3] = 1.0
-    cam_from_world = new_from_src @ _np(source.cam_from_world)[None]  # [T, 4, 4]
+    cam_from_world = torch.from_numpy(new_from_src @ _np(source.cam_from_world)[None]).float()  # [T, 4, 4]
     T = src_from_new.shape[0]
-    K_t = source.K.detach().cpu()[None].expand(T, 3, 3).clone() if K is None else torch.from_numpy(K).float()
-    return Cameras(K_t, torch.from_numpy(cam_from_world).float(), source.width, source.height).to(source.K.device)
+    K = np.repeat(_np(source.K)[None], T, axis=0)  # [T, 3, 3]
+    if focal is not None:
+        K[:, 0, :2] *= focal[:, None]
+        K[:, 1, 1] *= focal
+    K = torch.from_numpy(K).float()
+    K[0], cam_from_world[0] = source.K.cpu(), source.cam_from_world.cpu()  # frame 0 is the source, bitwise
+    return CameraPath(K, cam_from_world, source.width, source.height, source.to("cpu")).to(source.K.device)
 
 
 def _from_world_poses(centres: np.ndarray, R_wfc: np.ndarray, K: np.ndarray, width: int, height: int) -> Cameras:
@@ -227,7 +267,7 @@ def make_preset_path(
     num_frames: int = 33,
     amount: float | None = None,
     scene_depth: float = 2.0,
-) -> Cameras:
+) -> CameraPath:
     """A named camera motion starting exactly at ``source``, with a cosine ease-in-out profile.
 
     amount: in the unit listed in ``PRESETS[preset].unit`` (default ``PRESETS[preset].default``).
@@ -239,7 +279,7 @@ def make_preset_path(
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if not isinstance(source, Camera):
         raise TypeError(f"source must be a mirage.cameras.Camera, got {type(source).__name__}")
-    T = check_path_frames(num_frames)
+    T = check_num_frames(num_frames, min_latent_frames=2)
     d = _check_depth(scene_depth)
     amount = PRESETS[preset].default if amount is None else amount
     amount_f = float(amount)
@@ -248,13 +288,7 @@ def make_preset_path(
         raise ValueError(f"amount for {preset!r} must be finite and >= {low} ({PRESETS[preset].unit}), got {amount!r}")
     s = _ease(np.linspace(0.0, 1.0, T))  # [T]
     src_from_new, focal = _preset_motion(preset, s, amount_f, d)
-    K = None
-    if preset.startswith("zoom"):
-        K = np.repeat(_np(source.K)[None], T, axis=0)  # [T, 3, 3]; zoom about the principal point
-        K[:, 0, 0] *= focal
-        K[:, 0, 1] *= focal
-        K[:, 1, 1] *= focal
-    path = _compose(source, src_from_new, K)
+    path = _compose(source, src_from_new, focal)
     path_bounds_check(path, d)
     return path
 
@@ -327,26 +361,12 @@ def _check_times(times: Sequence[int] | None, num_keys: int, T: int) -> np.ndarr
     return t.astype(np.int64)
 
 
-def interpolate_keyframes(
-    keyframes: Sequence[Keyframe],
-    num_frames: int,
-    width: int,
-    height: int,
-    times: Sequence[int] | None = None,
-) -> Cameras:
-    """A path through keyframes; frame ``times[k]`` is exactly ``keyframe_camera(keyframes[k])``.
-
-    times: integer frame index of each keyframe, strictly increasing from 0 to ``num_frames - 1``
-    (default: evenly spread). Positions follow a natural cubic spline (linear for 2 keyframes),
-    rotations a quaternion slerp, the focal length is linear in log-focal.
-    """
-    if len(keyframes) < 2 or not all(isinstance(k, Keyframe) for k in keyframes):
-        raise ValueError(f"interpolate_keyframes needs at least 2 Keyframe objects, got {keyframes!r}")
-    T = check_path_frames(num_frames)
-    t = _check_times(times, len(keyframes), T)  # [K]
-    pos_k, R_k, f_k = _keyframe_arrays(keyframes, width)
+def _interpolate(t: np.ndarray, pos_k: np.ndarray, R_k: np.ndarray, f_k: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keyframes at frames ``t [K]`` (positions [K, 3], rotations [K, 3, 3], focal lengths [K]) to
+    ``T`` frames: natural cubic spline for positions (linear for 2 keyframes), quaternion slerp for
+    rotations, linear in log-focal; every keyframe is hit with its own values exactly."""
     u = np.arange(T, dtype=np.float64)  # [T] frame indices
-    if len(keyframes) == 2:
+    if len(t) == 2:
         w = ((u - t[0]) / (t[1] - t[0]))[:, None]  # [T, 1]
         pos = (1 - w) * pos_k[0] + w * pos_k[1]  # [T, 3]
     else:
@@ -354,7 +374,59 @@ def interpolate_keyframes(
     R = Slerp(t, Rotation.from_matrix(R_k))(u).as_matrix()  # [T, 3, 3]
     focal = np.exp(np.interp(u, t, np.log(f_k)))  # [T]
     pos[t], R[t], focal[t] = pos_k, R_k, f_k  # hit every keyframe with its own arithmetic
+    return pos, R, focal
+
+
+def interpolate_keyframes(
+    keyframes: Sequence[Keyframe],
+    num_frames: int,
+    width: int,
+    height: int,
+    times: Sequence[int] | None = None,
+) -> Cameras:
+    """Cameras through keyframes given in world coordinates (centred intrinsics of each keyframe's
+    field of view); frame ``times[k]`` is exactly ``keyframe_camera(keyframes[k])``.
+
+    times: integer frame index of each keyframe, strictly increasing from 0 to ``num_frames - 1``
+    (default: evenly spread). For a path that starts at a source camera use ``keyframe_path``.
+    """
+    if len(keyframes) < 2 or not all(isinstance(k, Keyframe) for k in keyframes):
+        raise ValueError(f"interpolate_keyframes needs at least 2 Keyframe objects, got {keyframes!r}")
+    T = check_num_frames(num_frames, min_latent_frames=2)
+    t = _check_times(times, len(keyframes), T)  # [K]
+    pos, R, focal = _interpolate(t, *_keyframe_arrays(keyframes, width), T)
     return _from_world_poses(pos, R, _intrinsics(focal, width, height), width, height)
+
+
+def keyframe_path(
+    source: Camera, keyframes: Sequence[Keyframe], num_frames: int, times: Sequence[int] | None = None
+) -> CameraPath:
+    """A path through keyframes given in the source camera's frame (OpenCV axes, metres, degrees).
+
+    The first keyframe is the source camera: its position and angles must be 0 (``ValueError``
+    otherwise), and its ``fov_x`` is the zoom reference: keyframe ``k`` keeps the source intrinsics
+    zoomed by ``tan(fov_0 / 2) / tan(fov_k / 2)`` about the source's principal point, so frame 0 is
+    the source exactly even when its principal point is off-centre. Interpolation as
+    ``interpolate_keyframes``.
+    """
+    if not isinstance(source, Camera):
+        raise TypeError(f"source must be a mirage.cameras.Camera, got {type(source).__name__}")
+    if len(keyframes) < 2 or not all(isinstance(k, Keyframe) for k in keyframes):
+        raise ValueError(f"a keyframe path needs at least 2 keyframes, got {len(keyframes)}")
+    first = keyframes[0]
+    if any(v != 0.0 for v in (*first.position, first.yaw, first.pitch, first.roll)):
+        raise ValueError(
+            "the first keyframe is the source camera: its x, y, z, yaw, pitch and roll must be 0 "
+            f"(got {[*first.position, first.yaw, first.pitch, first.roll]}); move the later keyframes instead"
+        )
+    T = check_num_frames(num_frames, min_latent_frames=2)
+    t = _check_times(times, len(keyframes), T)  # [K]
+    pos_k, R_k, _ = _keyframe_arrays(keyframes, source.width)
+    tan_half = np.tan(np.radians([k.fov_x for k in keyframes]) / 2)  # [K]
+    pos, R, focal = _interpolate(t, pos_k, R_k, tan_half[0] / tan_half, T)
+    src_from_new = np.zeros((T, 4, 4))
+    src_from_new[:, :3, :3], src_from_new[:, :3, 3], src_from_new[:, 3, 3] = R, pos, 1.0
+    return _compose(source, src_from_new, focal)
 
 
 def keyframes_from_cameras(cameras: Cameras, indices: Sequence[int] | None = None) -> list[Keyframe]:
@@ -475,7 +547,7 @@ def path_from_points(
     """
     if not isinstance(source, Camera):
         raise TypeError(f"source must be a mirage.cameras.Camera, got {type(source).__name__}")
-    T = check_path_frames(num_frames)
+    T = check_num_frames(num_frames, min_latent_frames=2)
     if look not in _LOOK:
         raise ValueError(f"look must be one of {_LOOK}, got {look!r}")
     if not (0.0 <= float(smoothing) <= 0.5):
@@ -541,7 +613,7 @@ def resample_path(cameras: Cameras, num_frames: int) -> Cameras:
     N = len(cameras)
     if N < 2:
         raise ValueError(f"resample_path needs at least 2 cameras, got {N}")
-    T = check_path_frames(num_frames)
+    T = check_num_frames(num_frames, min_latent_frames=2)
     x_in = np.arange(N, dtype=np.float64) * (T - 1)  # common integer time axis (exact)
     x_out = np.arange(T, dtype=np.float64) * (N - 1)
     centres, R_wfc = _world_poses(cameras)
@@ -565,6 +637,30 @@ def resample_path(cameras: Cameras, num_frames: int) -> Cameras:
             i = j * (N - 1) // (T - 1)
             K_out[j], T_out[j] = cameras.K[i].cpu(), cameras.cam_from_world[i].cpu()
     return Cameras(K_out, T_out, cameras.width, cameras.height).to(cameras.device)
+
+
+def anchored_path(source: Camera, cameras: Cameras, num_frames: int) -> CameraPath:
+    """A path that moves as ``cameras`` do (e.g. an imported file) but starts at ``source``.
+
+    Poses are re-anchored to the first camera (``cam_t <- cam_t @ inverse(cam_0) @ source``) and so
+    are intrinsics (``K_t <- source.K @ inverse(K_0) @ K_t``: a file's zoom and principal-point motion
+    are kept relative to its first frame), then the path is resampled to ``num_frames``
+    (``resample_path``). ``cameras`` must be at the source image size (rescale them first)."""
+    if len(cameras) < 2:
+        raise ValueError(f"a path needs at least 2 cameras, got {len(cameras)}")
+    if (cameras.width, cameras.height) != (source.width, source.height):
+        raise ValueError(f"cameras are {cameras.width}x{cameras.height}, the source is {source.width}x{source.height}")
+    T = check_num_frames(num_frames, min_latent_frames=2)
+    cfw = cameras.cam_from_world.double().cpu()  # [N, 4, 4]
+    first_from_world = cfw[0]
+    cam_from_src = cfw @ invert_rigid(first_from_world) @ source.cam_from_world.double().cpu()  # [N, 4, 4]
+    K = source.K.double().cpu() @ torch.linalg.inv(cameras.K[0].double().cpu()) @ cameras.K.double().cpu()  # [N, 3, 3]
+    K, cam_from_src = K.float(), cam_from_src.float()
+    K[0], cam_from_src[0] = source.K.cpu(), source.cam_from_world.cpu()
+    K[:, 2] = torch.tensor([0.0, 0.0, 1.0])  # exact last row after the round trip through the inverse
+    K[:, 1, 0] = 0.0
+    resampled = resample_path(Cameras(K, cam_from_src, source.width, source.height), T)
+    return CameraPath.starting_at(source.to("cpu"), resampled).to(source.K.device)
 
 
 def path_bounds_check(cameras: Cameras, scene_depth: float, margin: float = 0.1) -> None:

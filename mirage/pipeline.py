@@ -1,17 +1,18 @@
 """Long camera-controlled video from one image: Wan2.2 TI2V-5B + a 3D memory, chunk by chunk.
 
-``MiragePipeline`` reads like a diffusers pipeline (check inputs -> encode prompt -> memory from
-the image -> per chunk: read memory -> timesteps + latents -> denoise -> decode -> depth -> update)
-and returns a ``MirageOutput`` with the video, per-chunk latents and readouts, and per-stage timings.
+``MiragePipeline`` reads like a diffusers pipeline: 1. check inputs, 2. encode the prompts,
+3. encode the image, estimate its depth, initialize the memory, 4. run the chunks with
+``mirage.chunks.run_chunks`` (read -> condition -> denoise -> decode -> depth -> update), 5. stitch.
+It returns a ``MirageOutput`` with the video, per-chunk latents, readouts and per-stage timings.
 
-Chunks (as in the paper): the first covers pixel frames ``0..32`` (33 frames = 9 latent frames), each
-later one the next 32 frames plus the previous chunk's last frame, so a video has ``T = 33 + 32k``
-frames. Any ``T = 4N + 1`` works: the last chunk is then shorter (still ``4N + 1`` frames). Latent
-frame 0 of a chunk is pinned clean, as Wan2.2 TI2V pins the image: the input image's latent for the
-first chunk, the previous chunk's last latent after. Latent frame ``k`` of a chunk uses the camera
-of its pixel frame ``4k`` (``CONVENTIONS.md``).
+Sampling is diffusers' ``WanImageToVideoPipeline(expand_timesteps=True)``: frame 0 of a chunk is a
+clean latent with per-token timestep 0, the other frames start from Gaussian noise and follow the
+scheduler; classifier-free guidance combines a conditional and an unconditional transformer call.
+With ``memory_mode="off"`` one chunk is exactly that pipeline (``tests/test_pipeline.py`` compares
+the two). Frame 0 is the image's latent for the first chunk, then the continuation
+(``mirage.chunks``): the last decoded frame encoded alone (``"reencode"``) or the last latent.
 
-Memory conditioning is training-free (the paper's trained side branch is not released). While
+Memory conditioning is training-free here (trained side branches: ``mirage.branch``). While
 ``step < memory_strength * num_inference_steps``:
 
 * ``"replace"`` (default): the visible latent cells of the noisy latent are overwritten with the
@@ -23,27 +24,26 @@ Memory conditioning is training-free (the paper's trained side branch is not rel
 * ``"context"``: visible *tokens* are given to the model clean with per-token timestep 0, the
   mechanism TI2V uses for frame 0. A token (patch ``(1, 2, 2)``) counts as visible only when all
   its 2x2 latent cells are. Clean tokens scattered inside noisy frames are outside what TI2V was
-  trained on (only whole first frames are clean) and are pinned exactly, so seams are never
-  repaired; hence ``"replace"`` is the default. For the scheduler, context cells follow the same
-  straight path as in replace mode (the model output there is replaced by ``eps - readout``,
-  whose x0-prediction is the readout), so releasing them mid-way is seamless.
-
-Frame 0 is handled the context way at every step (clean input, timestep 0), exactly as diffusers'
-``WanImageToVideoPipeline(expand_timesteps=True)`` does.
+  trained on, and are pinned exactly, so seams are never repaired. For the scheduler, context cells
+  follow the same straight path as in replace mode (the model output there is replaced by
+  ``eps - readout``, whose x0-prediction is the readout), so releasing them mid-way is seamless.
+* ``"off"``: the memory is read and updated (its costs are measured) but not imposed.
 
 After each chunk: decode, estimate depth of the latent-aligned frames ``4k`` (``k >= 1``) with the
 path's intrinsics, align its scale to the memory's readout depth on the visible cells
-(``mirage.depth.align_scale``), drop far/sky cells (``max_depth``) and update the memory: latents for
-``LatentSpatialMemory``, decoded RGB frames for ``RGBPointCloudMemory``. The loop is otherwise the
-same for both memories.
+(``mirage.depth.align_scale``), drop far/sky cells (``max_depth``) and update the memory with the
+chunk's latents and decoded frames; each memory stores what it keeps. Both memories run the same loop.
+
+Defaults (``DEFAULTS``, sources in the README): the training-free modes run the bare TI2V model, so
+they use Wan2.2-TI2V-5B's own sampling settings (UniPC, flow shift 5, guidance 5 with Wan's negative
+prompt) and continue a chunk by re-encoding its last frame.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
@@ -51,38 +51,39 @@ from diffusers import DiffusionPipeline, UniPCMultistepScheduler, WanTransformer
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from .cameras import Cameras
-from .codecs import WAN22_MODEL_ID, WanVAECodec, check_num_frames, chunk_ranges
+from . import weights
+from .chunks import READOUT_PARTS, STAGES, Chunk, ChunkResult, Continuation, DepthResult, run_chunks
+from .codecs import WAN22_MODEL_ID, WanVAECodec
 from .depth import MIN_ALIGN_PIXELS, DepthBackend, align_scale, estimate_frames, make_depth_backend
+from .frames import check_num_frames, stitch_chunks
 from .geometry import downsample_depth, valid_depth
-from .memory import LatentSpatialMemory, MemoryReadout, RGBPointCloudMemory
+from .memory import LatentSpatialMemory, MemoryReadout, Observation, RGBPointCloudMemory, SpatialMemory
+from .offload import PinnedOffload
+from .paths import CameraPath
 from .timing import StageTimer
 
 __all__ = [
     "MiragePipeline",
     "MirageOutput",
+    "GenerationDefaults",
+    "DEFAULTS",
     "MemoryKind",
     "MemoryMode",
+    "MEMORY_MODES",
     "STAGES",
     "READOUT_PARTS",
     "WAN_UNIPC_CONFIG",
-    "chunk_ranges",
+    "WAN_NEGATIVE_PROMPT",
+    "WAN22_LAYOUT",
     "token_visible",
 ]
 
 MemoryKind = Literal["latent", "rgb"]
-MemoryMode = Literal["replace", "context"]
-
-# Stages of one chunk; they add up to (almost) the chunk's "total". "prompt" and "init" (encode the
-# image, its depth, initialize the memory) only occur in chunk 0.
-STAGES = ("prompt", "init", "readout", "denoise", "decode", "depth", "update")
-# Parts of "readout" that the memories report ("project" for the latent memory; "rasterize" and
-# "encode" for the RGB memory). They are *inside* "readout", not additional to it.
-READOUT_PARTS = ("project", "rasterize", "encode")
+MemoryMode = Literal["replace", "context", "off"]
+MEMORY_MODES = ("replace", "context", "off")
 
 # The scheduler of Wan-AI/Wan2.2-TI2V-5B-Diffusers (scheduler/scheduler_config.json): UniPC on flow
-# sigmas with flow_shift 5 (the paper samples with UniPC, flow shift 5, CFG off). Used when the
-# components are built without a checkpoint (tests, benchmarks).
+# sigmas with flow_shift 5. Used when the components are built without a checkpoint (tests, benchmarks).
 WAN_UNIPC_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "prediction_type": "flow_prediction",
@@ -96,8 +97,43 @@ WAN_UNIPC_CONFIG: dict[str, Any] = {
     "timestep_spacing": "linspace",
 }
 
-_SUBFOLDERS = ("transformer", "vae", "scheduler")
-_TEXT_SUBFOLDERS = ("text_encoder", "tokenizer")
+# Wan2.2's default negative prompt (Wan-Video/Wan2.2, wan/configs/shared_config.py, sample_neg_prompt).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
+    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+
+# What MiragePipeline.from_pretrained needs of a Wan2.2-TI2V-5B-Diffusers checkpoint.
+WAN22_LAYOUT: weights.Layout = {
+    "transformer": "model", "vae": "model", "scheduler/scheduler_config.json": "file",
+    "text_encoder": "model", "tokenizer": "dir",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Sampling settings of one conditioning mode, as its reference uses them."""
+
+    num_inference_steps: int  # sampling steps
+    guidance_scale: float  # classifier-free guidance (1 = off)
+    negative_prompt: str  # used when guidance_scale > 1
+    flow_shift: float  # UniPC flow shift
+    chunk_frames: int  # frames of the first chunk (later chunks add chunk_frames - 1)
+    fps: int  # playback rate of the written videos
+    continuation: Continuation  # frame 0 of the next chunk
+    memory_strength: float  # share of the steps during which a training-free mode imposes the readout
+    source: str  # where the numbers come from
+
+
+DEFAULTS: dict[str, GenerationDefaults] = {
+    "training-free": GenerationDefaults(
+        num_inference_steps=50, guidance_scale=5.0, negative_prompt=WAN_NEGATIVE_PROMPT, flow_shift=5.0,
+        chunk_frames=33, fps=24, continuation="reencode", memory_strength=0.8,
+        source="Wan2.2-TI2V-5B (wan/configs/wan_ti2v_5B.py: 50 steps, guide scale 5.0, shift 5.0, 24 fps; "
+               "shared_config.py: negative prompt); chunks of 33 then +32 as in the paper",
+    ),
+}  # fmt: skip
 
 
 @dataclass
@@ -110,16 +146,42 @@ class MirageOutput:
     """
 
     video: Tensor  # [3, T, H, W] float32 CPU in [-1, 1]
-    latents: list[Tensor]  # per chunk [C, F_c, h, w] float32 CPU, normalized latents after denoising
-    readouts: list[MemoryReadout]  # per chunk, on CPU: latents [C, F_c, h, w], mask [F_c, h, w]
-    memory: LatentSpatialMemory | RGBPointCloudMemory  # the memory after the last update
-    chunk_timings: list[dict[str, float]]  # per chunk: STAGES + READOUT_PARTS present + "total", seconds
-    peak_memory_bytes: list[int]  # per chunk: torch.cuda.max_memory_allocated (0 on CPU)
-    cache_bytes: list[int]  # per chunk: memory.nbytes after its update
-    frame_ranges: list[tuple[int, int]] = field(default_factory=list)  # per chunk (start, stop) pixel frames
-    depth_scales: list[float] = field(default_factory=list)  # per chunk: scale applied to the estimated depth
-    depth_aligned: list[bool] = field(default_factory=list)  # per chunk: False when too few cells overlapped
-    # and the previous chunk's scale (1.0 for chunk 0) was kept
+    chunks: list[ChunkResult]  # per chunk: latents, decoded frames, readout, timings, sizes (mirage.chunks)
+    memory: SpatialMemory  # the memory after the last update
+    settings: dict[str, Any]  # the sampling settings used (defaults filled in)
+    initial_cells: Tensor | None = None  # [1, g_h, g_w] bool: the grid cells the memory stored from the image
+
+    @property
+    def latents(self) -> list[Tensor]:  # per chunk [C, F_c, h, w] float32, normalized latents after denoising
+        return [c.latents for c in self.chunks]
+
+    @property
+    def readouts(self) -> list[MemoryReadout]:  # per chunk, on CPU
+        return [c.readout for c in self.chunks]
+
+    @property
+    def chunk_timings(self) -> list[dict[str, float]]:  # per chunk: STAGES + READOUT_PARTS present + "total"
+        return [c.timings for c in self.chunks]
+
+    @property
+    def peak_memory_bytes(self) -> list[int]:  # per chunk: torch.cuda.max_memory_allocated (0 on CPU)
+        return [c.peak_memory_bytes for c in self.chunks]
+
+    @property
+    def cache_bytes(self) -> list[int]:  # per chunk: memory.nbytes after its update
+        return [c.cache_bytes for c in self.chunks]
+
+    @property
+    def frame_ranges(self) -> list[tuple[int, int]]:
+        return [c.frame_range for c in self.chunks]
+
+    @property
+    def depth_scales(self) -> list[float]:  # per chunk: scale applied to the estimated depth
+        return [c.depth_scale for c in self.chunks]
+
+    @property
+    def depth_aligned(self) -> list[bool]:  # per chunk: False when too few cells overlapped (scale kept)
+        return [c.depth_aligned for c in self.chunks]
 
 
 def token_visible(mask: Tensor, patch: tuple[int, int] = (2, 2)) -> Tensor:  # [F, h, w] bool -> [F, h, w] bool
@@ -128,36 +190,6 @@ def token_visible(mask: Tensor, patch: tuple[int, int] = (2, 2)) -> Tensor:  # [
     ph, pw = patch
     tokens = mask.reshape(F_, h // ph, ph, w // pw, pw).all(dim=4).all(dim=2)  # [F, h/ph, w/pw]
     return tokens.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)  # [F, h, w] back to cells
-
-
-def _resolve_checkpoint(path_or_id: str, subfolders: tuple[str, ...], local_files_only: bool | None, cache_dir) -> str:
-    """A local folder holding ``subfolders`` of a diffusers checkpoint (local path, HF cache or download)."""
-    missing_hint = (
-        f"MiragePipeline needs the Wan2.2 TI2V-5B weights (diffusers layout with {', '.join(subfolders)}/): "
-        f"download them where there is network (`hf download {WAN22_MODEL_ID}`) and pass the folder, "
-        f"or build the components yourself and call MiragePipeline(transformer=..., vae=..., scheduler=...)."
-    )
-    if os.path.isdir(path_or_id):
-        absent = [s for s in subfolders if not os.path.isdir(os.path.join(path_or_id, s))]
-        if absent:
-            raise FileNotFoundError(f"{path_or_id!r} lacks the subfolders {absent}. {missing_hint}")
-        return path_or_id
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-    local_only = offline if local_files_only is None else bool(local_files_only)
-    patterns = ["model_index.json"] + [f"{s}/*" for s in subfolders]
-    try:
-        folder = snapshot_download(path_or_id, allow_patterns=patterns, local_files_only=local_only, cache_dir=cache_dir)
-    except Exception as err:  # not cached / no network / bad id: all mean "weights not available"
-        raise FileNotFoundError(
-            f"No weights for {path_or_id!r} (local_files_only={local_only}, HF_HUB_OFFLINE={'set' if offline else 'unset'}): "
-            f"{type(err).__name__}: {err}. {missing_hint}"
-        ) from err
-    absent = [s for s in subfolders if not os.path.isdir(os.path.join(folder, s))]
-    if absent:
-        raise FileNotFoundError(f"the checkpoint {path_or_id!r} at {folder!r} lacks {absent}. {missing_hint}")
-    return folder
 
 
 class MiragePipeline(DiffusionPipeline):
@@ -200,7 +232,7 @@ class MiragePipeline(DiffusionPipeline):
         path_or_id: str | os.PathLike = WAN22_MODEL_ID,
         *,
         torch_dtype: torch.dtype = torch.bfloat16,
-        vae_dtype: torch.dtype | None = None,
+        vae_dtype: torch.dtype = torch.float32,
         depth_backend: DepthBackend | str | None = "depth-pro",
         flow_shift: float | None = 5.0,
         load_text_encoder: bool = True,
@@ -210,28 +242,55 @@ class MiragePipeline(DiffusionPipeline):
     ) -> "MiragePipeline":
         """Load Wan2.2 TI2V-5B (diffusers layout) from a hub id, a local folder or the HF cache.
 
-        ``vae_dtype`` defaults to ``torch_dtype``; ``flow_shift=None`` keeps the checkpoint's scheduler
-        config; ``depth_backend`` is a backend, a ``mirage.depth.DEPTH_SOURCES`` name (built with
-        ``make_depth_backend(name, **depth_kwargs)``) or None (then ``__call__`` needs one set later).
-        ``local_files_only=None`` means offline only when ``HF_HUB_OFFLINE`` is set. Missing weights
-        raise ``FileNotFoundError`` naming the path.
+        The transformer and text encoder in ``torch_dtype`` (bf16), the VAE in ``vae_dtype`` (float32,
+        the released VAE's dtype, as diffusers loads it); ``flow_shift=None`` keeps the checkpoint's
+        scheduler config; ``depth_backend`` is a backend, a ``mirage.depth.DEPTH_SOURCES`` name (built
+        with ``make_depth_backend(name, **depth_kwargs)``) or None (then ``__call__`` needs one set
+        later). ``local_files_only=None`` means offline only when ``HF_HUB_OFFLINE`` is set. Missing
+        weights raise ``FileNotFoundError`` naming the path.
         """
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        path_or_id = os.fspath(path_or_id)
-        subfolders = _SUBFOLDERS + (_TEXT_SUBFOLDERS if load_text_encoder else ())
-        root = _resolve_checkpoint(path_or_id, subfolders, local_files_only, cache_dir)
-        transformer = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch_dtype)
-        codec = WanVAECodec.from_pretrained(root, subfolder="vae", torch_dtype=vae_dtype or torch_dtype)
-        extra = {} if flow_shift is None else {"flow_shift": float(flow_shift)}
-        scheduler = UniPCMultistepScheduler.from_pretrained(root, subfolder="scheduler", **extra)
-        text_encoder = tokenizer = None
-        if load_text_encoder:
-            text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=torch_dtype)
-            tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
+        layout = dict(WAN22_LAYOUT) if load_text_encoder else {k: v for k, v in WAN22_LAYOUT.items() if not k.startswith(("text", "tok"))}
+        hint = (
+            f"Download them where there is network (`hf download {WAN22_MODEL_ID}`) and pass the folder, or build the "
+            f"components yourself and call MiragePipeline(transformer=..., vae=..., scheduler=...)."
+        )
+        root = weights.resolve(path_or_id, layout, what="MiragePipeline (Wan2.2 TI2V-5B)", hint=hint,
+                               local_files_only=local_files_only, cache_dir=cache_dir)  # fmt: skip
+        with weights.offline_mode():
+            transformer = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=torch_dtype)
+            codec = WanVAECodec.from_pretrained(root, subfolder="vae", torch_dtype=vae_dtype)
+            extra = {} if flow_shift is None else {"flow_shift": float(flow_shift)}
+            scheduler = UniPCMultistepScheduler.from_pretrained(root / "scheduler", **extra)
+            text_encoder = tokenizer = None
+            if load_text_encoder:
+                text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", dtype=torch_dtype)
+                tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         if isinstance(depth_backend, str):
             depth_backend = make_depth_backend(depth_backend, **depth_kwargs)
         return cls(transformer, codec.vae, scheduler, text_encoder, tokenizer, depth_backend)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
+        """Model CPU offload for chunked generation (``mirage.offload.PinnedOffload``), replacing
+        diffusers' own: the text encoder, transformer, VAE and depth model rest in pinned host memory
+        and one of them is on ``device`` at a time, moved there when it is about to run. Unlike
+        diffusers' hooks, releasing a model copies nothing back (inference never changes weights), so
+        the chunk-by-chunk loop pays one fast host-to-device copy per model switch. Peak memory is
+        that of the largest single model plus its activations. ``disable_model_cpu_offload`` undoes it.
+        """
+        self.disable_model_cpu_offload()
+        device = torch.device(device if device is not None else f"cuda:{gpu_id or 0}")
+        modules = {"text_encoder": self.text_encoder, "transformer": self.transformer, "vae": self.vae,
+                   "depth": getattr(self.depth_backend, "model", None)}  # fmt: skip
+        self._pinned_offload = PinnedOffload(modules, device)
+
+    def disable_model_cpu_offload(self, device: torch.device | str | None = None) -> None:
+        """Remove the offload hooks; with ``device`` the models move there (resident)."""
+        offload = getattr(self, "_pinned_offload", None)
+        if offload is not None:
+            offload.remove(device)
+            self._pinned_offload = None
 
     def enable_vae_tiling(self, **kwargs: Any) -> None:
         """Spatially tiled VAE encode/decode (``AutoencoderKLWan.enable_tiling`` kwargs)."""
@@ -241,13 +300,14 @@ class MiragePipeline(DiffusionPipeline):
     def check_inputs(
         self,
         image: Tensor,
-        cameras: Cameras,
+        path: CameraPath,
         num_frames: int,
         chunk_frames: int,
         num_inference_steps: int,
         memory: Any,
         memory_mode: str,
         memory_strength: float,
+        continuation: str,
         prompt: str | None,
         prompt_embeds: Tensor | None,
         guidance_scale: float,
@@ -261,26 +321,31 @@ class MiragePipeline(DiffusionPipeline):
         mult = self.codec.spatial_stride * self.transformer.config.patch_size[1]
         if H % mult or W % mult:
             raise ValueError(f"height and width must be divisible by {mult} (VAE stride x patch), got {H}x{W}")
-        check_num_frames(num_frames, self.codec.temporal_stride)
-        check_num_frames(chunk_frames, self.codec.temporal_stride)
-        if num_frames < 5 or chunk_frames < 5:
-            raise ValueError(f"num_frames and chunk_frames must be 4N+1 with N >= 1, got {num_frames} and {chunk_frames}")
-        if not isinstance(cameras, Cameras):
-            raise ValueError(f"cameras must be mirage.cameras.Cameras, got {type(cameras).__name__}")
-        if len(cameras) < num_frames:
-            raise ValueError(f"the camera path has {len(cameras)} cameras, shorter than the video's num_frames={num_frames}")
-        if (cameras.width, cameras.height) != (W, H):
-            raise ValueError(f"cameras are {cameras.width}x{cameras.height} but the image is {W}x{H}")
+        if not isinstance(path, CameraPath):
+            raise ValueError(
+                f"the camera path must be a mirage.paths.CameraPath (frame 0 = the image's camera), got {type(path).__name__}"
+            )
+        ts = self.codec.temporal_stride
+        check_num_frames(num_frames, ts, min_latent_frames=2)
+        check_num_frames(chunk_frames, ts, min_latent_frames=2)
+        if len(path) < num_frames:
+            raise ValueError(f"the camera path has {len(path)} cameras, shorter than the video's num_frames={num_frames}")
+        if (path.width, path.height) != (W, H):
+            raise ValueError(f"the camera path is for {path.width}x{path.height} images but the image is {W}x{H}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
-        if not (isinstance(memory, (LatentSpatialMemory, RGBPointCloudMemory)) or memory in ("latent", "rgb")):
+        if not (isinstance(memory, SpatialMemory) or memory in ("latent", "rgb")):
             raise ValueError(f"memory must be 'latent', 'rgb' or a memory instance, got {memory!r}")
-        if memory_mode not in ("replace", "context"):
-            raise ValueError(f"memory_mode must be 'replace' or 'context', got {memory_mode!r}")
+        if memory_mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
         if not (0.0 <= float(memory_strength) <= 1.0):
             raise ValueError(f"memory_strength must be in [0, 1], got {memory_strength!r}")
+        if continuation not in ("reencode", "latent"):
+            raise ValueError(f"continuation must be 'reencode' or 'latent', got {continuation!r}")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
+        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 1.0):
+            raise ValueError(f"guidance_scale must be a number >= 1 (1 = no guidance), got {guidance_scale!r}")
         text_dim = self.transformer.config.text_dim
         for name, emb in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
             if emb is not None and (emb.dim() != 3 or emb.shape[0] != 1 or emb.shape[2] != text_dim):
@@ -314,21 +379,29 @@ class MiragePipeline(DiffusionPipeline):
         self.prompt_cache[key] = embeds.to(self.transformer.dtype)
         return self.prompt_cache[key]
 
-    # ------------------------------------------------------------------ helpers
-    def _make_memory(self, memory, device: torch.device):
+    # ------------------------------------------------------------------ parts of a chunk
+    def make_memory(self, memory: MemoryKind | SpatialMemory, device: torch.device) -> SpatialMemory:
+        """A new memory of the named kind on ``device`` (tokens cached in bf16, as in the paper), or ``memory``."""
         if memory == "latent":
-            return LatentSpatialMemory(
-                spatial_stride=self.codec.spatial_stride, temporal_stride=self.codec.temporal_stride, device=device
-            )
+            return LatentSpatialMemory(codec=self.codec, device=device)
         if memory == "rgb":
             return RGBPointCloudMemory(self.codec, device=device)
         return memory
 
-    def _estimate_depth(self, frames: Tensor, K: Tensor) -> Tensor:  # frames [3, F, H, W]; K [F, 3, 3] -> [F, H, W]
-        """Depth of frames with their own intrinsics (zoom paths change ``K`` per frame)."""
-        return estimate_frames(self.depth_backend, frames, K)
+    def estimate_depth(self, chunk: Chunk, frames: Tensor, previous_scale: float) -> DepthResult:
+        """Depth of the new frames 4k (``frames [3, F-1, H, W]``) with the path's own intrinsics
+        (zoom paths change ``K`` per frame), scaled to the memory's readout depth on the cells both
+        see (``align_scale``); with too few common cells the previous chunk's scale is kept."""
+        device = frames.device
+        depth = estimate_frames(self.depth_backend, frames, chunk.latent_cameras[1:].K.to(device)).float()  # [F-1, H, W]
+        reference = chunk.readout.depth[1:].to(device)  # [F-1, h, w] the memory's depth, NaN where hidden
+        depth_lat = downsample_depth(depth, self.codec.spatial_stride)  # [F-1, h, w]
+        common = chunk.readout.mask[1:].to(device) & valid_depth(depth_lat) & valid_depth(reference)
+        aligned = int(common.sum()) >= MIN_ALIGN_PIXELS
+        scale = align_scale(depth_lat, reference, common) if aligned else previous_scale
+        return DepthResult(depth * scale, scale, aligned)
 
-    # ------------------------------------------------------------------ 5. denoise one chunk
+    # ------------------------------------------------------------------ denoise one chunk
     @torch.no_grad()
     def denoise_chunk(
         self,
@@ -363,7 +436,9 @@ class MiragePipeline(DiffusionPipeline):
         frame0[0] = True
         seen = readout_mask.to(device).clone()  # [F, h, w]
         seen[0] = False  # frame 0 is pinned to first_latent, not to the readout
-        if memory_mode == "context":
+        if memory_mode == "off":
+            seen[:] = False
+        elif memory_mode == "context":
             seen = token_visible(seen, (p_h, p_w))
 
         memory_steps = math.ceil(memory_strength * num_inference_steps - 1e-6)  # the first steps impose the memory
@@ -398,160 +473,98 @@ class MiragePipeline(DiffusionPipeline):
     def __call__(
         self,
         image: Tensor,  # [3, H, W] in [-1, 1]
-        cameras: Cameras,  # >= num_frames pixel-frame cameras at W x H; camera 0 is the image's
+        path: CameraPath,  # >= num_frames pixel-frame cameras at W x H; frame 0 is the image's camera
         prompt: str | None = None,
         *,
-        num_frames: int = 65,
-        chunk_frames: int = 33,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 1.0,
-        negative_prompt: str = "",
+        num_frames: int | None = None,
+        chunk_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | None = None,
         prompt_embeds: Tensor | None = None,  # [1, L, D] instead of prompt
         negative_prompt_embeds: Tensor | None = None,  # [1, L, D]
-        memory: MemoryKind | LatentSpatialMemory | RGBPointCloudMemory = "latent",
+        memory: MemoryKind | SpatialMemory = "latent",
         memory_mode: MemoryMode = "replace",
-        memory_strength: float = 0.8,
+        memory_strength: float | None = None,
+        continuation: Continuation | None = None,
         max_depth: float | None = 100.0,
         image_depth: Tensor | None = None,  # [H, W] metres for the input image instead of estimating it
         generator: torch.Generator | None = None,
         callback: Callable[[int, int, int], None] | None = None,
         max_sequence_length: int = 512,
     ) -> MirageOutput:
-        """Generate ``num_frames`` frames along ``cameras`` from ``image``.
+        """Generate ``num_frames`` frames (default: the whole path) along ``path`` from ``image``.
 
-        memory: ``"latent"`` (Mirage), ``"rgb"`` (the RGB point-cloud baseline) or an instance; an
-        empty instance is initialized from the image, a non-empty one is used as it is (continuing a
+        Settings left at None take ``DEFAULTS["training-free"]`` (Wan2.2-TI2V-5B's own). memory:
+        ``"latent"`` (Mirage), ``"rgb"`` (the RGB point-cloud baseline) or an instance; an empty
+        instance is initialized from the image, a non-empty one is used as it is (continuing a
         scene). memory_strength: fraction of the sampling steps during which the readout is imposed
-        (the first ``ceil(memory_strength * num_inference_steps)`` steps).
-        max_depth: cells farther than this (metres, after scale alignment) are not stored (far/sky);
-        None keeps everything with valid depth. callback: ``callback(chunk_index, step, num_steps)``
-        after every step. Default ``memory_strength=0.8``: with flow shift 5 the noise level after 80%
-        of 20 steps is still sigma ~0.56, so the memory has to hold through most of the schedule to
-        fix the layout; the last steps let the model blend seams.
+        (the first ``ceil(memory_strength * num_inference_steps)`` steps). max_depth: cells farther
+        than this (metres, after scale alignment) are not stored (far/sky); None keeps everything
+        with valid depth. callback: ``callback(chunk_index, step, num_steps)`` after every step.
         """
+        d = DEFAULTS["training-free"]
+        num_frames = len(path) if num_frames is None and isinstance(path, CameraPath) else num_frames
+        chunk_frames = d.chunk_frames if chunk_frames is None else chunk_frames
+        num_inference_steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
+        negative_prompt = d.negative_prompt if negative_prompt is None else negative_prompt
+        memory_strength = d.memory_strength if memory_strength is None else memory_strength
+        continuation = d.continuation if continuation is None else continuation
         # 1. Check inputs
         self.check_inputs(
-            image, cameras, num_frames, chunk_frames, num_inference_steps, memory, memory_mode, memory_strength,
-            prompt, prompt_embeds, guidance_scale, negative_prompt_embeds, image_depth,
+            image, path, num_frames, chunk_frames, num_inference_steps, memory, memory_mode, memory_strength,
+            continuation, prompt, prompt_embeds, guidance_scale, negative_prompt_embeds, image_depth,
         )
         device = self._execution_device
-        ranges = chunk_ranges(num_frames, chunk_frames)
-        timer = StageTimer(device)
-        on_cuda = device.type == "cuda"
-        cameras = cameras[:num_frames]
+        path = path if num_frames == len(path) else CameraPath.starting_at(path.source, path[:num_frames])
         image = image.to(device, torch.float32)
+        timer = StageTimer(device)
+        with timer.record("setup") as setup:
+            # 2. Encode the prompts (cached per prompt)
+            with timer.stage("prompt"):
+                if prompt_embeds is None:
+                    prompt_embeds = self.encode_prompt(prompt, max_sequence_length)
+                if guidance_scale > 1.0 and negative_prompt_embeds is None:
+                    negative_prompt_embeds = self.encode_prompt(negative_prompt, max_sequence_length)
+                prompt_embeds = prompt_embeds.to(device, self.transformer.dtype)
+                if negative_prompt_embeds is not None:
+                    negative_prompt_embeds = negative_prompt_embeds.to(device, self.transformer.dtype)
+            # 3. The image's latent and depth; the memory
+            with timer.stage("init"):
+                first_latent = self.codec.encode(image[None, :, None]).float()  # [1, C, 1, h, w]
+                mem = self.make_memory(memory, device)
+                if mem.num_points == 0:
+                    if image_depth is None:
+                        image_depth = self.depth_backend.estimate(image, path.K[0].to(device)).depth
+                    d0 = image_depth.to(device).float()  # [H, W]
+                    far = None if max_depth is None else d0 > max_depth
+                    mem.initialize(Observation.single(path.source, d0, first_latent[0, :, 0], image, far))
+                initial_cells = None if mem.last_added is None else mem.last_added.cpu()
 
-        timings: list[dict[str, float]] = []
-        peaks: list[int] = []
-        cache_bytes: list[int] = []
-        chunk_latents: list[Tensor] = []
-        readouts: list[MemoryReadout] = []
-        video_parts: list[Tensor] = []
-        scales: list[float] = []
-        aligned: list[bool] = []
-        scale = 1.0
+        # 4. The chunks: read -> condition -> denoise -> decode -> depth -> update
+        def denoise(chunk: Chunk, conditioning: tuple[Tensor, Tensor]) -> Tensor:  # -> [1, C, F, h, w]
+            target, mask = conditioning
+            step = None if callback is None else (lambda i, n: callback(chunk.index, i, n))
+            return self.denoise_chunk(
+                chunk.first_latent, target, mask, prompt_embeds, negative_prompt_embeds,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, memory_mode=memory_mode,
+                memory_strength=memory_strength, generator=generator, callback=step,
+            )  # fmt: skip
 
-        for c, (start, stop) in enumerate(ranges):
-            if on_cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            chunk_start = time.perf_counter()
-            with timer.record(f"chunk {c}") as rec:
-                if c == 0:
-                    # 2. Encode the prompt (cached per prompt)
-                    with timer.stage("prompt"):
-                        if prompt_embeds is None:
-                            prompt_embeds = self.encode_prompt(prompt, max_sequence_length)
-                        if guidance_scale > 1.0 and negative_prompt_embeds is None:
-                            negative_prompt_embeds = self.encode_prompt(negative_prompt, max_sequence_length)
-                        prompt_embeds = prompt_embeds.to(device, self.transformer.dtype)
-                        if negative_prompt_embeds is not None:
-                            negative_prompt_embeds = negative_prompt_embeds.to(device, self.transformer.dtype)
-                    # 3. The image's latent and depth; the memory
-                    with timer.stage("init"):
-                        first_latent = self.codec.encode(image[None, :, None]).float()  # [1, C, 1, h, w]
-                        mem = self._make_memory(memory, device)
-                        if mem.num_points == 0:
-                            if image_depth is None:
-                                image_depth = self.depth_backend.estimate(image, cameras.K[0].to(device)).depth
-                            d0 = image_depth.to(device).float()  # [H, W]
-                            far = None if max_depth is None else (d0 > max_depth)
-                            if isinstance(mem, LatentSpatialMemory):
-                                mem.initialize(first_latent[0, :, 0].to(self.codec.dtype), d0, cameras.camera(0), far)
-                            else:
-                                mem.initialize(image, d0, cameras.camera(0), far)
-                else:
-                    first_latent = chunk_latents[-1][None, :, -1:].to(device)  # [1, C, 1, h, w] previous last latent
-                chunk_cams = cameras[start:stop]  # [T_c] pixel-frame cameras
-                latent_cams = chunk_cams[:: self.codec.temporal_stride]  # [F_c] cameras of frames 4k
-
-                # 4. Read the memory for the chunk's cameras
-                with timer.stage("readout"):
-                    readout = mem.read(chunk_cams)  # latents [C, F, h, w], mask [F, h, w]
-                rec.update(readout.timings)
-
-                # 5. Denoise
-                with timer.stage("denoise"):
-                    step_callback = None if callback is None else (lambda i, n, c=c: callback(c, i, n))
-                    latents = self.denoise_chunk(
-                        first_latent, readout.latents[None], readout.mask, prompt_embeds, negative_prompt_embeds,
-                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                        memory_mode=memory_mode, memory_strength=memory_strength, generator=generator,
-                        callback=step_callback,
-                    )  # [1, C, F, h, w]
-
-                # 6. Decode
-                with timer.stage("decode"):
-                    frames = self.codec.decode(latents)[0].float()  # [3, T_c, H, W]
-
-                # 7. Depth of the new latent-aligned frames 4k (k >= 1), aligned to the memory
-                with timer.stage("depth"):
-                    new_frames = frames[:, self.codec.temporal_stride :: self.codec.temporal_stride]  # [3, F-1, H, W]
-                    new_cams = latent_cams[1:]
-                    depth = self._estimate_depth(new_frames, new_cams.K.to(device)).float()  # [F-1, H, W]
-                    reference = readout.depth[1:]  # [F-1, h, w] the memory's depth, NaN where hidden
-                    depth_lat = downsample_depth(depth, self.codec.spatial_stride)  # [F-1, h, w]
-                    common = readout.mask[1:].to(device) & valid_depth(depth_lat) & valid_depth(reference.to(device))
-                    ok = int(common.sum()) >= MIN_ALIGN_PIXELS
-                    if ok:
-                        scale = align_scale(depth_lat, reference.to(device), common)
-                    depth = depth * scale
-                    scales.append(scale)
-                    aligned.append(ok)
-
-                # 8. Update the memory
-                with timer.stage("update"):
-                    far = None if max_depth is None else (depth > max_depth)  # [F-1, H, W] far/sky
-                    if isinstance(mem, LatentSpatialMemory):
-                        mem.update(latents[0, :, 1:].to(self.codec.dtype), depth, new_cams, far)
-                    else:
-                        mem.update(new_frames, depth, new_cams, far)
-
-            rec["total"] = time.perf_counter() - chunk_start
-            timings.append(dict(rec))
-            peaks.append(int(torch.cuda.max_memory_allocated(device)) if on_cuda else 0)
-            cache_bytes.append(int(mem.nbytes))
-            chunk_latents.append(latents[0].float().cpu())
-            readouts.append(_readout_to_cpu(readout))
-            video_parts.append((frames if c == 0 else frames[:, 1:]).cpu())  # later chunks: frame 0 is shared
-
-        self.maybe_free_model_hooks()
-        return MirageOutput(
-            video=torch.cat(video_parts, dim=1),  # [3, T, H, W]
-            latents=chunk_latents,
-            readouts=readouts,
-            memory=mem,
-            chunk_timings=timings,
-            peak_memory_bytes=peaks,
-            cache_bytes=cache_bytes,
-            frame_ranges=ranges,
-            depth_scales=scales,
-            depth_aligned=aligned,
-        )
-
-
-def _readout_to_cpu(r: MemoryReadout) -> MemoryReadout:
-    move = lambda x: None if x is None else x.cpu()  # noqa: E731
-    return MemoryReadout(
-        latents=r.latents.cpu(), mask=r.mask.cpu(), depth=move(r.depth), renders=move(r.renders),
-        pixel_mask=move(r.pixel_mask), pixel_depth=move(r.pixel_depth), timings=dict(r.timings),
-    )
+        chunks = run_chunks(
+            mem, path, first_latent,
+            encode=self.codec.encode, decode=lambda z: self.codec.decode(z)[0],
+            condition=lambda chunk: (chunk.readout.latents[None], chunk.readout.mask),
+            denoise=denoise, depth=self.estimate_depth,
+            chunk_frames=chunk_frames, temporal_stride=self.codec.temporal_stride, continuation=continuation,
+            max_depth=max_depth, device=device, first_timings=dict(setup),
+        )  # fmt: skip
+        if getattr(self, "_pinned_offload", None) is not None:
+            self._pinned_offload.release()  # leave the device empty, as diffusers' offload does after a call
+        # 5. The video: later chunks share their first frame with the previous chunk
+        settings = dict(num_frames=num_frames, chunk_frames=chunk_frames, num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, negative_prompt=negative_prompt if guidance_scale > 1 else None,
+                        memory_mode=memory_mode, memory_strength=memory_strength, continuation=continuation,
+                        memory=mem.kind)  # fmt: skip
+        return MirageOutput(stitch_chunks([c.frames for c in chunks], 1), chunks, mem, settings, initial_cells)

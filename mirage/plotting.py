@@ -29,11 +29,12 @@ __all__ = [
 ]
 
 MiB = float(2**20)
-STAGE_ORDER = ("project", "rasterize", "encode", "denoise", "decode", "depth", "update")  # readout first
+STAGE_ORDER = ("project", "rasterize", "encode", "condition", "denoise", "decode", "depth", "update")  # readout first
 STAGE_COLORS = {  # readout stages in warm hues, generation in blues/greens
     "project": "#f58518",
     "rasterize": "#e45756",
     "encode": "#b279a2",
+    "condition": "#9d755d",
     "denoise": "#4c78a8",
     "decode": "#72b7b2",
     "depth": "#54a24b",

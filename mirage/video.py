@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .frames import pixel_to_latent_frame
+from .images import from_uint8, to_uint8
+
 __all__ = [
     "VISIBLE_COLOR",
     "HIDDEN_COLOR",
@@ -29,7 +32,6 @@ __all__ = [
     "write_video",
     "read_video",
     "side_by_side",
-    "pixel_to_latent_frame",
     "upsample_latent_mask",
     "mask_to_video",
     "overlay_mask",
@@ -51,15 +53,13 @@ def to_uint8_frames(video: Tensor | np.ndarray) -> np.ndarray:  # -> [T, H, W, 3
     if not isinstance(video, Tensor) or not video.is_floating_point() or video.dim() != 4 or video.shape[0] != 3:
         shape = tuple(video.shape) if hasattr(video, "shape") else type(video).__name__
         raise ValueError(f"video must be float [3, T, H, W] in [-1, 1] or uint8 [T, H, W, 3], got {shape}")
-    unit = ((video.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return unit.permute(1, 2, 3, 0).contiguous().numpy()  # [3, T, H, W] -> [T, H, W, 3]
+    return to_uint8(video.cpu()).permute(1, 2, 3, 0).contiguous().numpy()  # [3, T, H, W] -> [T, H, W, 3]
 
 
 def from_uint8_frames(frames: np.ndarray) -> Tensor:  # [T, H, W, 3] uint8 -> [3, T, H, W] in [-1, 1]
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # [T, H, W, 3] -> [3, T, H, W]
-    return video.float() / 127.5 - 1.0
+    return from_uint8(torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2))  # [T, H, W, 3] -> [3, T, H, W]
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -164,14 +164,6 @@ def side_by_side(
 
 
 # ----------------------------------------------------------------------------------------- masks
-def pixel_to_latent_frame(num_frames: int, temporal_stride: int = 4) -> Tensor:  # -> [T] long
-    """Latent frame of each pixel frame (causal VAE): pixel 0 -> 0, pixels 4k-3..4k -> k."""
-    if num_frames < 1 or (num_frames - 1) % temporal_stride:
-        raise ValueError(f"num_frames must be {temporal_stride}N + 1, got {num_frames}")
-    t = torch.arange(num_frames)
-    return (t + temporal_stride - 1) // temporal_stride
-
-
 def _resize_mask(mask: Tensor, height: int, width: int) -> Tensor:  # [T, h, w] bool -> [T, H, W] bool
     if tuple(mask.shape[-2:]) == (height, width):
         return mask

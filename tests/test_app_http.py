@@ -35,14 +35,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(tmp: Path, port: int, *, flags: bool) -> tuple[subprocess.Popen, str]:
-    """Start ``python app.py`` offline on ``port`` (``--host/--port`` flags, or gradio's environment
-    variables ``GRADIO_SERVER_NAME/PORT``); return (process, base url) once it serves its page."""
+def launch_app(tmp: Path, port: int, *, flags: bool, generation: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``python app.py`` on ``port`` (``--host/--port`` flags, or gradio's environment variables
+    ``GRADIO_SERVER_NAME/PORT``), offline, or in generation mode on the CPU with the checkpoint folder
+    ``generation``; return (process, base url) once it serves its page."""
     args = ["--host", "127.0.0.1", "--port", str(port)] if flags else []
     full_env = {
-        **os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "MIRAGE_OFFLINE": "1",
-        "MIRAGE_APP_TMP": str(tmp / "sessions"), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "NO_PROXY": "127.0.0.1,localhost",
+        **{k: v for k, v in os.environ.items() if k not in ("MIRAGE_OFFLINE", "MIRAGE_MODEL_PATH", "MIRAGE_DEVICE")},
+        "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "MIRAGE_APP_TMP": str(tmp / "sessions"),
+        "GRADIO_TEMP_DIR": str(tmp / "gradio"), "NO_PROXY": "127.0.0.1,localhost",
     }  # fmt: skip
+    if generation is None:
+        full_env["MIRAGE_OFFLINE"] = "1"
+    else:
+        full_env.update(MIRAGE_MODEL_PATH=str(generation), MIRAGE_DEVICE="cpu")
     if not flags:
         full_env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
     log = open(tmp / "app.log", "w")
@@ -114,8 +120,13 @@ def test_example_preset_run(client):
     summary, plot, status = client.predict("orbit_right", 15, 65, "image", api_name="/preset_path")
     assert "65 frames" in status and any("frusta (65)" in t.get("name", "") for t in plot_json(plot)["data"])
 
-    out = client.predict(0, 20, "", "latent", api_name="/run")
-    latent, rgb, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = out
+    job = client.submit(0, 20, 5.0, "", "", "latent", api_name="/run")
+    progress = []
+    while not job.done():
+        progress += [p.desc for p in job.status().progress_data or [] if p.desc]
+        time.sleep(0.05)
+    latent, rgb, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
+    assert any("chunk 2/2" in d for d in progress), progress  # the long work reports its progress
     for path in (latent, rgb, latent_mask, rgb_mask):
         assert read_video(path).shape == (3, 65, 128, 256)
     assert read_video(side).shape[1:3] == (65, 128)
@@ -126,7 +137,7 @@ def test_example_preset_run(client):
     assert len(plot_json(growth)["layout"]["sliders"][0]["steps"]) == 3
     names = {Path(p).name for p in downloads}
     assert {"latent_cache.ply", "latent_cache.safetensors", "camera_path_re10k.txt", "camera_path_transforms.json",
-            "camera_path_mirage.json", "side_by_side_readout.mp4"} <= names  # fmt: skip
+            "camera_path_mirage.json", "side_by_side_render.mp4", "latent_model_input.mp4"} <= names  # fmt: skip
     assert "readout preview" in caption
 
 
@@ -202,7 +213,7 @@ def test_bad_inputs_return_errors_and_the_app_keeps_serving(app, tmp_path):
     assert status.startswith("Path set: preset pan_left")
     summary, _, status = b.predict("orbit_left", 10, 33, "latent", api_name="/preset_path")
     assert "motorcycle" in summary and "ground truth" in summary
-    out = b.predict(0, 20, "", "latent", api_name="/run")
+    out = b.predict(0, 20, 5.0, "", "", "latent", api_name="/run")
     assert read_video(out[0]).shape == (3, 33, 128, 256)
 
 

@@ -236,7 +236,7 @@ def test_depth_anything_batch_and_round_trip(depth_anything, tmp_path):
 def test_depth_anything_rejects_relative_and_bad_fov():
     from transformers import DepthAnythingForDepthEstimation
 
-    from mirage.depth import tiny_depth_anything_config
+    from mirage.testing import tiny_depth_anything_config
 
     cfg = tiny_depth_anything_config()
     cfg.depth_estimation_type = "relative"

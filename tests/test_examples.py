@@ -163,7 +163,9 @@ def test_synthetic_asset_is_the_default_render():
     rgb, ref_depth = default_scene().render(cam)
     assert ((image - rgb[0]).abs() <= 1.01 / 255).all(dim=0).float().mean() > 0.999
     assert torch.isfinite(depth).all()
-    torch.testing.assert_close(depth, ref_depth[0])
+    # float32 ray casting is not bit-reproducible across CPUs (FMA, vector widths): the stored asset and a
+    # fresh render agree to 3e-5 relative at the room's 2-4 m
+    torch.testing.assert_close(depth, ref_depth[0], rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- synthetic renderer

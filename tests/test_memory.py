@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mirage.cameras import Camera, Cameras
-from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory, voxel_keys
+from mirage.memory import LatentSpatialMemory, Observation, RGBPointCloudMemory, voxel_keys
 
 W, H, S = 320, 192, 16
 h, w = H // S, W // S
@@ -28,7 +28,7 @@ def _latent_and_depth(seed=0, holes=True):
 
 def test_read_back_source_returns_source_tokens_exactly():
     latent, depth = _latent_and_depth()
-    mem = LatentSpatialMemory().initialize(latent, depth, _source())
+    mem = LatentSpatialMemory().initialize(Observation.single(_source(), depth, latent))
     out = mem.read_views(_source().batch())
     seen = out.mask[0]
     # every cell with any valid depth under its bilinear footprint is stored and read back bit-exactly
@@ -41,7 +41,7 @@ def test_read_back_source_returns_source_tokens_exactly():
 def test_known_translation_shifts_by_expected_cells():
     latent, _ = _latent_and_depth()
     src = _source()
-    mem = LatentSpatialMemory(surface_tolerance=0.0).initialize(latent, torch.full((H, W), 2.0), src)
+    mem = LatentSpatialMemory(surface_tolerance=0.0).initialize(Observation.single(src, torch.full((H, W), 2.0), latent))
     f_lat = float(src.K[0, 0]) / S  # focal length in latent cells
     for cells in (1, 3):
         moved = torch.eye(4)
@@ -55,7 +55,7 @@ def test_known_translation_shifts_by_expected_cells():
 def test_read_chunk_uses_latent_aligned_cameras():
     latent, depth = _latent_and_depth(holes=False)
     src = _source()
-    mem = LatentSpatialMemory(surface_tolerance=0.0).initialize(latent, torch.full((H, W), 2.0), src)
+    mem = LatentSpatialMemory(surface_tolerance=0.0).initialize(Observation.single(src, torch.full((H, W), 2.0), latent))
     f_lat = float(src.K[0, 0]) / S
     T = torch.eye(4).repeat(9, 1, 1)
     T[:, 0, 3] = -torch.arange(9.0) * 2.0 / f_lat / 4  # 1/4 cell per pixel frame -> one cell per latent frame
@@ -70,7 +70,7 @@ def test_read_chunk_uses_latent_aligned_cameras():
 def test_update_drops_invalid_far_and_excluded_cells():
     latent, depth = _latent_and_depth(holes=False)
     src = _source()
-    mem = LatentSpatialMemory(max_depth=10.0).initialize(latent, depth, src)
+    mem = LatentSpatialMemory(max_depth=10.0).initialize(Observation.single(src, depth, latent))
     n0 = mem.num_points
     assert n0 == h * w
     d = depth.clone()[None]
@@ -78,7 +78,7 @@ def test_update_drops_invalid_far_and_excluded_cells():
     d[0, :16, 160:] = float("nan")  # invalid
     exclude = torch.zeros(1, H, W, dtype=torch.bool)
     exclude[0, 176:, 300] = True  # one pixel marks its whole cell (dynamic object)
-    added = mem.update(latent[:, None], d, src.batch(), exclude=exclude)
+    added = mem.update(Observation(src.batch(), d, latent[:, None], exclude=exclude))
     expected = (w // 2) * h - (w // 2) - 1  # right half, minus the invalid top row, minus one excluded cell
     assert added == expected and mem.num_points == n0 + expected
     assert int(mem.last_added.sum()) == added and not mem.last_added[0, :, : w // 2].any()  # the cells, in point order
@@ -89,26 +89,26 @@ def test_update_drops_invalid_far_and_excluded_cells():
 def test_voxel_dedup_keeps_revisits_from_growing_the_cache():
     latent, depth = _latent_and_depth(holes=False)
     src = _source()
-    plain = LatentSpatialMemory().initialize(latent, depth, src)
-    plain.update(latent[:, None], depth[None], src.batch())
+    plain = LatentSpatialMemory().initialize(Observation.single(src, depth, latent))
+    plain.update(Observation(src.batch(), depth[None], latent[:, None]))
     assert plain.num_points == 2 * h * w  # no dedup: the paper's growing cache
-    dedup = LatentSpatialMemory(voxel_size=0.05).initialize(latent, depth, src)
+    dedup = LatentSpatialMemory(voxel_size=0.05).initialize(Observation.single(src, depth, latent))
     n0 = dedup.num_points
-    added = dedup.update(latent[:, None], depth[None] * 1.001, src.batch())
+    added = dedup.update(Observation(src.batch(), depth[None] * 1.001, latent[:, None]))
     assert added <= 0.05 * n0 and int(dedup.last_added.sum()) == added  # dedup is reflected in last_added
     keys = voxel_keys(dedup.points, 0.05)
     assert keys.unique().numel() == keys.numel()  # one point per voxel
 
 
-def test_nbytes_counts_xyz_and_tokens():
+def test_nbytes_counts_xyz_frame_ids_and_tokens():
     latent, depth = _latent_and_depth(holes=False)
-    mem = LatentSpatialMemory().initialize(latent, depth, _source())
-    assert mem.nbytes == mem.num_points * (3 * 4 + 48 * 2)
+    mem = LatentSpatialMemory().initialize(Observation.single(_source(), depth, latent))
+    assert mem.nbytes == mem.num_points * (3 * 4 + 4 + 48 * 2)  # xyz float32, frame id int32, 48 bf16 tokens
 
 
 def test_save_load_round_trip(tmp_path):
     latent, depth = _latent_and_depth()
-    mem = LatentSpatialMemory(voxel_size=0.1, max_depth=9.0).initialize(latent, depth, _source())
+    mem = LatentSpatialMemory(voxel_size=0.1, max_depth=9.0).initialize(Observation.single(_source(), depth, latent))
     path = mem.save(tmp_path / "cache.safetensors")
     back = LatentSpatialMemory.load(path)
     assert torch.equal(back.points, mem.points) and torch.equal(back.features, mem.features)
@@ -122,7 +122,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_ply_export(tmp_path):
     latent, depth = _latent_and_depth()
-    mem = LatentSpatialMemory().initialize(latent, depth, _source())
+    mem = LatentSpatialMemory().initialize(Observation.single(_source(), depth, latent))
     colors = torch.full((mem.num_points, 3), 7, dtype=torch.uint8)
     path = mem.to_ply(tmp_path / "cache.ply", colors=colors)
     raw = path.read_bytes()
@@ -140,16 +140,16 @@ def test_latent_memory_errors_name_the_value():
     latent, depth = _latent_and_depth()
     src = _source()
     with pytest.raises(ValueError, match="no valid"):
-        LatentSpatialMemory().initialize(latent, torch.full((H, W), float("nan")), src)
-    with pytest.raises(ValueError, match=r"\[C, h, w\]"):
-        LatentSpatialMemory().initialize(latent[0], depth, src)
-    mem = LatentSpatialMemory().initialize(latent, depth, src)
+        LatentSpatialMemory().initialize(Observation.single(src, torch.full((H, W), float("nan")), latent))
+    with pytest.raises(ValueError, match=r"latents must be \[C, F=1, 12, 20\], got \(12, 20\)"):
+        LatentSpatialMemory().initialize(Observation.single(src, depth, latent[0]))
+    mem = LatentSpatialMemory().initialize(Observation.single(src, depth, latent))
     with pytest.raises(ValueError, match="640x384"):
         mem.read_views(Camera.from_fov(640, 384, 60.0).batch())
-    with pytest.raises(ValueError, match="2 cameras"):
-        mem.update(latent[:, None], depth[None], Cameras.cat([src.batch(), src.batch()]))
+    with pytest.raises(ValueError, match=r"latents must be \[C, F=2, 12, 20\], got \(48, 1, 12, 20\)"):  # 2 cameras, 1 frame
+        mem.update(Observation(Cameras.cat([src.batch(), src.batch()]), depth[None], latent[:, None]))
     with pytest.raises(ValueError, match="not a whole multiple"):
-        mem.update(latent[:, None], depth[None, :100], src.batch())
+        mem.update(Observation(src.batch(), depth[None, :100], latent[:, None]))
     with pytest.raises(RuntimeError, match="initialize"):
         LatentSpatialMemory().read_views(src.batch())
     with pytest.raises(ValueError, match="surface_tolerance"):
@@ -171,10 +171,11 @@ def test_rgb_memory_renders_source_exactly_and_reads_chunks():
     depth = 2 + torch.rand(H, W, generator=g)
     depth[:20] = float("nan")
     src = _source()
-    mem = RGBPointCloudMemory(_PatchMeanCodec()).initialize(image, depth, src)
+    mem = RGBPointCloudMemory(_PatchMeanCodec()).initialize(Observation.single(src, depth, image=image))
     assert mem.num_points == int(torch.isfinite(depth).sum())
-    assert mem.nbytes == mem.num_points * 15
-    rgb, mask = mem.render(src.batch())
+    assert mem.nbytes == mem.num_points * (12 + 4 + 3)  # xyz float32, frame id int32, RGB uint8
+    r = mem.render(src.batch())
+    rgb, mask = r.frames, r.mask
     assert torch.equal(mask[0], torch.isfinite(depth))
     assert torch.allclose(rgb[:, 0][:, mask[0]], image[:, mask[0]], atol=1e-6)
     out = mem.read(Cameras(src.K[None], torch.eye(4).repeat(5, 1, 1), W, H))
@@ -186,8 +187,8 @@ def test_rgb_memory_renders_source_exactly_and_reads_chunks():
 
     expected = downsample_depth(depth, 16)  # the source view's depth on the latent grid
     assert torch.allclose(out.depth[:, out.mask[0]], expected[out.mask[0]].expand(2, -1))
-    with pytest.raises(ValueError, match="does not match"):
-        RGBPointCloudMemory(_PatchMeanCodec()).initialize(image, depth[:, :100], src)
+    with pytest.raises(ValueError, match=r"needs depth at pixel resolution 192x320, got \(1, 192, 100\)"):
+        RGBPointCloudMemory(_PatchMeanCodec()).initialize(Observation.single(src, depth[:, :100], image=image))
 
 
 def test_dedup_radius_guarantees():
@@ -198,3 +199,81 @@ def test_dedup_radius_guarantees():
     far = mem.points + torch.sign(torch.rand(500, 3, generator=g) - 0.5) * 0.21  # beyond two voxels on every axis
     assert not mem._dedup(near).any()
     assert mem._dedup(far[:, None, :].expand(500, 1, 3).reshape(-1, 3)).sum() > 0.9 * 500
+
+
+# ----------------------------------------------------------------------------- one protocol, both memories
+def _both_memories():
+    """Each memory initialized from the same observation (latents and pixels of one frame)."""
+    from mirage.codecs import OfflineCodec
+
+    g = torch.Generator().manual_seed(7)
+    codec = OfflineCodec()
+    image = (torch.randint(0, 256, (3, H, W), generator=g).float() / 127.5 - 1)
+    depth = 2 + torch.rand(H, W, generator=g)
+    depth[:20] = float("nan")
+    obs = Observation.single(_source(), depth, codec.encode(image[None, :, None])[0], image)
+    return obs, {m.kind: m.initialize(obs) for m in (LatentSpatialMemory(codec=codec), RGBPointCloudMemory(codec))}
+
+
+def test_both_memories_implement_the_whole_protocol():
+    import inspect
+
+    from mirage.memory import SpatialMemory
+
+    members = {n for n, _ in inspect.getmembers(SpatialMemory) if not n.startswith("_")} | set(SpatialMemory.__annotations__)
+    assert {"initialize", "update", "read", "render", "save", "to_ply", "nbytes", "num_points", "last_added"} <= members
+    _, memories = _both_memories()
+    for kind, mem in memories.items():
+        assert isinstance(mem, SpatialMemory) and mem.kind == kind
+        missing = [n for n in members if not hasattr(mem, n)]
+        assert not missing, (kind, missing)
+
+
+def test_render_returns_its_depth_and_keeps_no_state_for_read(tmp_path):
+    obs, memories = _both_memories()
+    cams = Cameras(_source().K[None], torch.eye(4).repeat(5, 1, 1), W, H)
+    for kind, mem in memories.items():
+        before = dict(vars(mem))
+        r = mem.render(cams)
+        assert r.frames.shape == (3, 5, H, W) and r.mask.shape == r.depth.shape == (5, H, W)
+        assert set(vars(mem)) == set(before)  # render leaves nothing behind for read to pick up
+        seen = r.mask[0]
+        assert seen.any() and torch.isnan(r.depth[0][~seen]).all()
+        torch.testing.assert_close(r.depth[0][seen & torch.isfinite(obs.depths[0])].mean(),
+                                   obs.depths[0][seen & torch.isfinite(obs.depths[0])].mean(), rtol=0.02, atol=0)  # fmt: skip
+        out = mem.read(cams)
+        assert out.latents.shape == (48, 2, h, w) and out.mask.shape == out.depth.shape == (2, h, w)
+        assert out.frame_depths(4).shape[0] == 1  # the depth of latent frame 1 (pixel frame 4)
+
+
+def test_both_memories_save_load_ply_and_last_added(tmp_path):
+    from mirage.codecs import OfflineCodec
+    from mirage.memory import load_memory
+
+    obs, memories = _both_memories()
+    for kind, mem in memories.items():
+        assert mem.last_added is not None and int(mem.last_added.sum()) == mem.num_points
+        back = load_memory(mem.save(tmp_path / f"{kind}.safetensors"), codec=OfflineCodec())
+        assert type(back) is type(mem) and torch.equal(back.points, mem.points) and torch.equal(back.values, mem.values)
+        assert torch.equal(back.frame_ids, mem.frame_ids) and back.size_history == mem.size_history
+        torch.testing.assert_close(back.render(obs.cameras).frames, mem.render(obs.cameras).frames)
+        header = mem.to_ply(tmp_path / f"{kind}.ply").read_bytes().split(b"end_header")[0]
+        assert f"element vertex {mem.num_points}".encode() in header
+    with pytest.raises(ValueError, match="not a mirage rgb memory"):
+        RGBPointCloudMemory.load(tmp_path / "latent.safetensors")
+    (tmp_path / "junk.safetensors").write_text("junk")
+    with pytest.raises(ValueError, match="junk.safetensors is not a safetensors file"):
+        load_memory(tmp_path / "junk.safetensors")
+
+
+def test_an_update_gives_each_memory_what_it_stores():
+    obs, memories = _both_memories()
+    latent_only = Observation(obs.cameras, obs.depths, latents=obs.latents)
+    pixels_only = Observation(obs.cameras, obs.depths, frames=obs.frames)
+    assert memories["latent"].update(latent_only) > 0 and memories["rgb"].update(pixels_only) > 0
+    with pytest.raises(ValueError, match="the latent memory stores latents: the observation has none"):
+        memories["latent"].update(pixels_only)
+    with pytest.raises(ValueError, match="the pixel memory stores colours: the observation has no frames"):
+        memories["rgb"].update(latent_only)
+    for mem in memories.values():
+        assert mem.frame_ids.max() == 1 and mem.frames_stored == 2  # the update was observation 1

@@ -4,7 +4,7 @@ import torch
 
 from mirage.codecs import OfflineCodec
 from mirage.examples import crop_to_multiple, load_middlebury_motorcycle
-from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory
+from mirage.memory import LatentSpatialMemory, Observation, RGBPointCloudMemory
 from mirage.paths import make_preset_path
 from mirage.synthetic import default_camera, default_scene
 
@@ -20,8 +20,9 @@ def test_middlebury_left_warped_into_right_matches_real_right_for_both_memories(
     right_cam = ex.camera_right.batch()
 
     # RGB point cloud: rasterize the right view at full resolution
-    rgb_mem = RGBPointCloudMemory(codec).initialize(ex.left, ex.depth_left, ex.camera_left)
-    render, seen = rgb_mem.render(right_cam)  # [3, 1, H, W], [1, H, W]
+    rgb_mem = RGBPointCloudMemory(codec).initialize(Observation.single(ex.camera_left, ex.depth_left, image=ex.left))
+    r = rgb_mem.render(right_cam)
+    render, seen = r.frames, r.mask  # [3, 1, H, W], [1, H, W]
     seen = seen[0]
     assert seen.float().mean() > 0.7
     warped_err = _mae(render[:, 0], ex.right, seen)
@@ -30,7 +31,7 @@ def test_middlebury_left_warped_into_right_matches_real_right_for_both_memories(
 
     # latent memory: tokens of the left view, read for the right camera, decoded
     latent = codec.encode(ex.left[:, None][None])[0]  # [48, 1, 31, 46]
-    lat_mem = LatentSpatialMemory().initialize(latent, ex.depth_left, ex.camera_left)
+    lat_mem = LatentSpatialMemory().initialize(Observation.single(ex.camera_left, ex.depth_left, latent))
     out = lat_mem.read_views(right_cam)
     decoded = codec.decode(out.latents[None])[0, :, 0]  # [3, H, W]
     cells = out.mask[0].repeat_interleave(16, 0).repeat_interleave(16, 1)  # [H, W]
@@ -64,9 +65,9 @@ def test_detour_and_revisit_gives_back_original_tokens_and_dedup_bounds_growth()
     latents = codec.encode(video[None])[0]  # [48, 9, h, w]
     aligned = path[4::4]  # cameras of latent frames 1..8 (pixel frames 4k)
 
-    mem = LatentSpatialMemory().initialize(latents[:, 0], depth[0], src)
+    mem = LatentSpatialMemory().initialize(Observation.single(src, depth[0], latents[:, 0]))
     before = mem.read_views(src.batch())
-    mem.update(latents[:, 1:], depth[4::4], aligned)
+    mem.update(Observation(aligned, depth[4::4], latents[:, 1:]))
     assert mem.num_points > 2 * before.mask.sum()  # the detour added new cells
     after = mem.read_views(src.batch())
     seen = before.mask[0]
@@ -88,24 +89,26 @@ def test_detour_and_revisit_gives_back_original_tokens_and_dedup_bounds_growth()
     g = torch.Generator().manual_seed(0)
     noisy = depth[4::4] * (1 + 0.005 * torch.randn(depth[4::4].shape, generator=g))
     for voxel in (0.05,):
-        dd = LatentSpatialMemory(voxel_size=voxel).initialize(latents[:, 0], depth[0], src)
-        dd.update(latents[:, 1:], depth[4::4], aligned)
+        dd = LatentSpatialMemory(voxel_size=voxel).initialize(Observation.single(src, depth[0], latents[:, 0]))
+        dd.update(Observation(aligned, depth[4::4], latents[:, 1:]))
         first = dd.num_points
-        dd.update(latents[:, 1:], noisy, aligned)
+        dd.update(Observation(aligned, noisy, latents[:, 1:]))
         assert dd.num_points <= 1.05 * first, (first, dd.num_points)
-    plain = LatentSpatialMemory().initialize(latents[:, 0], depth[0], src)
-    plain.update(latents[:, 1:], depth[4::4], aligned)
+    plain = LatentSpatialMemory().initialize(Observation.single(src, depth[0], latents[:, 0]))
+    plain.update(Observation(aligned, depth[4::4], latents[:, 1:]))
     n1 = plain.num_points
-    plain.update(latents[:, 1:], noisy, aligned)
+    plain.update(Observation(aligned, noisy, latents[:, 1:]))
     assert plain.num_points > 1.8 * n1
 
 
 def test_rgb_memory_revisit_renders_start_view_unchanged():
     src, path, video, depth = _detour()
-    mem = RGBPointCloudMemory(OfflineCodec()).initialize(video[:, 0], depth[0], src)
-    before, m0 = mem.render(src.batch())
-    mem.update(video[:, 4::4], depth[4::4], path[4::4])
-    after, m1 = mem.render(src.batch())
+    mem = RGBPointCloudMemory(OfflineCodec()).initialize(Observation.single(src, depth[0], image=video[:, 0]))
+    r0 = mem.render(src.batch())
+    before, m0 = r0.frames, r0.mask
+    mem.update(Observation(path[4::4], depth[4::4], frames=video[:, 4::4]))
+    r1 = mem.render(src.batch())
+    after, m1 = r1.frames, r1.mask
     assert torch.equal(m0, m1)
     same = (after[:, 0] == before[:, 0]).all(0)  # [H, W]
     # as for the latent memory: exact away from occluding edges (mixed pixels), and almost everywhere

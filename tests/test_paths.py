@@ -6,12 +6,15 @@ import pytest
 import torch
 
 from mirage.cameras import Camera, Cameras, look_at
+from mirage.frames import check_num_frames
 from mirage.paths import (
     KEYFRAME_COLUMNS,
     PRESETS,
+    CameraPath,
     Keyframe,
-    check_path_frames,
+    anchored_path,
     interpolate_keyframes,
+    keyframe_path,
     keyframe_camera,
     keyframe_table_rows,
     keyframes_from_cameras,
@@ -56,7 +59,7 @@ def ease(t: float) -> float:
 @pytest.mark.parametrize("bad", [0, 1, 4, 6, 32, 34, -3, 33.0, True, "33"])
 def test_frame_count_rejected_everywhere(bad):
     with pytest.raises(ValueError, match=repr(bad).replace("(", r"\(")):
-        check_path_frames(bad)
+        check_num_frames(bad, min_latent_frames=2)
     with pytest.raises(ValueError, match="4N\\+1"):
         make_preset_path("pan_left", identity_source(), num_frames=bad)
     kfs = [Keyframe((0, 0, 0)), Keyframe((0, 0, 1))]
@@ -70,7 +73,7 @@ def test_frame_count_rejected_everywhere(bad):
 
 @pytest.mark.parametrize("T", [5, 9, 33, 65, 97])
 def test_frame_counts_accepted(T):
-    assert check_path_frames(T) == T
+    assert check_num_frames(T, min_latent_frames=2) == T
     assert len(make_preset_path("orbit_left", identity_source(), T)) == T
 
 
@@ -358,3 +361,95 @@ def test_resample_path_keeps_endpoints_and_geometry():
     assert torch.allclose(re.cam_from_world, two.cam_from_world, atol=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         resample_path(orbit[:1], 33)
+
+
+# ----------------------------------------------------------------------------- the path type
+def off_centre_source() -> Camera:
+    """Like the Motorcycle example at 256 px: principal point well away from the image centre."""
+    K = torch.tensor([[180.0, 0.0, 107.7], [0.0, 180.0, 66.4], [0.0, 0.0, 1.0]])
+    return Camera(K, look_at(torch.tensor([0.1, -0.2, -0.5]), torch.tensor([0.2, 0.0, 2.0])), 256, 128)
+
+
+def every_path_source(src: Camera, T: int = 33) -> dict[str, CameraPath]:
+    """One path of each kind a user can make, all from ``src``."""
+    W_, H_ = src.width, src.height
+    world_pts = src.world_from_cam[:3, :3] @ torch.tensor([[0.3, 0.0, 0.4], [0.5, -0.1, 0.8]]).T + src.world_from_cam[:3, 3:]
+    imported = Cameras(
+        torch.tensor([[[150.0, 0, 128.0], [0, 150.0, 64.0], [0, 0, 1]], [[160.0, 0, 130.0], [0, 160.0, 64.0], [0, 0, 1]]]),
+        look_at(torch.tensor([[2.0, 1.0, 0.0], [2.3, 1.0, 0.2]]), torch.tensor([[2.0, 1.0, 5.0], [2.5, 1.0, 5.0]])), W_, H_,
+    )  # a file's cameras in their own world frame, with their own (centred) intrinsics
+    return {
+        "preset": make_preset_path("zoom_in", src, T, scene_depth=D),
+        "orbit": make_preset_path("orbit_left", src, T, scene_depth=D),
+        "stroke": path_from_points(src, world_pts.T, T, look="forward"),
+        "keyframes": keyframe_path(src, [Keyframe((0, 0, 0), fov_x=55.0), Keyframe((0.2, 0.0, 0.3), yaw=8, fov_x=45.0)], T),
+        "import": anchored_path(src, imported, T),
+    }
+
+
+@pytest.mark.parametrize("kind", ["preset", "orbit", "stroke", "keyframes", "import"])
+def test_frame_zero_of_every_path_source_is_the_source_camera(kind):
+    src = off_centre_source()
+    path = every_path_source(src)[kind]
+    assert isinstance(path, CameraPath) and len(path) == 33
+    assert torch.equal(path.K[0], src.K) and torch.equal(path.cam_from_world[0], src.cam_from_world)
+    assert not torch.equal(path.cam_from_world[-1], src.cam_from_world) or not torch.equal(path.K[-1], src.K)  # it moves
+    assert torch.equal(path.source.K, src.K)
+    chunk = path[0:9]
+    assert type(chunk) is Cameras  # a slice of a path is not a path
+    small = path.rescaled(128, 64)
+    assert isinstance(small, CameraPath) and torch.equal(small.K[0], src.rescaled(128, 64).K)
+
+
+@pytest.mark.parametrize("kind", ["preset", "orbit", "stroke", "keyframes", "import"])
+def test_reading_frame_zero_of_any_path_returns_the_source_tokens(kind):
+    from mirage.memory import LatentSpatialMemory, Observation
+
+    src = off_centre_source()
+    g = torch.Generator().manual_seed(1)
+    latent = torch.randn(48, 8, 16, generator=g).to(torch.bfloat16)
+    depth = 1.5 + torch.rand(128, 256, generator=g)
+    mem = LatentSpatialMemory().initialize(Observation.single(src, depth, latent))
+    out = mem.read(every_path_source(src)[kind][:9])  # the first chunk's first latent frame is frame 0
+    assert out.mask[0].all() and torch.equal(out.latents[:, 0], latent)
+
+
+def test_camera_path_checks_frame_zero_count_and_size():
+    src = off_centre_source()
+    path = make_preset_path("pan_left", src, 9, scene_depth=D)
+    moved = path.cam_from_world.clone()
+    moved[0, 0, 3] += 1e-6
+    with pytest.raises(ValueError, match="frame 0 of a camera path must be the source camera exactly"):
+        CameraPath(path.K, moved, 256, 128, src)
+    K = path.K.clone()
+    K[0, 0, 2] = 128.0  # a centred principal point, as keyframes used to make
+    with pytest.raises(ValueError, match="differs by 20.3 in K"):
+        CameraPath(K, path.cam_from_world, 256, 128, src)
+    with pytest.raises(ValueError, match="at least 5 frames.*got 8"):
+        CameraPath(path.K[:8], path.cam_from_world[:8], 256, 128, src)
+    with pytest.raises(ValueError, match="128x64"):
+        CameraPath.starting_at(src.rescaled(128, 64), path)
+
+
+def test_keyframe_path_is_relative_to_the_source():
+    src = off_centre_source()
+    with pytest.raises(ValueError, match="first keyframe is the source camera"):
+        keyframe_path(src, [Keyframe((0.1, 0, 0)), Keyframe((0.2, 0, 0))], 9)
+    path = keyframe_path(src, [Keyframe((0, 0, 0), fov_x=60.0), Keyframe((0.0, 0.0, 0.5), fov_x=30.0)], 9)
+    zoom = math.tan(math.radians(30)) / math.tan(math.radians(15))  # tan(fov0/2) / tan(fov1/2)
+    assert path.K[-1, 0, 0] / src.K[0, 0] == pytest.approx(zoom, rel=1e-6)
+    assert torch.equal(path.K[-1, :2, 2], src.K[:2, 2])  # the principal point stays where the source has it
+    src_from_last = src.cam_from_world.double() @ path.world_from_cam[-1].double()
+    torch.testing.assert_close(src_from_last[:3, 3], torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_anchored_path_keeps_relative_motion_and_zoom():
+    src = off_centre_source()
+    eyes = torch.tensor([[1.0, -0.5, 2.0], [1.2, -0.5, 2.1]])
+    cfw = look_at(eyes, eyes + torch.tensor([0.3, 0.1, 1.0]))  # [2, 4, 4]
+    K = torch.tensor([[[100.0, 0, 128], [0, 100.0, 64], [0, 0, 1]], [[125.0, 0, 128], [0, 125.0, 64], [0, 0, 1]]])
+    path = anchored_path(src, Cameras(K, cfw, 256, 128), 5)
+    relative = cfw[1].double() @ torch.linalg.inv(cfw[0].double())  # camera 1 seen from camera 0
+    torch.testing.assert_close(path.cam_from_world[-1].double(), relative @ src.cam_from_world.double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(path.K[-1, 0, 0], src.K[0, 0] * 1.25)  # the file's 1.25x zoom, about the source's centre
+    torch.testing.assert_close(path.K[-1, :2, 2], src.K[:2, 2])

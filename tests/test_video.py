@@ -10,7 +10,6 @@ from mirage.video import (
     HIDDEN_COLOR,
     mask_to_video,
     overlay_mask,
-    pixel_to_latent_frame,
     read_video,
     side_by_side,
     to_uint8_frames,
@@ -82,13 +81,6 @@ def test_side_by_side_layout_and_labels():
         side_by_side([a, torch.zeros(3, 4, 40, 60)])
     with pytest.raises(ValueError, match="labels"):
         side_by_side([a, b], ["only one"])
-
-
-def test_causal_frame_mapping():
-    assert pixel_to_latent_frame(9).tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2]
-    assert pixel_to_latent_frame(1).tolist() == [0]
-    with pytest.raises(ValueError, match="4N \\+ 1"):
-        pixel_to_latent_frame(8)
 
 
 def test_upsample_latent_mask_exact():

@@ -1,0 +1,130 @@
+"""User depth maps: ``.npy`` in metres or 16-bit PNG in millimetres, and the ``FileDepth`` backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..cameras import intrinsics_from_fov
+from ..geometry import valid_depth
+from .base import DepthEstimate, _check_fov, _check_image, _check_K, _resolve_K, nan_invalid
+
+__all__ = ["load_depth_file", "save_depth_png16", "FileDepth"]
+
+# ----------------------------------------------------------------------------- depth files
+_PNG16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def load_depth_file(path) -> Tensor:  # -> [H, W] float32 metres, NaN where invalid
+    """Read ``.npy`` (float metres) or a 16-bit grayscale PNG (millimetres); NaN/inf/<= 0 become NaN."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"depth file not found: {p}")
+    ext = p.suffix.lower()
+    if ext == ".npy":
+        arr = np.load(p, allow_pickle=False)
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"{p}: depth .npy must hold real numbers (metres), got dtype {arr.dtype}")
+        arr = arr.astype(np.float32)
+    elif ext == ".png":
+        with Image.open(p) as im:
+            if im.mode not in _PNG16_MODES:
+                raise ValueError(
+                    f"{p} is a {im.mode!r} PNG (8-bit or colour), which cannot hold depth in millimetres; "
+                    f"save a 16-bit grayscale PNG in mm (save_depth_png16) or a .npy in metres"
+                )
+            arr = np.array(im).astype(np.float32) / 1000.0  # mm -> m
+    else:
+        raise ValueError(f"unsupported depth file extension {ext!r} for {p}: use .npy (metres) or .png (16-bit, mm)")
+    if arr.ndim != 2:
+        raise ValueError(f"{p}: depth must be 2-D [H, W], got shape {arr.shape}")
+    depth = nan_invalid(torch.from_numpy(arr))
+    if not valid_depth(depth).any():
+        raise ValueError(f"{p}: depth map {arr.shape} has no valid pixel (all NaN, inf or <= 0)")
+    return depth
+
+
+def save_depth_png16(depth, path) -> None:  # depth [H, W] metres
+    """Write depth as a 16-bit PNG in millimetres (0 = invalid). Valid depth must lie in [0.5 mm, 65.535 m]."""
+    from PIL import Image
+
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise ValueError(f"save_depth_png16 writes .png files, got {p}")
+    d = torch.as_tensor(depth).detach().cpu().double()
+    if d.dim() != 2:
+        raise ValueError(f"depth must be 2-D [H, W], got shape {tuple(d.shape)}")
+    valid = valid_depth(d)
+    mm = torch.where(valid, (d * 1000).round(), torch.zeros_like(d))  # [H, W]
+    if valid.any():
+        lo, hi = float(mm[valid].min()), float(mm[valid].max())
+        if lo < 1 or hi > 65535:
+            raise ValueError(
+                f"valid depth spans [{lo / 1000:.4g}, {hi / 1000:.4g}] m; a 16-bit millimetre PNG holds "
+                f"[0.0005, 65.535] m (save a .npy in metres instead)"
+            )
+    Image.fromarray(mm.numpy().astype(np.uint16)).save(p)
+
+
+def _resize_nearest(depth: Tensor, height: int, width: int) -> Tensor:  # [h, w] -> [height, width]
+    """Nearest resize with pixel centres at ``u + 1/2``: never blends, so NaN (invalid) stays NaN."""
+    h, w = depth.shape
+    rows = ((torch.arange(height, dtype=torch.float64) + 0.5) * h / height).floor().long().clamp(max=h - 1)  # [height]
+    cols = ((torch.arange(width, dtype=torch.float64) + 0.5) * w / width).floor().long().clamp(max=w - 1)  # [width]
+    return depth[rows.to(depth.device)][:, cols.to(depth.device)]
+
+
+class FileDepth:
+    """A user-supplied depth map (tensor, array, ``.npy`` metres or 16-bit PNG millimetres).
+
+    Intrinsics: ``fov_x_deg`` (centred camera at the image size) or ``K`` (at the depth map's size), or
+    neither and a ``K`` passed to ``estimate``; when both exist they must agree. ``estimate`` requires
+    the depth to have the image's size; with ``resize=True`` a depth map whose aspect ratio matches the
+    image's within 1% is resized with (invalid-preserving) nearest sampling and its ``K`` rescaled.
+    """
+
+    name = "file"
+    needs_weights = False
+
+    def __init__(self, depth_or_path, fov_x_deg: float | None = None, K: Tensor | None = None, *, resize: bool = False):
+        if fov_x_deg is not None and K is not None:
+            K_list = torch.as_tensor(K).tolist()
+            raise ValueError(f"give fov_x_deg or K, not both (got fov_x_deg={fov_x_deg} and K={K_list})")
+        if isinstance(depth_or_path, (str, Path)):
+            depth = load_depth_file(depth_or_path)
+        else:
+            depth = torch.as_tensor(depth_or_path)
+            if depth.dim() != 2:
+                raise ValueError(f"depth must be 2-D [H, W], got shape {tuple(depth.shape)}")
+            depth = nan_invalid(depth)
+            if not valid_depth(depth).any():
+                raise ValueError(f"depth map {tuple(depth.shape)} has no valid pixel (all NaN, inf or <= 0)")
+        self.depth = depth  # [h, w] metres, NaN invalid
+        self.fov_x_deg = None if fov_x_deg is None else _check_fov(fov_x_deg)
+        self.K = None if K is None else _check_K(K)  # [3, 3] at the depth map's resolution
+        self.resize = resize
+
+    def estimate(self, image: Tensor, K: Tensor | None = None) -> DepthEstimate:  # image [3, H, W] in [-1, 1]
+        image = _check_image(image)
+        _, H, W = image.shape
+        h, w = self.depth.shape
+        depth, stored_K = self.depth, self.K
+        if (h, w) != (H, W):
+            aspect_error = abs((w / h) / (W / H) - 1)
+            if not self.resize or aspect_error > 0.01:
+                hint = " (pass resize=True to resize it)" if aspect_error <= 0.01 else ""
+                raise ValueError(f"depth map is {w}x{h} (WxH) but the image is {W}x{H}{hint}")
+            depth = _resize_nearest(depth, H, W)
+            if stored_K is not None:
+                stored_K = torch.diag(torch.tensor([W / w, H / h, 1.0])) @ stored_K  # [3, 3] rescaled to the image
+        if self.fov_x_deg is not None:
+            stored_K = intrinsics_from_fov(W, H, self.fov_x_deg)
+        K = _resolve_K(stored_K, K, "FileDepth")
+        return DepthEstimate(depth.clone().to(image.device), K.to(image.device), "file")
+
+

@@ -1,0 +1,113 @@
+"""Frame arithmetic, in one place: ``4N + 1`` video lengths, the causal pixel <-> latent frame
+mapping and the chunking of a long video.
+
+Causal mapping (``CONVENTIONS.md``): ``T = sN + 1`` pixel frames (``s`` = temporal stride, 4 for the
+Wan2.2 VAE) give ``F = N + 1`` latent frames; latent frame 0 is pixel frame 0 and latent frame
+``k >= 1`` covers pixel frames ``s(k-1)+1 .. sk`` and uses the camera and depth of pixel frame ``sk``.
+
+Chunks (as in the paper): the first covers pixel frames ``0 .. 32`` (33 frames, 9 latent frames),
+each later one the next 32 frames plus the previous chunk's last frame, so a video of ``33 + 32k``
+frames has ``k + 1`` chunks; any ``4N + 1`` length works (the last chunk is then shorter).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Sequence, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "TEMPORAL_STRIDE",
+    "CHUNK_FRAMES",
+    "check_num_frames",
+    "num_latent_frames",
+    "latent_frame_indices",
+    "pixel_frames_of_latent",
+    "pixel_to_latent_frame",
+    "latent_aligned",
+    "chunk_ranges",
+    "stitch_chunks",
+]
+
+TEMPORAL_STRIDE = 4  # pixel frames per latent frame of the Wan2.2 VAE
+CHUNK_FRAMES = 33  # frames of the first chunk (9 latent frames); later chunks add 32
+
+_S = TypeVar("_S")
+
+
+def check_num_frames(num_frames: int, temporal_stride: int = TEMPORAL_STRIDE, *, min_latent_frames: int = 1) -> int:
+    """Return ``num_frames`` if it is ``sN + 1`` with at least ``min_latent_frames`` latent frames
+    (``N >= min_latent_frames - 1``); ``ValueError`` naming the value otherwise."""
+    if not isinstance(temporal_stride, int) or isinstance(temporal_stride, bool) or temporal_stride < 1:
+        raise ValueError(f"temporal_stride must be a positive int, got {temporal_stride!r}")
+    s = temporal_stride
+    valid = isinstance(num_frames, numbers.Integral) and not isinstance(num_frames, bool) and num_frames >= 1
+    if not valid or (num_frames - 1) % s != 0 or (num_frames - 1) // s + 1 < min_latent_frames:
+        first = s * (min_latent_frames - 1) + 1
+        raise ValueError(
+            f"num_frames must be {s}N+1 with at least {first} frames ({first}, {first + s}, {first + 2 * s}, ...), "
+            f"got {num_frames!r}"
+        )
+    return int(num_frames)
+
+
+def num_latent_frames(num_frames: int, temporal_stride: int = TEMPORAL_STRIDE) -> int:
+    """``F = (T - 1) / s + 1`` for a valid ``T``."""
+    return (check_num_frames(num_frames, temporal_stride) - 1) // temporal_stride + 1
+
+
+def latent_frame_indices(num_frames: int, temporal_stride: int = TEMPORAL_STRIDE) -> list[int]:
+    """The pixel frame whose camera and depth each latent frame uses: ``[0, s, 2s, ..., T-1]``."""
+    return list(range(0, check_num_frames(num_frames, temporal_stride), temporal_stride))
+
+
+def pixel_frames_of_latent(k: int, temporal_stride: int = TEMPORAL_STRIDE) -> range:
+    """Pixel frames covered by latent frame ``k``: ``[0]`` for ``k = 0``, else ``s(k-1)+1 .. sk``."""
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"latent frame index must be an int >= 0, got {k!r}")
+    check_num_frames(1, temporal_stride)  # validates the stride
+    if k == 0:
+        return range(0, 1)
+    return range(temporal_stride * (k - 1) + 1, temporal_stride * k + 1)
+
+
+def pixel_to_latent_frame(num_frames: int, temporal_stride: int = TEMPORAL_STRIDE) -> Tensor:  # -> [T] long
+    """Latent frame of each pixel frame: pixel 0 -> 0, pixels ``s(k-1)+1 .. sk`` -> ``k``."""
+    t = torch.arange(check_num_frames(num_frames, temporal_stride))  # [T]
+    return (t + temporal_stride - 1) // temporal_stride
+
+
+def latent_aligned(frames: _S, temporal_stride: int = TEMPORAL_STRIDE) -> _S:
+    """The latent-aligned items ``0, s, 2s, ...`` of a ``sN + 1`` sequence (``Cameras``, a list, or
+    a tensor's first axis)."""
+    check_num_frames(len(frames), temporal_stride)
+    return frames[::temporal_stride]
+
+
+def chunk_ranges(num_frames: int, chunk_frames: int = CHUNK_FRAMES, temporal_stride: int = TEMPORAL_STRIDE) -> list[tuple[int, int]]:
+    """Pixel-frame ranges ``(start, stop)`` of the chunks of a ``num_frames`` video (stop exclusive).
+
+    The first chunk has ``min(num_frames, chunk_frames)`` frames; each later one starts at the
+    previous chunk's last frame and adds up to ``chunk_frames - 1`` new frames, so every chunk has
+    ``sN + 1`` frames. ``chunk_ranges(65) == [(0, 33), (32, 65)]``.
+    """
+    check_num_frames(num_frames, temporal_stride)
+    if not isinstance(chunk_frames, int) or chunk_frames < temporal_stride + 1 or (chunk_frames - 1) % temporal_stride:
+        raise ValueError(
+            f"chunk_frames must be {temporal_stride}N+1 with N >= 1 (a chunk must add frames), got {chunk_frames!r}"
+        )
+    ranges = [(0, min(num_frames, chunk_frames))]
+    while ranges[-1][1] < num_frames:
+        start = ranges[-1][1] - 1
+        ranges.append((start, min(num_frames, start + chunk_frames)))
+    return ranges
+
+
+def stitch_chunks(parts: Sequence[Tensor], dim: int) -> Tensor:
+    """Concatenate per-chunk tensors along their frame axis ``dim``, dropping the first frame of every
+    later chunk (it is the previous chunk's last frame)."""
+    if not parts:
+        raise ValueError("stitch_chunks needs at least one chunk")
+    return torch.cat([p if i == 0 else p.narrow(dim, 1, p.shape[dim] - 1) for i, p in enumerate(parts)], dim=dim)

@@ -1,0 +1,352 @@
+"""A scene for the demo and for scripted runs: one input image with its depth and source camera at a
+working size, its latent memory, and the current camera path.
+
+``build_scene`` fits an input (``RawScene``: an example or an upload at its own resolution) to the
+model aspect at a working size, encodes it with a codec and initializes a ``LatentSpatialMemory``
+for the 3D view. Paths come from presets, strokes, keyframes or files; every one is a
+``mirage.paths.CameraPath`` of the scene's source camera, checked against the scene when it is set
+(``set_path``). Changing the path never recomputes depth or encoding.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from . import camera_io, paths, plotting, strokes
+from .cameras import Camera, Cameras, fov_from_intrinsics, intrinsics_from_fov
+from .codecs import OfflineCodec, VideoCodec
+from .depth import FileDepth, PlanarPriorBackend, make_depth_backend, weights_available
+from .examples import EXAMPLES, load_example
+from .geometry import valid_depth
+from .images import choose_resolution, fit_image_depth_camera, load_image, to_uint8
+from .memory import LatentSpatialMemory, Observation
+from .paths import CameraPath
+
+__all__ = [
+    "DepthChoice",
+    "DEPTH_CHOICE_KEYS",
+    "LONG_SIDES",
+    "FULL_LONG_SIDE",
+    "ColorBy",
+    "RawScene",
+    "SceneState",
+    "raw_from_example",
+    "raw_from_upload",
+    "build_scene",
+    "rebuild_at",
+    "cell_colors",
+    "require_scene",
+    "set_path",
+    "preset_path",
+    "stroke_path",
+    "default_keyframe_rows",
+    "keyframe_path",
+    "imported_path",
+    "export_path",
+    "point_colors",
+    "scene_figure",
+    "scene_summary",
+]
+
+DepthChoice = Literal["auto", "depth-pro", "upload", "ground-truth", "planar-prior"]
+DEPTH_CHOICE_KEYS = ("auto", "depth-pro", "upload", "ground-truth", "planar-prior")
+LONG_SIDES = (256, 384, 512)  # preview working sizes (long side); 1280 (704x1280) for the GPU pipeline
+FULL_LONG_SIDE = 1280
+ColorBy = Literal["latent", "image"]
+PLANAR_PRIOR_LABEL = "planar prior (placeholder geometry, not a depth estimate)"
+
+
+@dataclass
+class RawScene:
+    """An input at its own resolution, with the depth chosen for it (kept to re-fit at another size)."""
+
+    name: str  # example name or uploaded file name
+    image: Tensor  # [3, H0, W0] in [-1, 1]
+    depth: Tensor  # [H0, W0] metres (camera z), NaN where invalid
+    K: Tensor  # [3, 3] intrinsics at W0 x H0 (continuous convention)
+    depth_source: str  # human-readable origin of the depth, e.g. "ground truth"
+    credit: str = ""  # attribution to show
+
+
+_DEPTH_PRO: dict[str, Any] = {}  # loaded Depth Pro backend, shared by every scene of the process
+_DEPTH_PRO_LOCK = threading.Lock()
+
+
+def _depth_pro():
+    with _DEPTH_PRO_LOCK:
+        if "backend" not in _DEPTH_PRO:
+            _DEPTH_PRO["backend"] = make_depth_backend("depth-pro")
+        return _DEPTH_PRO["backend"]
+
+
+def _check_choice(depth_choice: str) -> DepthChoice:
+    if depth_choice not in DEPTH_CHOICE_KEYS:
+        raise ValueError(f"unknown depth source {depth_choice!r}; choose one of {list(DEPTH_CHOICE_KEYS)}")
+    return depth_choice  # type: ignore[return-value]
+
+
+def _short_error(err: Exception, path: str | Path) -> ValueError:
+    """The library's message with a server temp path replaced by the file's name."""
+    return ValueError(str(err).replace(str(path), Path(path).name))
+
+
+def _estimate(image: Tensor, K: Tensor | None, key: DepthChoice, fov_x_deg: float = 60.0) -> tuple[Tensor, Tensor, str]:
+    """Depth Pro (``depth-pro``, or ``auto`` with weights) or the planar prior -> (depth, K, label)."""
+    if key == "depth-pro" or (key == "auto" and weights_available("depth-pro")):
+        if not weights_available("depth-pro"):
+            raise ValueError(
+                "Depth Pro weights are not available on this machine (offline); choose the planar prior or upload a depth map"
+            )
+        est = _depth_pro().estimate(image, K)
+        return est.depth, est.K, "Depth Pro"
+    est = PlanarPriorBackend(fov_x_deg=fov_x_deg).estimate(image, K)
+    return est.depth, est.K, PLANAR_PRIOR_LABEL
+
+
+def raw_from_example(name: str, depth_choice: DepthChoice = "auto") -> RawScene:
+    """A bundled example; ``auto`` uses its ground truth, or Depth Pro / the planar prior without one."""
+    image, depth, camera = load_example(name)  # [3, H, W], [H, W] | None
+    key = _check_choice(depth_choice)
+    example = next(s for s in EXAMPLES if s.name == name)
+    if key == "upload":
+        raise ValueError("an uploaded depth map goes with an uploaded image; pick another depth source for examples")
+    if key in ("auto", "ground-truth") and depth is not None:
+        return RawScene(name, image, depth, camera.K, "ground truth", example.credit)
+    if key == "ground-truth":
+        raise ValueError(f"example {name!r} has no ground-truth depth; choose Automatic, Depth Pro or the planar prior")
+    depth, K, label = _estimate(image, camera.K, key)
+    return RawScene(name, image, depth, K, label, example.credit)
+
+
+def raw_from_upload(
+    image_file: str | Path | None,
+    depth_file: str | Path | None = None,
+    depth_choice: DepthChoice = "auto",
+    fov_x_deg: float = 60.0,
+) -> RawScene:
+    """An uploaded image (any size / mode ``load_image`` reads) with its depth source.
+
+    Intrinsics: Depth Pro estimates them; otherwise a centred camera with ``fov_x_deg``."""
+    if image_file is None:
+        raise ValueError("no image uploaded: upload an image or click an example")
+    try:
+        image = load_image(image_file)  # [3, H0, W0]
+    except (ValueError, FileNotFoundError) as err:
+        raise _short_error(err, image_file) from None
+    _, H0, W0 = image.shape
+    key = _check_choice(depth_choice)
+    name = Path(image_file).name
+    if key == "ground-truth":
+        raise ValueError("uploaded images have no ground-truth depth: upload a depth map or choose another source")
+    if key == "upload" or (key == "auto" and depth_file is not None):
+        if depth_file is None:
+            raise ValueError("depth source is 'uploaded depth map' but no depth file was uploaded")
+        try:
+            est = FileDepth(depth_file, fov_x_deg=fov_x_deg, resize=True).estimate(image)
+        except (ValueError, FileNotFoundError) as err:
+            raise _short_error(err, depth_file) from None
+        return RawScene(name, image, est.depth, est.K, f"uploaded depth map ({Path(depth_file).name})")
+    K = None if key in ("auto", "depth-pro") and weights_available("depth-pro") else intrinsics_from_fov(W0, H0, fov_x_deg)
+    depth, K, label = _estimate(image, K, key, fov_x_deg)
+    return RawScene(name, image, depth, K, label)
+
+
+@dataclass
+class SceneState:
+    """One scene at the working resolution (the app keeps one per session)."""
+
+    raw: RawScene  # the input at its own resolution
+    image: Tensor  # [3, H, W] in [-1, 1], fitted to the model aspect
+    depth: Tensor  # [H, W] metres, NaN where invalid
+    camera: Camera  # source camera at W x H, identity pose (world = source camera frame)
+    latent: Tensor  # [C, 1, h, w] codec latent of the image
+    memory: LatentSpatialMemory  # initialized from latent + depth; drawn in the 3D view
+    colors: Tensor  # [N, 3] uint8 image colour of each memory point (mean over its cell)
+    scene_depth: float  # median valid depth, metres (scales presets, bounds the path)
+    path: CameraPath | None = None  # current camera path (T = 4N + 1 frames at W x H, frame 0 = camera)
+    path_label: str = ""  # how the path was made, for captions and file names
+    result: Any = None  # last run on this path (mirage.preview.RunResult, without its videos)
+    version: int = 0  # bumped when the path changes (stale results are not shown)
+    workdir: Path | None = None  # this session's temporary folder (set by the app)
+
+    @property
+    def size(self) -> tuple[int, int]:  # (H, W)
+        return tuple(self.image.shape[1:])
+
+
+def cell_colors(frames: Tensor, cells: Tensor, stride: int = 16) -> Tensor:
+    """Mean colour of the given latent cells, in the memory's point order.
+
+    frames: ``[3, F, H, W]`` in [-1, 1]; cells: ``[F, h, w]`` bool, e.g. ``memory.last_added``.
+    Returns ``[M, 3]`` uint8, row-major over ``(F, h, w)`` as the memory's ``update`` appends."""
+    mean = torch.nn.functional.avg_pool2d(frames.permute(1, 0, 2, 3).float(), stride)  # [3, F, H, W] -> [F, 3, h, w]
+    return to_uint8(mean).permute(0, 2, 3, 1)[cells.to(mean.device)]  # [F, h, w, 3] -> [M, 3]
+
+
+def build_scene(raw: RawScene, long_side: int = 512, codec: VideoCodec | None = None) -> SceneState:
+    """Fit the input to the model aspect at ``long_side``, encode it and build its latent memory."""
+    if long_side not in LONG_SIDES + (FULL_LONG_SIDE,):
+        raise ValueError(f"working size (long side) must be one of {LONG_SIDES + (FULL_LONG_SIDE,)}, got {long_side!r}")
+    codec = codec or OfflineCodec()
+    H, W = choose_resolution(raw.image.shape[1], raw.image.shape[2], long_side=long_side)
+    image, depth, K = fit_image_depth_camera(raw.image, raw.depth, raw.K, W, H)  # [3, H, W], [H, W], [3, 3]
+    if not valid_depth(depth).any():
+        raise ValueError(f"the depth of {raw.name!r} has no valid pixel after fitting to {W}x{H}")
+    camera = Camera(K, torch.eye(4), W, H)
+    latent = codec.encode(image[None, :, None])[0].float()  # [1, 3, 1, H, W] -> [C, 1, h, w]
+    memory = LatentSpatialMemory(codec=codec).initialize(Observation.single(camera, depth, latent, image))
+    colors = cell_colors(image[:, None], memory.last_added, codec.spatial_stride)  # [N, 3]
+    scene_depth = float(depth[valid_depth(depth)].median())
+    return SceneState(raw, image, depth, camera, latent, memory, colors, scene_depth)
+
+
+def rebuild_at(state: SceneState, long_side: int) -> SceneState:
+    """The same input at another working size, with the same path motion from the new source camera
+    (the fit's crop can differ between sizes, so the path is re-anchored, not only rescaled)."""
+    new = build_scene(require_scene(state).raw, long_side)
+    if state.path is not None:
+        H, W = new.size
+        motion = Cameras.rescaled(state.path, W, H)  # [T] the old path at the new size
+        set_path(new, paths.anchored_path(new.camera, motion, len(state.path)), state.path_label)
+    return new
+
+
+def scene_summary(state: SceneState) -> str:
+    """Markdown lines describing the loaded scene and the current path."""
+    H, W = state.size
+    fov = fov_from_intrinsics(state.camera.K, W)
+    s = state.memory.spatial_stride
+    lines = [
+        f"**{state.raw.name}** — working size {W}x{H} (latent grid {W // s}x{H // s}), horizontal field of view {fov:.1f}°.",
+        f"Depth: **{state.raw.depth_source}**; median {state.scene_depth:.2f} m. Latent cache: {state.memory.num_points:,} points, "
+        f"{state.memory.nbytes / 2**20:.3f} MiB.",
+    ]
+    if state.raw.credit:
+        lines.append(f"<small>{state.raw.credit}</small>")
+    if state.path is not None:
+        lines.append(f"Path: **{state.path_label}**, {len(state.path)} frames.")
+    return "\n\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- paths
+def require_scene(state: SceneState | None) -> SceneState:
+    if state is None:
+        raise ValueError("no scene yet: click an example or upload an image first")
+    return state
+
+
+def set_path(state: SceneState, path: CameraPath, label: str, max_frames: int | None = None) -> SceneState:
+    """Make ``path`` current after checking it belongs to this scene (its source is the scene's
+    camera), fits the frame limit and stays out of the scene."""
+    state = require_scene(state)
+    if not isinstance(path, CameraPath):
+        raise ValueError(f"a scene's path must be a mirage.paths.CameraPath, got {type(path).__name__}")
+    H, W = state.size
+    if (path.width, path.height) != (W, H):
+        raise ValueError(f"the path is for {path.width}x{path.height} images, the scene is {W}x{H}")
+    CameraPath.starting_at(state.camera, path)  # frame 0 must be this scene's camera
+    if max_frames is not None and len(path) > max_frames:
+        raise ValueError(f"too many frames: {len(path)} (at most {max_frames})")
+    paths.path_bounds_check(path, state.scene_depth)
+    state.path, state.path_label = path, label
+    state.result = None
+    state.version += 1
+    return state
+
+
+def preset_path(state: SceneState, preset: str, amount: float | None, num_frames: int, max_frames: int | None = None) -> SceneState:
+    state = require_scene(state)
+    path = paths.make_preset_path(preset, state.camera, num_frames, amount, state.scene_depth)
+    info = paths.PRESETS[preset]
+    amount_text = f"{info.default if amount is None else amount:g} {info.unit}"
+    return set_path(state, path, f"preset {preset} ({amount_text})", max_frames)
+
+
+def stroke_path(
+    state: SceneState, editor_layers: Any, num_frames: int, depth_fraction: float = 0.5, look: str = "source",
+    max_frames: int | None = None,
+) -> SceneState:  # fmt: skip
+    """The camera travels along a stroke drawn on the image, lifted to ``depth_fraction`` x the depth under it.
+    editor_layers: what ``mirage.strokes.stroke_pixels_from_layers`` reads (an image editor's value)."""
+    state = require_scene(state)
+    if editor_layers is None:
+        raise ValueError("no stroke drawn: draw a line on the image with the brush first")
+    H, W = state.size
+    K = state.camera.K
+    start = (float(K[0, 2]), float(K[1, 2]))  # the stroke starts at its end nearer the principal point
+    pixels = strokes.stroke_pixels_from_layers(editor_layers, 16, target_size=(H, W), start_near=start)  # [16, 2] (u, v)
+    points = strokes.lift_stroke(pixels, state.depth, state.camera, float(depth_fraction))  # [16, 3] world
+    path = paths.path_from_points(state.camera, points, num_frames, look=look)
+    return set_path(state, path, f"stroke ({depth_fraction:.0%} of the depth, look {look})", max_frames)
+
+
+def default_keyframe_rows(state: SceneState) -> list[list[float]]:
+    """Three keyframes for the table: the source camera, then a move right and forward turning left."""
+    state = require_scene(state)
+    d, fov = state.scene_depth, fov_from_intrinsics(state.camera.K, state.size[1])
+    rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, fov], [0.1 * d, 0.0, 0.1 * d, 6.0, 0.0, 0.0, fov],
+            [0.2 * d, -0.05 * d, 0.2 * d, 12.0, 3.0, 0.0, fov]]  # fmt: skip
+    return [[round(v, 4) for v in row] for row in rows]
+
+
+def keyframe_path(state: SceneState, rows: Any, num_frames: int, max_frames: int | None = None) -> SceneState:
+    """Keyframe table rows ``x y z yaw pitch roll fov_x`` in the source camera's frame; the first row
+    is the source camera (``mirage.paths.keyframe_path``)."""
+    state = require_scene(state)
+    keys = paths.keyframes_from_table(rows)
+    if len(keys) < 2:
+        raise ValueError(f"the keyframe table needs at least 2 keyframes, got {len(keys)}")
+    path = paths.keyframe_path(state.camera, keys, num_frames)
+    return set_path(state, path, f"{len(keys)} keyframes", max_frames)
+
+
+def imported_path(state: SceneState, file: str | Path | None, num_frames: int, max_frames: int | None = None) -> SceneState:
+    """A RealEstate10K ``.txt``, nerfstudio ``transforms.json`` or mirage JSON path, re-anchored to
+    start at the scene's camera (``mirage.paths.anchored_path``) and resampled to ``num_frames``."""
+    state = require_scene(state)
+    if file is None:
+        raise ValueError("no path file uploaded: choose a .txt (RealEstate10K) or .json (nerfstudio / mirage) file")
+    H, W = state.size
+    try:
+        cams = camera_io.load_path_file(file, W, H)
+    except (ValueError, FileNotFoundError) as err:
+        raise _short_error(err, file) from None
+    if len(cams) < 2:
+        raise ValueError(f"{Path(file).name}: a path needs at least 2 cameras, the file has {len(cams)}")
+    path = paths.anchored_path(state.camera, cams, num_frames)
+    return set_path(state, path, f"imported {Path(file).name}", max_frames)
+
+
+def export_path(state: SceneState, folder: Path, fps: float = 16) -> list[Path]:
+    """The current path as RealEstate10K ``.txt``, nerfstudio ``transforms.json`` and mirage JSON."""
+    state = require_scene(state)
+    if state.path is None:
+        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
+    files = camera_io.export_path_files(state.path, folder, "camera_path", fps=fps)
+    return [files["re10k"], files["nerfstudio"], files["mirage"]]
+
+
+# --------------------------------------------------------------------------------------- figures
+def point_colors(memory: LatentSpatialMemory, image_colors: Tensor, color_by: ColorBy) -> Tensor:  # -> [N, 3] uint8
+    """Colours of the memory's points: their image colours, or a PCA of their latent features."""
+    if color_by == "image":
+        return image_colors
+    if color_by != "latent":
+        raise ValueError(f"color_by must be 'latent' or 'image', got {color_by!r}")
+    return torch.as_tensor(plotting.pca_colors(memory.features.float()))
+
+
+def scene_figure(state: SceneState, color_by: ColorBy = "latent"):
+    """The latent point cache with the path's frusta (or the source camera alone)."""
+    state = require_scene(state)
+    cams = state.path if state.path is not None else state.camera.batch()
+    how = "PCA of latent features" if color_by == "latent" else "image colours"
+    fig = plotting.cache_figure(state.memory.points, point_colors(state.memory, state.colors, color_by), cams,
+                                title=f"Latent cache, {how}")  # fmt: skip
+    return fig.update_layout(height=460)

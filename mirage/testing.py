@@ -1,0 +1,140 @@
+"""Model configs for tests and benchmarks, in one place: the released sizes (for full-size runs with
+random weights) and tiny sizes of the same diffusers / transformers classes (for CPU tests).
+
+Nothing here downloads anything. ``save_tiny_wan_checkpoint`` writes a complete diffusers folder of
+Wan2.2 TI2V layout (transformer, VAE, scheduler, UMT5 text encoder, tokenizer) with random weights,
+so that the real loading code (``MiragePipeline.from_pretrained``, the app's weight lookup) runs
+end to end without the real weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "TI2V_5B_TRANSFORMER_CONFIG",
+    "TINY_TRANSFORMER_CONFIG",
+    "TINY_VAE_CONFIG",
+    "TINY_TEXT_DIM",
+    "tiny_transformer",
+    "tiny_text_encoder",
+    "tiny_depth_pro_config",
+    "tiny_depth_anything_config",
+    "depth_pro_large_config",
+    "save_tiny_wan_checkpoint",
+]
+
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json (diffusers WanTransformer3DModel kwargs)
+TI2V_5B_TRANSFORMER_CONFIG: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48, out_channels=48,
+    text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)  # fmt: skip
+TINY_TEXT_DIM = 32
+TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
+    text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32,
+)  # fmt: skip
+# Overrides of mirage.codecs.WAN22_VAE_CONFIG: the Wan2.2 VAE layout (48 channels, patch 2, residual,
+# stride 16, temporal stride 4) with narrow layers.
+TINY_VAE_CONFIG: dict[str, Any] = {"base_dim": 4, "decoder_base_dim": 4, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1}
+
+
+def tiny_transformer(seed: int = 0, **overrides: Any):
+    """A 2-layer ``WanTransformer3DModel`` of the TI2V layout, random weights from ``seed``."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WanTransformer3DModel(**{**TINY_TRANSFORMER_CONFIG, **overrides}).eval()
+
+
+def tiny_text_encoder(seed: int = 0):
+    """A 1-layer ``UMT5EncoderModel`` and a word-level fast tokenizer (``(encoder, tokenizer)``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    words = "a red room with motorcycle garden street camera moving slowly static low quality blurry".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    config = UMT5Config(vocab_size=len(vocab), d_model=TINY_TEXT_DIM, d_kv=8, d_ff=16, num_layers=1, num_heads=2,
+                        relative_attention_num_buckets=8)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = UMT5EncoderModel(config).eval()
+    return encoder, tokenizer
+
+
+def tiny_depth_pro_config():
+    """A DepthProConfig small enough for CPU tests (sizes as in transformers' own DepthPro tests)."""
+    from transformers import DepthProConfig
+
+    return DepthProConfig(
+        patch_size=16, fusion_hidden_size=16, intermediate_hook_ids=[1, 0], intermediate_feature_dims=[10, 8],
+        scaled_images_ratios=[0.5, 1.0], scaled_images_overlap_ratios=[0.0, 0.2], scaled_images_feature_dims=[12, 12],
+        use_fov_model=True,
+        image_model_config=dict(model_type="dinov2", num_hidden_layers=2, hidden_size=16, num_attention_heads=1, patch_size=4),
+        patch_model_config=dict(model_type="vit", num_hidden_layers=2, hidden_size=24, num_attention_heads=2, patch_size=6),
+        fov_model_config=dict(model_type="vit", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, patch_size=8),
+    )  # fmt: skip
+
+
+def depth_pro_large_config():
+    """The released Depth Pro layout (``apple/DepthPro-hf``): DINOv2-L/16 at 384 for the image, patch
+    and field-of-view encoders."""
+    from transformers import DepthProConfig
+
+    dinov2_l = {"model_type": "dinov2", "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                "patch_size": 16, "image_size": 384, "use_mask_token": False}  # fmt: skip
+    return DepthProConfig(image_model_config=dinov2_l, patch_model_config=dinov2_l, fov_model_config=dinov2_l,
+                          use_fov_model=True)  # fmt: skip
+
+
+def tiny_depth_anything_config(max_depth: int = 20):
+    """A metric DepthAnythingConfig small enough for CPU tests (sizes as in transformers' own tests)."""
+    from transformers import DepthAnythingConfig, Dinov2Config
+
+    backbone = Dinov2Config(
+        image_size=32, patch_size=16, hidden_size=4, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=8, out_indices=[1, 2], reshape_hidden_states=False,
+    )  # fmt: skip
+    return DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=4, patch_size=16, neck_hidden_sizes=[2, 2],
+        fusion_hidden_size=6, depth_estimation_type="metric", max_depth=max_depth,
+    )  # fmt: skip
+
+
+def save_tiny_wan_checkpoint(folder: str | Path, seed: int = 0) -> Path:
+    """Write a Wan2.2-TI2V-5B-Diffusers-shaped folder with tiny random components; returns it.
+
+    ``transformer/`` (``WanTransformer3DModel``), ``vae/`` (``AutoencoderKLWan`` of
+    ``TINY_VAE_CONFIG``), ``scheduler/`` (the released UniPC config), ``text_encoder/`` (UMT5),
+    ``tokenizer/`` and ``model_index.json``, as ``hf download Wan-AI/Wan2.2-TI2V-5B-Diffusers`` lays
+    them out."""
+    from diffusers import UniPCMultistepScheduler
+
+    from .codecs import WanVAECodec
+    from .pipeline import WAN_UNIPC_CONFIG
+
+    folder = Path(folder)
+    tiny_transformer(seed).save_pretrained(folder / "transformer")
+    WanVAECodec.from_config(TINY_VAE_CONFIG, seed=seed).vae.save_pretrained(folder / "vae")
+    UniPCMultistepScheduler(**WAN_UNIPC_CONFIG).save_pretrained(folder / "scheduler")
+    encoder, tokenizer = tiny_text_encoder(seed)
+    encoder.save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    index = {
+        "_class_name": "WanImageToVideoPipeline", "_diffusers_version": "0.35.0", "expand_timesteps": True,
+        "transformer": ["diffusers", "WanTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"],
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"], "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", "T5TokenizerFast"],
+    }  # fmt: skip
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

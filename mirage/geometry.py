@@ -94,10 +94,12 @@ def _project(points: Tensor, P: Tensor) -> tuple[Tensor, Tensor]:  # [N, 3], [V,
     return proj[..., :2] / z.unsqueeze(-1), z
 
 
-# How much every footprint grows (relative) so that a cell centre lying exactly on the edge of two
-# adjacent footprints is not lost to float rounding. Far below the factor 2 at which a point would
-# reach the centre of its neighbour's cell in the source view.
-FOOTPRINT_INFLATION = 1e-4
+# How much every footprint grows (relative) so that a cell centre on the shared edge of two
+# neighbouring footprints is not lost. Each footprint is the projection linearised at its own
+# point, so the edges of neighbours disagree at second order (about 1e-3 cell for a 10 degree pan
+# at 40 x 24 cells), more than float rounding; 1% closes those gaps (tests/test_footprints.py) and
+# stays far below the factor 2 at which a point would reach its neighbour's centre in the source.
+FOOTPRINT_INFLATION = 1e-2
 
 # The largest (frame, depth) key: marks a candidate that is not in the surface band.
 _NO_KEY = torch.iinfo(torch.int64).max
@@ -316,10 +318,12 @@ def splat_footprints(
     cell containing its projected centre (today's nearest-cell rule is the minimum, so a zero,
     NaN or degenerate footprint still shows as one cell), plus every candidate cell whose centre
     lies in the closed parallelogram ``{uv + s a' + t b' : |s|, |t| <= 1}``, grown by
-    ``FOOTPRINT_INFLATION`` against rounding. Candidates are the ``max_cells`` cells per axis
-    nearest the projected centre: that holds the whole footprint while it spans at most
-    ``max_cells`` cell centres per axis; more magnified points get a footprint truncated to those
-    cells. Points with ``z <= near`` or non-finite projections cover nothing.
+    ``FOOTPRINT_INFLATION`` (1%) against edge mismatches. Candidates are the ``max_cells`` cells
+    per axis nearest the projected centre: that holds the whole footprint while it spans at most
+    ``max_cells`` cell centres per axis (an axis-aligned footprint magnified less than about
+    ``max_cells`` times; rotated ones need more room); more magnified points get a footprint
+    truncated to those cells.
+    Points with ``z <= near`` or non-finite projections cover nothing.
 
     Z-buffer: per cell ``zmin`` is the smallest covering depth. The surface band is
     ``z <= zmin * (1 + surface_tolerance) + surface_band_slack(zmin)`` when ``surface_tolerance > 0``,

@@ -18,7 +18,7 @@ from mirage.geometry import (
     surface_band_slack,
     unproject_depth,
 )
-from mirage.synthetic import Box, SyntheticScene
+from mirage.synthetic import Box, SyntheticScene, default_scene
 
 
 # ---------------------------------------------------------------------------------------- reference
@@ -292,3 +292,140 @@ def test_source_view_reads_back_every_cell_from_its_own_point_only(make_depth):
         assert torch.equal(out.index[0], own)
     plain = splat_footprints(pts, axes, None, None, K[None], cam_from_world[None], h, w)
     assert torch.allclose(plain.depth[0][valid], depth[valid], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- crack rates
+# Latent-sized grid and scenes ray cast by mirage.synthetic. The source camera is the world frame.
+GRID_W, GRID_H = 40, 24
+GRID_K = intrinsics_from_fov(GRID_W, GRID_H, 60.0)  # [3, 3]
+_ROOM = dict(room_min=(-4.0, -3.0, -2.0), room_max=(4.0, 3.0, 3.0))  # back wall at 3 m fills the view
+SCENES = {
+    "plane": SyntheticScene(**_ROOM),
+    "box": SyntheticScene(**_ROOM, boxes=(Box((-0.6, -0.5, 1.5), (0.3, 0.4, 2.0), (0.9, 0.8, 0.2)),)),
+    # the default room (floor, ceiling and side walls at grazing angles, spheres, crates)
+    "room": SyntheticScene(spheres=default_scene().spheres, boxes=default_scene().boxes),
+}
+
+
+def _motion(name):  # -> (K [3, 3], cam_from_world [4, 4]) of the target camera
+    def eye_at(eye, target):
+        return look_at(torch.tensor(eye), torch.tensor(target))
+
+    def zoom(s):
+        K = GRID_K.clone()
+        K[:2, :2] *= s
+        return K
+
+    a8, a15, a10 = math.radians(8), math.radians(15), math.radians(10)
+    return {
+        "dolly in 0.3": (GRID_K, eye_at([0, 0, 0.3], [0, 0, 3.0])),
+        "dolly in 0.6": (GRID_K, eye_at([0, 0, 0.6], [0, 0, 3.0])),
+        "dolly out 0.5": (GRID_K, eye_at([0, 0, -0.5], [0, 0, 3.0])),
+        "zoom in 1.5x": (zoom(1.5), torch.eye(4)),
+        "zoom out 1.5x": (zoom(1 / 1.5), torch.eye(4)),
+        "orbit 8": (GRID_K, eye_at([3 * math.sin(a8), 0, 3 - 3 * math.cos(a8)], [0, 0, 3.0])),  # around (0, 0, 3)
+        "orbit 15": (GRID_K, eye_at([3 * math.sin(a15), 0, 3 - 3 * math.cos(a15)], [0, 0, 3.0])),
+        "truck 0.3": (GRID_K, eye_at([0.3, 0, 0], [0.3, 0, 3.0])),
+        "pan 10": (GRID_K, eye_at([0, 0, 0], [math.sin(a10), 0, math.cos(a10)])),
+    }[name]
+
+
+MOTIONS = ["dolly in 0.3", "dolly in 0.6", "dolly out 0.5", "zoom in 1.5x", "zoom out 1.5x",
+           "orbit 8", "orbit 15", "truck 0.3", "pan 10"]  # fmt: skip
+
+
+def _memory(scene):  # one point per source cell: points [N, 3], axes [N, 2, 3]
+    _, depth = scene.render(Cameras(GRID_K[None], torch.eye(4)[None], GRID_W, GRID_H))  # [1, h, w]
+    pts = unproject_depth(depth[0], GRID_K, torch.eye(4)).reshape(-1, 3)  # [h*w, 3]
+    axes = cell_footprints(depth[0], GRID_K, torch.eye(4)).reshape(-1, 2, 3)  # [h*w, 2, 3]
+    return pts, axes
+
+
+def _ground_truth(scene, K, cam_from_world):
+    """Which target cells should come back, which are disoccluded, and what each one sees.
+
+    X = the first hit of the ray through a target cell's centre. The cell should come back iff the
+    source sees X (X projects inside the source image and the source's first hit towards X is X)
+    and the source cell X projects into sampled the same surface at its centre (its stored point
+    is on X's wall or object): a sliver of a surface narrower than a cell beside a silhouette was
+    never stored, so no splat can bring it back. Disoccluded: X projects inside the source image
+    but the source sees something else in front of it.
+    Returns should [h, w] bool, occluded [h, w] bool, the surface id of X [h, w] and the surface id
+    each source cell sampled [h*w] (the surface of each stored point).
+    """
+    origins = torch.zeros(GRID_H * GRID_W, 3)  # [h*w, 3] the source camera centre
+    centres = unproject_depth(torch.ones(GRID_H, GRID_W), GRID_K, torch.eye(4)).reshape(-1, 3)  # source rays
+    _, source_surface, _ = scene._cast(origins, centres)  # [h*w] what each source cell sampled
+    _, depth = scene.render(Cameras(K[None], cam_from_world[None], GRID_W, GRID_H))  # [1, h, w]
+    X = unproject_depth(depth[0], K, invert_rigid(cam_from_world)).reshape(-1, 3)  # [h*w, 3]
+    uv, z = project_points(X, GRID_K[None], torch.eye(4)[None])  # [1, h*w, 2], [1, h*w]
+    u, v, z = uv[0, :, 0], uv[0, :, 1], z[0]
+    inside = (z > 0) & (u >= 0) & (u < GRID_W) & (v >= 0) & (v < GRID_H)  # [h*w]
+    t, surface, _ = scene._cast(origins, X)  # first hit towards X at origin + t X
+    seen = inside & ((t - 1).abs() < 1e-3)
+    cell = v.nan_to_num(0).clamp(0, GRID_H - 1).long() * GRID_W + u.nan_to_num(0).clamp(0, GRID_W - 1).long()
+    sampled = source_surface[cell] == surface  # [h*w]
+    target_origins = invert_rigid(cam_from_world)[:3, 3].expand_as(X)  # [h*w, 3]
+    _, target_surface, _ = scene._cast(target_origins, X - target_origins)  # [h*w] the surface of X
+    should, occluded = (seen & sampled).view(GRID_H, GRID_W), (inside & ~seen).view(GRID_H, GRID_W)
+    return should, occluded, target_surface.view(GRID_H, GRID_W), source_surface
+
+
+def _away_from(region):  # [h, w] bool -> [h, w]: cells of region whose 8 neighbours are all in region too
+    outside = (~region).float()[None, None]
+    return region & (torch.nn.functional.max_pool2d(outside, 3, 1, 1)[0, 0] == 0)
+
+
+def _inside_one_surface(surface):  # [h, w] ids -> [h, w] bool: the 8 neighbours see the same surface
+    padded = torch.nn.functional.pad(surface[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
+    same = [padded[dy : dy + GRID_H, dx : dx + GRID_W] == surface for dy in range(3) for dx in range(3)]
+    return torch.stack(same).all(0)
+
+
+@pytest.mark.parametrize("scene_name", ["plane", "box", "room"])
+def test_crack_rate_of_footprints_is_below_one_percent(scene_name):
+    """Cracks: cells that should come back but are empty. Disoccluded cells more than one cell from
+    anything the source saw must stay holes. See-through: cells more than one cell from a surface
+    boundary that show a point of another surface (the background through a crack)."""
+    scene = SCENES[scene_name]
+    pts, axes = _memory(scene)
+    print(f"\n{scene_name} scene, {GRID_W}x{GRID_H} cells, fov 60: crack rate (nearest cell -> footprints)")
+    for name in MOTIONS:
+        K, T = _motion(name)
+        should, occluded, surface, stored_surface = _ground_truth(scene, K, T)
+        before = splat_zbuffer(pts, None, K[None], T[None], GRID_H, GRID_W)
+        after = splat_footprints(pts, axes, None, None, K[None], T[None], GRID_H, GRID_W, surface_tolerance=0.05)
+        crack_before = float((should & ~before.mask[0]).sum() / should.sum())
+        crack_after = float((should & ~after.mask[0]).sum() / should.sum())
+        deep = _away_from(occluded)  # disoccluded cells more than one cell from anything the source saw
+        holes = float((deep & ~after.mask[0]).sum() / deep.sum()) if deep.any() else 1.0
+        interior = should & _inside_one_surface(surface)
+
+        def see_through(out):  # [V=1, h, w] readout -> cells of interior showing another surface
+            shown = stored_surface[out.index[0].clamp(min=0)]  # [h, w]
+            return int((interior & out.mask[0] & (shown != surface)).sum())
+
+        print(f"  {name:14s} {int(should.sum()):4d} cells  {100 * crack_before:6.2f}% -> {100 * crack_after:5.2f}%"
+              f"   disoccluded holes kept {int((deep & ~after.mask[0]).sum())}/{int(deep.sum())}"
+              f"   see-through {see_through(before)} -> {see_through(after)}")  # fmt: skip
+        assert should.sum() > 300
+        assert crack_after <= 0.01, (name, crack_after)
+        assert holes >= 0.95, (name, holes)
+        assert see_through(after) == 0, name
+    if scene_name == "box":  # the box scene must actually test disocclusions
+        assert _away_from(_ground_truth(scene, *_motion("orbit 15"))[1]).sum() >= 20
+        assert _away_from(_ground_truth(scene, *_motion("truck 0.3"))[1]).sum() >= 10
+
+
+def test_single_frame_memory_reads_like_the_plain_zbuffer_whatever_the_tolerance():
+    pts, axes = _memory(SCENES["room"])
+    N = len(pts)
+    K = torch.stack([_motion(name)[0] for name in MOTIONS])  # [9, 3, 3]
+    T = torch.stack([_motion(name)[1] for name in MOTIONS])  # [9, 4, 4]
+    hard = splat_footprints(pts, axes, None, None, K, T, GRID_H, GRID_W)
+    banded = splat_footprints(pts, axes, None, None, K, T, GRID_H, GRID_W, surface_tolerance=0.05)
+    same_frame = splat_footprints(pts, axes, torch.full((N,), 7), None, K, T, GRID_H, GRID_W, surface_tolerance=0.05)
+    assert torch.equal(banded.index, hard.index) and torch.equal(same_frame.index, hard.index)
+    # (the rule matters here: if every point were its own frame, the band would pick other points)
+    per_point = splat_footprints(pts, axes, torch.arange(N), None, K, T, GRID_H, GRID_W, surface_tolerance=0.05)
+    assert (per_point.index != hard.index).sum() > 10

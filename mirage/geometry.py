@@ -8,7 +8,8 @@ coordinates with cell centres at ``u + 1/2``, depth = camera ``z``, transforms n
 covers on the surface (``cell_footprints``), so that magnifying views read back without cracks.
 It is vectorised over views, points and candidate cells with three ``scatter_reduce(amin)``
 passes, no host synchronisation and no atomics whose order matters, so it is deterministic on
-CPU and CUDA, ties included. ``splat_zbuffer`` is the same core with point-like footprints.
+CPU and CUDA, ties included. ``splat_zbuffer`` (the nearest-cell splat) is the same core with
+point-like footprints.
 ``tests/test_geometry.py`` and ``tests/test_footprints.py`` check both against per-point
 Python references.
 """
@@ -202,21 +203,23 @@ def _covered_cells(
     A point covers the cell containing its projection, and every candidate whose centre lies in
     the parallelogram ``{uv + s a' + t b' : |s|, |t| <= 1 + FOOTPRINT_INFLATION}``. Candidates
     outside the grid get the nearest border cell as slot (covered False) so that no single dump
-    slot collects them all.
+    slot collects them all. Per-axis masks are applied on ``[V, N, 2, M]`` before the outer
+    product, so that few operations run on the full ``[V, N, M, M]``.
     """
     V, N, M = z.shape[0], z.shape[1], max_cells
-    ok = (z > near) & torch.isfinite(uv).all(-1)  # [V, N]; NaN compares False
+    ok = ((z > near) & torch.isfinite(uv).all(-1))[:, :, None, None]  # [V, N, 1, 1]; NaN compares False
     # finite and close to the grid, so that cell numbers fit in int64 (points far off the grid stay off it)
     uv = uv.nan_to_num(0.0).clamp(-(M + 1.0), max(height, width) + M + 1.0)  # [V, N, 2]
     first = torch.floor(uv - (M - 1) / 2)  # [V, N, 2] first of the M nearest cells per axis
     cells = first.unsqueeze(-1) + torch.arange(M, device=uv.device, dtype=uv.dtype)  # [V, N, 2, M] columns, rows
-    home = cells == torch.floor(uv).unsqueeze(-1)  # [V, N, 2, M] the cell containing the projection
-    col_in = (cells[:, :, 0] >= 0) & (cells[:, :, 0] < width)  # [V, N, M]
-    row_in = (cells[:, :, 1] >= 0) & (cells[:, :, 1] < height)  # [V, N, M]
+    below_size = torch.stack([cells[:, :, 0] < width, cells[:, :, 1] < height], 2)  # [V, N, 2, M]
+    usable = ok & (cells >= 0) & below_size  # [V, N, 2, M] in the grid, point in front of the camera
+    home = usable & (cells == torch.floor(uv).unsqueeze(-1))  # [V, N, 2, M] the cell containing the projection
     covered = home[:, :, 1, :, None] & home[:, :, 0, None, :]  # [V, N, M, M] rows x columns
     if axes_uv is not None:
-        covered = covered | _inside_parallelogram(cells + 0.5 - uv.unsqueeze(-1), axes_uv)
-    covered = covered & ((row_in & ok.unsqueeze(-1)).unsqueeze(-1) & col_in.unsqueeze(-2))  # [V, N, M, M]
+        # an infinite offset fails the inside test, so unusable candidates cover nothing
+        delta = torch.where(usable, cells + 0.5 - uv.unsqueeze(-1), torch.inf)  # [V, N, 2, M]
+        covered |= _inside_parallelogram(delta, axes_uv)
     col = cells[:, :, 0].clamp(0, width - 1).long()  # [V, N, M]
     row = cells[:, :, 1].clamp(0, height - 1).long()  # [V, N, M]
     view_base = torch.arange(V, device=uv.device)[:, None, None] * (height * width)  # [V, 1, 1]
@@ -230,7 +233,7 @@ def _inside_parallelogram(
 ) -> Tensor:  # [V, N, M, M] (row, column) centre inside the inflated parallelogram
     """Solve ``s a' + t b' = delta`` by Cramer's rule without dividing: ``|s|, |t| <= 1 + inflation``
     becomes ``|s det|, |t det| <= (1 + inflation) |det|``. A degenerate (``det = 0``) or NaN
-    footprint contains no centre."""
+    footprint, or an infinite offset, contains no centre."""
     dx, dy = delta[:, :, 0], delta[:, :, 1]  # [V, N, M] each
     ax, ay = axes_uv[:, :, 0, 0, None], axes_uv[:, :, 0, 1, None]  # [V, N, 1] each
     bx, by = axes_uv[:, :, 1, 0, None], axes_uv[:, :, 1, 1, None]  # [V, N, 1] each
@@ -238,7 +241,7 @@ def _inside_parallelogram(
     bound = torch.where(det != 0, det.abs() * (1 + FOOTPRINT_INFLATION), -1.0).unsqueeze(-1)  # [V, N, 1, 1]
     s_det = (by * dx).unsqueeze(-2) - (bx * dy).unsqueeze(-1)  # [V, N, M, M] by dx - bx dy
     t_det = (ax * dy).unsqueeze(-1) - (ay * dx).unsqueeze(-2)  # [V, N, M, M] ax dy - ay dx
-    return (s_det.abs() <= bound) & (t_det.abs() <= bound)
+    return (s_det.abs_() <= bound).logical_and_(t_det.abs_() <= bound)  # in place: fewer full-size buffers
 
 
 def _splat_group(
@@ -251,6 +254,7 @@ def _splat_group(
     surface_tolerance: float,
     max_cells: int,
     near: float,
+    frames_are_indices: bool,
 ) -> tuple[Tensor, Tensor]:  # index [V, h, w] long (N where empty), depth [V, h, w] of the shown point
     V, N, device = P.shape[0], points.shape[0], points.device
     if axes is None:
@@ -262,22 +266,27 @@ def _splat_group(
     slot = slot.view(-1)  # [V*N*M*M]
     cells = V * height * width
     # pass 1: closest depth per cell (amin is order independent -> deterministic)
-    z_cand = torch.where(covered, z[:, :, None, None], torch.inf).view(-1)  # [V*N*M*M]
+    z_cand = torch.where(covered, z[:, :, None, None], torch.inf).view(-1)  # [V*N*M*M], inf: not covered
     zmin = torch.full((cells,), torch.inf, device=device).scatter_reduce_(0, slot, z_cand, reduce="amin")
     # pass 2: among points in the surface band of the closest one, the smallest (frame, depth) key;
     # positive float32 bit patterns order like the floats, so the key orders by frame, then depth
     band = zmin * (1.0 + surface_tolerance)  # [V*h*w]
     if surface_tolerance > 0:
         band = band + surface_band_slack(zmin.view(V, height, width)).view(-1)
-    member = covered.view(-1) & (z_cand <= band.gather(0, slot))  # [V*N*M*M]
+    band = torch.where(zmin < torch.inf, band, -torch.inf)  # an empty cell has no band: inf <= -inf is False
+    member = z_cand <= band.gather(0, slot)  # [V*N*M*M]; candidates not covered have z inf: never members
     key = frame_key + z.view(torch.int32).long()  # [V, N]; z > near > 0 wherever it is used
     key_cand = torch.where(member.view_as(covered), key[:, :, None, None], _NO_KEY).view(-1)  # [V*N*M*M]
     best_key = torch.full((cells,), _NO_KEY, device=device).scatter_reduce_(0, slot, key_cand, reduce="amin")
-    # pass 3: among members with exactly that key, the lowest point index
-    winner = member & (key_cand == best_key.gather(0, slot))  # [V*N*M*M]
-    point = torch.arange(N, device=device)[None, :, None, None].expand_as(covered).reshape(-1)  # [V*N*M*M]
-    index = torch.full((cells,), N, device=device).scatter_reduce_(0, slot, torch.where(winner, point, N), reduce="amin")
-    index = index.view(V, height * width)  # [V, h*w], N where empty
+    if frames_are_indices:  # every point is its own frame: the key's high half is the point index
+        index = best_key >> 32  # [V*h*w]
+    else:
+        # pass 3: among members with exactly that key, the lowest point index (non-members carry
+        # _NO_KEY, which matches only empty cells; those are emptied again below)
+        winner = (key_cand == best_key.gather(0, slot)).view_as(covered)  # [V, N, M, M]
+        point = torch.where(winner, torch.arange(N, device=device)[None, :, None, None], N).view(-1)  # [V*N*M*M]
+        index = torch.full((cells,), N, device=device).scatter_reduce_(0, slot, point, reduce="amin")
+    index = torch.where(best_key < _NO_KEY, index, N).view(V, height * width)  # [V, h*w], N where empty
     depth = torch.where(index < N, z.gather(1, index.clamp(max=N - 1)), torch.nan)  # [V, h*w]
     return index.view(V, height, width), depth.view(V, height, width)
 
@@ -335,22 +344,52 @@ def splat_footprints(
     Deterministic on CPU and CUDA: three ``scatter_reduce(amin)`` passes, no host synchronisation.
     Views are processed in groups of at most ``max_elements`` (view, point, candidate) triples.
     """
-    N = points.shape[0] if points.dim() == 2 else -1
-    if points.dim() != 2 or points.shape[-1] != 3:
-        raise ValueError(f"points must be [N, 3], got {tuple(points.shape)}")
+    _check_splat_inputs(points, features, K, cam_from_world, surface_tolerance)
+    N = points.shape[0]
     if axes is not None and axes.shape != (N, 2, 3):
         raise ValueError(f"axes must be [N, 2, 3] with N={N}, got {tuple(axes.shape)}")
     if frames is not None and (frames.shape != (N,) or frames.is_floating_point() or frames.is_complex()):
         raise ValueError(f"frames must be an integer [N] tensor with N={N}, got {frames.dtype} {tuple(frames.shape)}")
+    if max_cells < 1:
+        raise ValueError(f"max_cells must be >= 1, got {max_cells}")
+    return _splat(points, axes, frames, features, K, cam_from_world, height, width,
+                  surface_tolerance, max_cells, near, max_elements, frames_are_indices=False)  # fmt: skip
+
+
+def _check_splat_inputs(
+    points: Tensor,  # [N, 3]
+    features: Tensor | None,  # [N, C] or None
+    K: Tensor,  # [V, 3, 3]
+    cam_from_world: Tensor,  # [V, 4, 4]
+    surface_tolerance: float,
+) -> None:
+    if points.dim() != 2 or points.shape[-1] != 3:
+        raise ValueError(f"points must be [N, 3], got {tuple(points.shape)}")
+    N = points.shape[0]
     if features is not None and (features.dim() != 2 or features.shape[0] != N):
         raise ValueError(f"features must be [N, C] with N={N}, got {tuple(features.shape)}")
     if K.dim() != 3 or K.shape[1:] != (3, 3) or cam_from_world.shape != (K.shape[0], 4, 4):
         raise ValueError(f"K must be [V,3,3] and cam_from_world [V,4,4], got {tuple(K.shape)}, {tuple(cam_from_world.shape)}")
     if surface_tolerance < 0:
         raise ValueError(f"surface_tolerance must be >= 0, got {surface_tolerance}")
-    if max_cells < 1:
-        raise ValueError(f"max_cells must be >= 1, got {max_cells}")
-    V, device = K.shape[0], points.device
+
+
+def _splat(
+    points: Tensor,  # [N, 3]
+    axes: Tensor | None,  # [N, 2, 3] or None (point-like)
+    frames: Tensor | None,  # [N] integer, or None: one frame
+    features: Tensor | None,  # [N, C] or None
+    K: Tensor,  # [V, 3, 3]
+    cam_from_world: Tensor,  # [V, 4, 4]
+    height: int,
+    width: int,
+    surface_tolerance: float,
+    max_cells: int,
+    near: float,
+    max_elements: int,
+    frames_are_indices: bool,  # frames[i] == i: the winning key names the point, no third pass
+) -> SplatResult:
+    N, V, device = points.shape[0], K.shape[0], points.device
     if N == 0:
         feats = None if features is None else torch.zeros(V, features.shape[1], height, width, dtype=features.dtype, device=device)
         return SplatResult(index=torch.full((V, height, width), -1, device=device),
@@ -361,7 +400,7 @@ def splat_footprints(
     frame_key = torch.zeros(N, dtype=torch.long, device=device) if frames is None else frames.to(device).long() << 32  # [N]
     group = max(1, max_elements // (N * max_cells * max_cells))
     parts = [
-        _splat_group(points, axes, frame_key, P[s : s + group], height, width, surface_tolerance, max_cells, near)
+        _splat_group(points, axes, frame_key, P[s : s + group], height, width, surface_tolerance, max_cells, near, frames_are_indices)
         for s in range(0, V, group)
     ]
     best = parts[0][0] if len(parts) == 1 else torch.cat([b for b, _ in parts])  # [V, h, w], N where empty
@@ -393,15 +432,15 @@ def splat_zbuffer(
     closest count as the same surface, and among those the lowest index wins. With
     ``surface_tolerance=0`` this is the plain z-buffer, exact ties broken by the lowest index.
 
-    This is ``splat_footprints`` with no axes and every point its own frame (its index), so
-    "oldest frame" is "lowest index". Views are processed in groups of at most ``max_elements``
+    This is the core of ``splat_footprints`` with no axes and every point its own frame (its
+    index), so "oldest frame" is "lowest index" and the winning (frame, depth) key names the point:
+    two ``scatter_reduce(amin)`` passes. Views are processed in groups of at most ``max_elements``
     (view, point) pairs.
     """
-    if points.dim() != 2 or points.shape[-1] != 3:
-        raise ValueError(f"points must be [N, 3], got {tuple(points.shape)}")
+    _check_splat_inputs(points, features, K, cam_from_world, surface_tolerance)
     frames = torch.arange(points.shape[0], device=points.device)  # [N] every point its own frame
-    return splat_footprints(points, None, frames, features, K, cam_from_world, height, width,
-                            surface_tolerance=surface_tolerance, near=near, max_elements=max_elements)  # fmt: skip
+    return _splat(points, None, frames, features, K, cam_from_world, height, width,
+                  surface_tolerance, 1, near, max_elements, frames_are_indices=True)  # fmt: skip
 
 
 def downsample_depth(depth: Tensor, factor: int) -> Tensor:  # [..., H, W] -> [..., H/f, W/f]

@@ -167,7 +167,7 @@ def test_oldest_frame_wins_in_the_band_then_the_closest_point():
     K = torch.tensor([[[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]]])
     pts = torch.tensor([[0, 0, 1.03], [0, 0, 1.02], [0, 0, 1.0], [0, 0, 1.02]])
     axes = torch.zeros(4, 2, 3)
-    frames = torch.tensor([1, 0, 2, 0])  # point 1 and 3: frame 0, same depth; point 0 closer to them than 2
+    frames = torch.tensor([1, 0, 2, 0])  # points 1 and 3: frame 0, tied depth; point 2 the closest, but newest
     out = splat_footprints(pts, axes, frames, None, K, torch.eye(4)[None], 10, 10, surface_tolerance=0.05)
     assert out.index[0, 5, 5] == 1 and abs(float(out.depth[0, 5, 5]) - 1.02) < 1e-6  # frame 0, lowest index
     # within one frame the closest point wins, not the lowest index

@@ -16,6 +16,7 @@ Python references.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -188,6 +189,7 @@ class SplatResult:
     mask: Tensor  # [V, h, w] bool, True where a point landed
     depth: Tensor  # [V, h, w] float32 depth of the shown point, NaN where empty
     features: Tensor | None  # [V, C, h, w] features of the shown point, zeros where empty
+    closest: Tensor | None = None  # [V, h, w] float32 depth of the closest covering point (the band's base), NaN where empty
 
 
 def _covered_cells(
@@ -245,6 +247,42 @@ def _inside_parallelogram(
     return (s_det.abs_() <= bound).logical_and_(t_det.abs_() <= bound)  # in place: fewer full-size buffers
 
 
+def _candidates(
+    points: Tensor,  # [n, 3] one span of the points
+    axes: Tensor | None,  # [n, 2, 3] or None (point-like)
+    frame_key: Tensor,  # [n] int64 frame * 2^32
+    P: Tensor,  # [V, 3, 4]
+    height: int,
+    width: int,
+    max_cells: int,
+    near: float,
+    compact: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The (view, point, candidate cell) triples of one span of points, flat: cell ``slot`` (long),
+    depth ``z`` (inf where the point does not cover the cell), ``(frame, depth) key`` (int64) and
+    ``point`` index within the span (long). ``compact`` keeps only the covered triples (a host
+    synchronisation for ``nonzero``), so later passes touch a few cells per point instead of
+    ``max_cells**2``."""
+    if axes is None:
+        uv, z = _project(points, P)  # [V, n, 2], [V, n]
+        axes_uv = None
+    else:
+        uv, z, axes_uv = _project_with_axes(points, axes, P)  # [V, n, 2], [V, n], [V, n, 2, 2]
+    V, n = z.shape
+    slot, covered = _covered_cells(uv, z, axes_uv, height, width, max_cells, near)  # [V, n, M, M] each
+    # positive float32 bit patterns order like the floats, so the key orders by frame, then depth
+    key = frame_key + z.view(torch.int32).long()  # [V, n]; z > near > 0 wherever it is used
+    per = max_cells * max_cells
+    if compact:
+        flat = covered.view(-1).nonzero().squeeze(1)  # [K] covered triples, in (view, point, cell) order
+        pair = flat // per  # [K] (view, point) pair of each
+        return slot.view(-1)[flat], z.view(-1)[pair], key.view(-1)[pair], pair % n
+    z_cand = torch.where(covered, z[:, :, None, None], torch.inf).view(-1)  # [V*n*M*M], inf: not covered
+    key_cand = key[:, :, None, None].expand(V, n, max_cells, max_cells).reshape(-1)  # [V*n*M*M]
+    point = torch.arange(n, device=z.device)[None, :, None].expand(V, n, per).reshape(-1)  # [V*n*M*M]
+    return slot.view(-1), z_cand, key_cand, point
+
+
 def _splat_group(
     points: Tensor,  # [N, 3]
     axes: Tensor | None,  # [N, 2, 3] or None (point-like)
@@ -256,40 +294,52 @@ def _splat_group(
     max_cells: int,
     near: float,
     frames_are_indices: bool,
-) -> tuple[Tensor, Tensor]:  # index [V, h, w] long (N where empty), depth [V, h, w] of the shown point
+    span: int,  # points per span: candidates of at most this many points are in memory at once
+    compact: bool,  # keep only the covered candidates (one host synchronisation per span)
+) -> tuple[Tensor, Tensor, Tensor]:  # index [V, h, w] long (N where empty), depth of the shown point, closest depth
     V, N, device = P.shape[0], points.shape[0], points.device
-    if axes is None:
-        uv, z = _project(points, P)  # [V, N, 2], [V, N]
-        axes_uv = None
-    else:
-        uv, z, axes_uv = _project_with_axes(points, axes, P)  # [V, N, 2], [V, N], [V, N, 2, 2]
-    slot, covered = _covered_cells(uv, z, axes_uv, height, width, max_cells, near)  # [V, N, M, M] each
-    slot = slot.view(-1)  # [V*N*M*M]
+    starts = range(0, N, span)
+    one = len(starts) == 1  # one span: its candidates are computed once and kept for all passes
+    kept = _candidates(points, axes, frame_key, P, height, width, max_cells, near, compact) if one else None
+
+    def spans():  # (first point, slot, z, key, point) of each span, recomputed per pass when there are several
+        for s in starts:
+            e = min(N, s + span)
+            c = kept if one else _candidates(points[s:e], None if axes is None else axes[s:e], frame_key[s:e], P,
+                                             height, width, max_cells, near, compact)  # fmt: skip
+            yield s, *c
+
     cells = V * height * width
     # pass 1: closest depth per cell (amin is order independent -> deterministic)
-    z_cand = torch.where(covered, z[:, :, None, None], torch.inf).view(-1)  # [V*N*M*M], inf: not covered
-    zmin = torch.full((cells,), torch.inf, device=device).scatter_reduce_(0, slot, z_cand, reduce="amin")
-    # pass 2: among points in the surface band of the closest one, the smallest (frame, depth) key;
-    # positive float32 bit patterns order like the floats, so the key orders by frame, then depth
+    zmin = torch.full((cells,), torch.inf, device=device)
+    for _, slot, z_cand, _, _ in spans():
+        zmin.scatter_reduce_(0, slot, z_cand, reduce="amin")
+    # pass 2: among points in the surface band of the closest one, the smallest (frame, depth) key
     band = zmin * (1.0 + surface_tolerance)  # [V*h*w]
     if surface_tolerance > 0:
         band = band + surface_band_slack(zmin.view(V, height, width)).view(-1)
     band = torch.where(zmin < torch.inf, band, -torch.inf)  # an empty cell has no band: inf <= -inf is False
-    member = z_cand <= band.gather(0, slot)  # [V*N*M*M]; candidates not covered have z inf: never members
-    key = frame_key + z.view(torch.int32).long()  # [V, N]; z > near > 0 wherever it is used
-    key_cand = torch.where(member.view_as(covered), key[:, :, None, None], _NO_KEY).view(-1)  # [V*N*M*M]
-    best_key = torch.full((cells,), _NO_KEY, device=device).scatter_reduce_(0, slot, key_cand, reduce="amin")
+
+    def in_band(slot, z_cand, key):  # candidates not covered have z inf: never members
+        return torch.where(z_cand <= band.gather(0, slot), key, _NO_KEY)
+
+    best_key = torch.full((cells,), _NO_KEY, device=device)
+    for _, slot, z_cand, key, _ in spans():
+        best_key.scatter_reduce_(0, slot, in_band(slot, z_cand, key), reduce="amin")
     if frames_are_indices:  # every point is its own frame: the key's high half is the point index
         index = best_key >> 32  # [V*h*w]
     else:
         # pass 3: among members with exactly that key, the lowest point index (non-members carry
         # _NO_KEY, which matches only empty cells; those are emptied again below)
-        winner = (key_cand == best_key.gather(0, slot)).view_as(covered)  # [V, N, M, M]
-        point = torch.where(winner, torch.arange(N, device=device)[None, :, None, None], N).view(-1)  # [V*N*M*M]
-        index = torch.full((cells,), N, device=device).scatter_reduce_(0, slot, point, reduce="amin")
+        index = torch.full((cells,), N, device=device)
+        for s, slot, z_cand, key, point in spans():
+            winner = in_band(slot, z_cand, key) == best_key.gather(0, slot)
+            index.scatter_reduce_(0, slot, torch.where(winner, point + s, N), reduce="amin")
     index = torch.where(best_key < _NO_KEY, index, N).view(V, height * width)  # [V, h*w], N where empty
+    z = _project(points, P)[1]  # [V, N] depth of every point (cheap: no candidates)
     depth = torch.where(index < N, z.gather(1, index.clamp(max=N - 1)), torch.nan)  # [V, h*w]
-    return index.view(V, height, width), depth.view(V, height, width)
+    closest = torch.where(zmin < torch.inf, zmin, torch.nan)  # [V*h*w]
+    return index.view(V, height, width), depth.view(V, height, width), closest.view(V, height, width)
 
 
 def surface_band_slack(zbuf: Tensor, max_fraction: float = 0.25) -> Tensor:  # [V, h, w] -> [V, h, w]
@@ -318,6 +368,7 @@ def splat_footprints(
     *,
     surface_tolerance: float = 0.0,
     max_cells: int = 4,
+    compact: bool = False,
     near: float = 1e-6,
     max_elements: int = 1 << 26,
 ) -> SplatResult:
@@ -343,7 +394,12 @@ def splat_footprints(
     revisits. ``frames`` must lie in ``[-2^31, 2^31)`` (they are packed with the depth bits).
 
     Deterministic on CPU and CUDA: three ``scatter_reduce(amin)`` passes, no host synchronisation.
-    Views are processed in groups of at most ``max_elements`` (view, point, candidate) triples.
+    With ``compact=True`` only the candidates a point covers are kept after the coverage test (a
+    footprint of half a cell covers one to four of its 16 candidates): the same result for a
+    fraction of the work on large point clouds, at the price of one host synchronisation per view
+    group (``nonzero``). At most ``max_elements`` (view, point,
+    candidate) triples are in memory at once: views go in groups, and when one view's candidates
+    exceed that, the points go in spans (each pass then recomputes their projections).
     """
     _check_splat_inputs(points, features, K, cam_from_world, surface_tolerance)
     N = points.shape[0]
@@ -354,7 +410,7 @@ def splat_footprints(
     if max_cells < 1:
         raise ValueError(f"max_cells must be >= 1, got {max_cells}")
     return _splat(points, axes, frames, features, K, cam_from_world, height, width,
-                  surface_tolerance, max_cells, near, max_elements, frames_are_indices=False)  # fmt: skip
+                  surface_tolerance, max_cells, near, max_elements, frames_are_indices=False, compact=compact)  # fmt: skip
 
 
 def _check_splat_inputs(
@@ -389,30 +445,34 @@ def _splat(
     near: float,
     max_elements: int,
     frames_are_indices: bool,  # frames[i] == i: the winning key names the point, no third pass
+    compact: bool = False,  # keep only covered candidates (one host synchronisation per group)
 ) -> SplatResult:
     N, V, device = points.shape[0], K.shape[0], points.device
     if N == 0:
         feats = None if features is None else torch.zeros(V, features.shape[1], height, width, dtype=features.dtype, device=device)
         return SplatResult(index=torch.full((V, height, width), -1, device=device),
                            mask=torch.zeros(V, height, width, dtype=torch.bool, device=device),
-                           depth=torch.full((V, height, width), torch.nan, device=device), features=feats)  # fmt: skip
+                           depth=torch.full((V, height, width), torch.nan, device=device), features=feats,
+                           closest=torch.full((V, height, width), torch.nan, device=device))  # fmt: skip
     P = (K.float() @ cam_from_world[:, :3, :].float()).to(device)  # [V, 3, 4], composed where the cameras live
     max_cells = max_cells if axes is not None else 1  # a point-like footprint only ever covers one cell
     frame_key = torch.zeros(N, dtype=torch.long, device=device) if frames is None else frames.to(device).long() << 32  # [N]
-    group = max(1, max_elements // (N * max_cells * max_cells))
+    per_point = max_cells * max_cells  # candidates of one (view, point)
+    group = max(1, max_elements // (N * per_point))  # views per group
+    span = max(1, max_elements // per_point) if N * per_point > max_elements else N  # points per span, one view at a time
     parts = [
-        _splat_group(points, axes, frame_key, P[s : s + group], height, width, surface_tolerance, max_cells, near, frames_are_indices)
+        _splat_group(points, axes, frame_key, P[s : s + group], height, width, surface_tolerance, max_cells, near,
+                     frames_are_indices, span, compact)
         for s in range(0, V, group)
-    ]
-    best = parts[0][0] if len(parts) == 1 else torch.cat([b for b, _ in parts])  # [V, h, w], N where empty
-    depth = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts])  # [V, h, w], NaN where empty
+    ]  # fmt: skip
+    best, depth, closest = (parts[0][i] if len(parts) == 1 else torch.cat([p[i] for p in parts]) for i in range(3))  # [V, h, w] each
     mask = best < N  # [V, h, w]
     feats = None
     if features is not None:
         safe = best.clamp(max=N - 1).view(-1)  # [V*h*w]
         gathered = features[safe].view(V, height, width, -1) * mask.unsqueeze(-1)  # [V, h, w, C], 0 where empty
         feats = gathered.permute(0, 3, 1, 2)  # [V, h, w, C] -> [V, C, h, w] (a view)
-    return SplatResult(index=torch.where(mask, best, -1), mask=mask, depth=depth, features=feats)
+    return SplatResult(index=torch.where(mask, best, -1), mask=mask, depth=depth, features=feats, closest=closest)
 
 
 def splat_zbuffer(

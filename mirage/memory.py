@@ -16,6 +16,15 @@ which one they hold:
   mask and depth (the latent memory decodes each view's tokens as a single image with its codec);
 * ``save`` / ``load`` (safetensors), ``to_ply``, ``nbytes``, ``num_points``, ``size_history``,
   ``timings`` (per-stage seconds of every call).
+
+Reading (the same for both, ``geometry.splat_footprints``): every point carries the parallelogram its
+cell covered on the surface (``geometry.cell_footprints``), and covers every target cell whose centre
+lies inside its projection, so magnified views come back without cracks; a cell shows the closest
+surface, and among points of one surface (the depth band) the oldest *frame* wins, then the closest
+point. Updating (``update_policy``): ``"fuse"`` (default) stores, frame by frame, only the cells the
+memory does not already account for from that camera (a hole in its readout, or a surface in front of
+the one it shows), so revisits add nothing and the cache is bounded by the surface seen at the
+memory's resolution; ``"append"`` stores every valid cell, as in the paper.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +42,15 @@ from torch import Tensor
 
 from .cameras import Camera, Cameras
 from .frames import latent_aligned
-from .geometry import downsample_depth, downsample_mask_any, splat_zbuffer, unproject_depth, valid_depth
+from .geometry import (
+    cell_footprints,
+    downsample_depth,
+    downsample_mask_any,
+    splat_footprints,
+    surface_band_slack,
+    unproject_depth,
+    valid_depth,
+)
 from .images import from_uint8, to_uint8
 from .timing import StageTimer
 
@@ -44,6 +61,7 @@ __all__ = [
     "SpatialMemory",
     "LatentSpatialMemory",
     "RGBPointCloudMemory",
+    "UpdatePolicy",
     "load_memory",
     "voxel_keys",
     "near_voxel_keys",
@@ -173,6 +191,9 @@ def _first_of_each_key(keys: Tensor) -> Tensor:  # [M] -> [M] bool, True at the 
     return keep
 
 
+UpdatePolicy = Literal["fuse", "append"]
+
+
 def _as_cameras(cameras: Cameras | Camera, name: str = "cameras") -> Cameras:
     if isinstance(cameras, Camera):
         return cameras.batch()
@@ -190,9 +211,16 @@ class _PointMemory:
     kind: ClassVar[str]
     _FORMAT = "mirage-memory"
 
-    def __init__(self, *, codec, surface_tolerance: float, voxel_size: float | None, max_depth: float | None, device) -> None:
+    def __init__(
+        self, *, codec, surface_tolerance: float, voxel_size: float | None, max_depth: float | None,
+        update_policy: UpdatePolicy, max_footprint_cells: int, compact_footprints: bool, device,
+    ) -> None:  # fmt: skip
         if surface_tolerance < 0:
             raise ValueError(f"surface_tolerance must be >= 0, got {surface_tolerance}")
+        if update_policy not in ("fuse", "append"):
+            raise ValueError(f"update_policy must be 'fuse' or 'append', got {update_policy!r}")
+        if not (isinstance(max_footprint_cells, int) and max_footprint_cells >= 1):
+            raise ValueError(f"max_footprint_cells must be an int >= 1, got {max_footprint_cells!r}")
         if voxel_size is not None and not voxel_size > 0:
             raise ValueError(f"voxel_size must be > 0 or None, got {voxel_size}")
         if max_depth is not None and not max_depth > 0:
@@ -201,10 +229,14 @@ class _PointMemory:
         self.surface_tolerance = float(surface_tolerance)
         self.voxel_size = voxel_size
         self.max_depth = max_depth
+        self.update_policy: UpdatePolicy = update_policy
+        self.max_footprint_cells = max_footprint_cells
+        self.compact_footprints = bool(compact_footprints)  # keep only covered candidates (one host sync), same result
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.grid: tuple[int, int] | None = None  # (rows, cols) of the storage grid, set by initialize
         self.points = torch.zeros(0, 3, device=self.device)  # [N, 3] world
         self.frame_ids = torch.zeros(0, dtype=torch.int32, device=self.device)  # [N] observation index, oldest first
+        self.axes = torch.zeros(0, 2, 3, dtype=torch.float16, device=self.device)  # [N, 2, 3] footprint half-axes (world)
         self.values: Tensor | None = None  # [N, D] tokens (latent) or uint8 colours (rgb)
         self.frames_stored = 0  # observations (frames) stored so far
         self.last_added: Tensor | None = None  # [F, rows, cols] bool
@@ -225,9 +257,9 @@ class _PointMemory:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the cache: xyz (float32), frame id (int32) and the values of every point."""
-        values = 0 if self.values is None else self.values.numel() * self.values.element_size()
-        return self.points.numel() * self.points.element_size() + self.frame_ids.numel() * 4 + values
+        """Bytes of the cache: xyz (float32), frame id (int32), footprint axes (6 float16) and the
+        values of every point."""
+        return sum(t.numel() * t.element_size() for t in (self.points, self.frame_ids, self.axes, self.values) if t is not None)
 
     def _require_grid(self) -> tuple[int, int]:
         if self.grid is None:
@@ -259,13 +291,15 @@ class _PointMemory:
         self.grid = self._grid_of(cams)
         self.points = torch.zeros(0, 3, device=self.device)
         self.frame_ids = torch.zeros(0, dtype=torch.int32, device=self.device)
+        self.axes = torch.zeros(0, 2, 3, dtype=torch.float16, device=self.device)
         self.values, self.frames_stored, self.size_history = None, 0, []
         self._store(observation, "initialize")
         return self
 
     def update(self, observation: Observation) -> int:
-        """Append the cells with valid depth that are not far (``max_depth``), not excluded and not
-        already stored (``voxel_size``). Returns the number of points added."""
+        """Store the cells with valid depth that are not far (``max_depth``), not excluded, not
+        already explained by the memory (``update_policy="fuse"``) and not already stored
+        (``voxel_size``). Returns the number of points added."""
         self._require_grid()
         return self._store(observation, "update")
 
@@ -273,32 +307,56 @@ class _PointMemory:
         cameras = _as_cameras(obs.cameras)
         Fr = len(cameras)
         rows, cols = self._require_grid()
+        added_cells = []
         with self.timings.record(step):
             with self.timings.stage("update"):
                 cams = self._on_grid(cameras).to(self.device)
                 values = self._values_of(obs).to(self.device)  # [F, rows, cols, D]
                 depth = self._depth_on_grid(obs.depths, Fr, "depths").to(self.device)  # [F, rows, cols]
                 exclude = None if obs.exclude is None else self._mask_on_grid(obs.exclude, Fr).to(self.device)
-                keep = valid_depth(depth)
+                keep = valid_depth(depth)  # [F, rows, cols]
                 if self.max_depth is not None:
                     keep &= depth <= self.max_depth
                 if exclude is not None:
                     keep &= ~exclude
                 pts = unproject_depth(torch.where(keep, depth, 1.0), cams.K, cams.world_from_cam)  # [F, rows, cols, 3]
-                ids = (self.frames_stored + torch.arange(Fr, device=self.device, dtype=torch.int32))[:, None, None]
-                ids = ids.expand(Fr, rows, cols)  # [F, rows, cols] observation index of each cell
-                new_pts, new_vals, new_ids = pts[keep], values[keep], ids[keep]  # [M, 3], [M, D], [M]
-                sel = self._dedup(new_pts)
-                new_pts, new_vals, new_ids = new_pts[sel], new_vals[sel], new_ids[sel]
-                keep[keep.clone()] = sel  # [F, rows, cols]: appended cells, row-major like the points
-                self.last_added = keep
-                self.points = torch.cat([self.points, new_pts])
-                self.frame_ids = torch.cat([self.frame_ids, new_ids])
-                self.values = new_vals.clone() if self.values is None else torch.cat([self.values, new_vals.to(self.values.dtype)])
+                axes = cell_footprints(depth, cams.K, cams.world_from_cam)  # [F, rows, cols, 2, 3]
+                fuse = self.update_policy == "fuse" and self.num_points > 0
+                for f in range(Fr):  # frame by frame: a frame is fused against the ones stored before it
+                    cell = keep[f] & ~self._explained(cams[f], depth[f]) if fuse else keep[f]  # [rows, cols]
+                    new_pts = pts[f][cell]  # [M, 3]
+                    sel = self._dedup(new_pts)  # [M]
+                    cell[cell.clone()] = sel  # [rows, cols]: the appended cells, row-major like the points
+                    self.points = torch.cat([self.points, new_pts[sel]])
+                    self.axes = torch.cat([self.axes, axes[f][cell].to(torch.float16)])
+                    self.frame_ids = torch.cat([self.frame_ids, torch.full((int(sel.sum()),), self.frames_stored + f,
+                                                                           dtype=torch.int32, device=self.device)])  # fmt: skip
+                    new_vals = values[f][cell]  # [M', D]
+                    self.values = new_vals.clone() if self.values is None else torch.cat([self.values, new_vals.to(self.values.dtype)])
+                    added_cells.append(cell)
+                self.last_added = torch.stack(added_cells)  # [F, rows, cols]
                 self.frames_stored += Fr
-        added = int(new_pts.shape[0])
+        added = int(self.last_added.sum())
         self.size_history.append({"step": step, "added": added, "num_points": self.num_points, "nbytes": self.nbytes})
         return added
+
+    def _explained(self, camera: Cameras, depth: Tensor) -> Tensor:  # camera [1] on the grid, depth [rows, cols] -> bool
+        """Cells the memory already accounts for from ``camera``: a stored surface covers the cell and
+        the observed depth is not in front of it, i.e. within the read's surface band around the
+        closest covering point (``surface_tolerance`` relative, widened by the local depth step between
+        neighbouring cells) or behind it, where the stored surface hides it from this camera (at an
+        object's silhouette a cell's footprint spans both sides; storing what it hides would add the
+        same hidden points on every revisit and change no readout from here). Holes and nearer
+        surfaces are not accounted for."""
+        rows, cols = self._require_grid()
+        shown = splat_footprints(self.points, self.axes, self.frame_ids, None, camera.K, camera.cam_from_world, rows, cols,
+                                 surface_tolerance=self.surface_tolerance, max_cells=self.max_footprint_cells,
+                                 compact=self.compact_footprints)  # fmt: skip
+        zmin = shown.closest  # [1, rows, cols], NaN where nothing covers the cell
+        band = self.surface_tolerance * zmin
+        if self.surface_tolerance > 0:  # as in the read: grazing surfaces get the local depth step as slack
+            band = band + surface_band_slack(torch.where(shown.mask, zmin, torch.inf))
+        return (shown.mask & (depth >= zmin - band))[0]
 
     def _depth_on_grid(self, depths: Tensor, Fr: int, name: str) -> Tensor:  # [F, H, W] or [F, rows, cols] -> [F, rows, cols]
         rows, cols = self._require_grid()
@@ -338,25 +396,28 @@ class _PointMemory:
 
     # ------------------------------------------------------------------ splat
     def _splat(self, cameras: Cameras, features: Tensor | None):
-        """Hard z-buffer of the stored points into ``cameras`` on the storage grid."""
+        """Footprint z-buffer of the stored points into ``cameras`` on the storage grid (band rule by frame age)."""
         rows, cols = self._require_grid()
         cams = self._on_grid(cameras)
-        return splat_zbuffer(self.points, features, cams.K, cams.cam_from_world, rows, cols,
-                             surface_tolerance=self.surface_tolerance)  # fmt: skip
+        return splat_footprints(self.points, self.axes, self.frame_ids, features, cams.K, cams.cam_from_world, rows, cols,
+                                surface_tolerance=self.surface_tolerance, max_cells=self.max_footprint_cells,
+                                compact=self.compact_footprints)  # fmt: skip
 
     # ------------------------------------------------------------------ files
     def _config(self) -> dict:
-        return {"surface_tolerance": self.surface_tolerance, "voxel_size": self.voxel_size, "max_depth": self.max_depth}
+        return {"surface_tolerance": self.surface_tolerance, "voxel_size": self.voxel_size, "max_depth": self.max_depth,
+                "update_policy": self.update_policy, "max_footprint_cells": self.max_footprint_cells,
+                "compact_footprints": self.compact_footprints}  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         """Write the cache (points, frame ids, values, settings, size history) as safetensors."""
         rows, cols = self._require_grid()
         meta = {
-            "format": self._FORMAT, "kind": self.kind, "version": "2",
+            "format": self._FORMAT, "kind": self.kind, "version": "3",
             "config": json.dumps({**self._config(), "grid": [rows, cols], "frames_stored": self.frames_stored}),
             "size_history": json.dumps(self.size_history),
         }  # fmt: skip
-        tensors = {"points": self.points, "frame_ids": self.frame_ids, "values": self.values}
+        tensors = {"points": self.points, "frame_ids": self.frame_ids, "axes": self.axes, "values": self.values}
         path = Path(path)
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
         return path
@@ -378,7 +439,7 @@ class _PointMemory:
         grid, frames_stored = cfg.pop("grid"), cfg.pop("frames_stored")
         mem = cls(codec=codec, **cfg, device=device)
         tensors = load_file(str(path), device=str(mem.device))
-        mem.points, mem.frame_ids, mem.values = tensors["points"], tensors["frame_ids"], tensors["values"]
+        mem.points, mem.frame_ids, mem.axes, mem.values = tensors["points"], tensors["frame_ids"], tensors["axes"], tensors["values"]
         mem.grid, mem.frames_stored = (int(grid[0]), int(grid[1])), int(frames_stored)
         mem.size_history = json.loads(meta.get("size_history", "[]"))
         return mem
@@ -441,12 +502,19 @@ class LatentSpatialMemory(_PointMemory):
         codec=None,  # a mirage.codecs.VideoCodec, for render()
         spatial_stride: int = 16,  # pixels per latent cell (Wan2.2 VAE: 16)
         temporal_stride: int = 4,  # pixel frames per latent frame (Wan2.2 VAE: 4)
-        surface_tolerance: float = 0.05,  # relative depth band in which the oldest point wins
+        surface_tolerance: float = 0.05,  # relative depth band of one surface (in it the oldest frame wins)
         voxel_size: float | None = None,  # deduplicate new points into occupied voxels (metres)
         max_depth: float | None = None,  # far/sky cutoff in metres for updates
+        update_policy: UpdatePolicy = "fuse",  # "fuse": store what the memory does not explain; "append": all
+        max_footprint_cells: int = 4,  # candidate cells per axis of a projected footprint
+        compact_footprints: bool = False,  # False: no host sync in a read (a latent read is launch-bound on a GPU)
+        token_dtype: torch.dtype | str | None = torch.bfloat16,  # storage of the tokens (the paper's: bf16); None keeps theirs
         device=None,
     ) -> None:
-        super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth, device=device)
+        super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth,
+                         update_policy=update_policy, max_footprint_cells=max_footprint_cells,
+                         compact_footprints=compact_footprints, device=device)  # fmt: skip
+        self.token_dtype = getattr(torch, token_dtype) if isinstance(token_dtype, str) else token_dtype
         if codec is not None:
             spatial_stride, temporal_stride = codec.spatial_stride, codec.temporal_stride
         self.spatial_stride = int(spatial_stride)
@@ -457,7 +525,8 @@ class LatentSpatialMemory(_PointMemory):
         return self.values
 
     def _config(self) -> dict:
-        return {**super()._config(), "spatial_stride": self.spatial_stride, "temporal_stride": self.temporal_stride}
+        return {**super()._config(), "spatial_stride": self.spatial_stride, "temporal_stride": self.temporal_stride,
+                "token_dtype": None if self.token_dtype is None else str(self.token_dtype).removeprefix("torch.")}  # fmt: skip
 
     def _stride(self) -> int:
         return self.spatial_stride
@@ -477,6 +546,7 @@ class LatentSpatialMemory(_PointMemory):
             raise ValueError(f"latents must be [C, F={len(obs.cameras)}, {h}, {w}], got {tuple(lat.shape)}")
         if self.values is not None and lat.shape[0] != self.values.shape[1]:
             raise ValueError(f"latents have {lat.shape[0]} channels, the memory holds {self.values.shape[1]}")
+        lat = lat if self.token_dtype is None else lat.to(self.token_dtype)
         return lat.permute(1, 2, 3, 0)  # [C, F, h, w] -> [F, h, w, C]
 
     def read(self, cameras: Cameras) -> MemoryReadout:
@@ -532,11 +602,16 @@ class RGBPointCloudMemory(_PointMemory):
         surface_tolerance: float = 0.05,
         voxel_size: float | None = None,
         max_depth: float | None = None,
+        update_policy: UpdatePolicy = "fuse",
+        max_footprint_cells: int = 4,
+        compact_footprints: bool = True,  # True: only the covered candidates of millions of points (the same result)
         hole_value: float = 0.0,  # colour of empty pixels in the renders, in [-1, 1]
         visible_fraction: float = 0.5,  # a latent cell counts as seen when this share of its pixels is
         device=None,
     ) -> None:
-        super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth, device=device)
+        super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth,
+                         update_policy=update_policy, max_footprint_cells=max_footprint_cells,
+                         compact_footprints=compact_footprints, device=device)  # fmt: skip
         self.hole_value = float(hole_value)
         self.visible_fraction = float(visible_fraction)
 

@@ -136,9 +136,16 @@ def test_fast_footprint_splat_equals_reference(tol, with_frames):
     assert int((index >= 0).sum()) > 300  # most cells are covered, many by several points
     fast = splat_footprints(pts, axes, frames, feats, K, T, 16, 24, surface_tolerance=tol)
     _assert_same(fast, index, depth, ref_feats)
-    # one view per group gives the same answer
+    # one view per group gives the same answer, and so do spans of points within a view (7 points
+    # at a time: ties and duplicates fall in different spans)
     grouped = splat_footprints(pts, axes, frames, feats, K, T, 16, 24, surface_tolerance=tol, max_elements=len(pts) * 16)
     _assert_same(grouped, index, depth, ref_feats)
+    spanned = splat_footprints(pts, axes, frames, feats, K, T, 16, 24, surface_tolerance=tol, max_elements=7 * 16)
+    _assert_same(spanned, index, depth, ref_feats)
+    compact = splat_footprints(pts, axes, frames, feats, K, T, 16, 24, surface_tolerance=tol, compact=True)
+    _assert_same(compact, index, depth, ref_feats)  # only the covered candidates: the same answer
+    compact = splat_footprints(pts, axes, frames, feats, K, T, 16, 24, surface_tolerance=tol, compact=True, max_elements=7 * 16)
+    _assert_same(compact, index, depth, ref_feats)
 
 
 @pytest.mark.parametrize("max_cells", [1, 2, 3])

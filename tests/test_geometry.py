@@ -136,6 +136,8 @@ def test_fast_splat_equals_reference_with_ties(tol):
     # chunking over views gives the same answer
     chunked = splat_zbuffer(pts, feats, K, T, 16, 24, surface_tolerance=tol, max_elements=N)
     assert torch.equal(chunked.index, fast.index)
+    spanned = splat_zbuffer(pts, feats, K, T, 16, 24, surface_tolerance=tol, max_elements=9)  # spans of 9 points
+    assert torch.equal(spanned.index, fast.index) and torch.equal(spanned.depth.nan_to_num(-1), fast.depth.nan_to_num(-1))
 
 
 def test_splat_is_deterministic_across_point_permutations_of_equal_keys():

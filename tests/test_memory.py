@@ -70,7 +70,7 @@ def test_read_chunk_uses_latent_aligned_cameras():
 def test_update_drops_invalid_far_and_excluded_cells():
     latent, depth = _latent_and_depth(holes=False)
     src = _source()
-    mem = LatentSpatialMemory(max_depth=10.0).initialize(Observation.single(src, depth, latent))
+    mem = LatentSpatialMemory(max_depth=10.0, update_policy="append").initialize(Observation.single(src, depth, latent))
     n0 = mem.num_points
     assert n0 == h * w
     d = depth.clone()[None]
@@ -89,10 +89,10 @@ def test_update_drops_invalid_far_and_excluded_cells():
 def test_voxel_dedup_keeps_revisits_from_growing_the_cache():
     latent, depth = _latent_and_depth(holes=False)
     src = _source()
-    plain = LatentSpatialMemory().initialize(Observation.single(src, depth, latent))
+    plain = LatentSpatialMemory(update_policy="append").initialize(Observation.single(src, depth, latent))
     plain.update(Observation(src.batch(), depth[None], latent[:, None]))
     assert plain.num_points == 2 * h * w  # no dedup: the paper's growing cache
-    dedup = LatentSpatialMemory(voxel_size=0.05).initialize(Observation.single(src, depth, latent))
+    dedup = LatentSpatialMemory(voxel_size=0.05, update_policy="append").initialize(Observation.single(src, depth, latent))
     n0 = dedup.num_points
     added = dedup.update(Observation(src.batch(), depth[None] * 1.001, latent[:, None]))
     assert added <= 0.05 * n0 and int(dedup.last_added.sum()) == added  # dedup is reflected in last_added
@@ -103,7 +103,7 @@ def test_voxel_dedup_keeps_revisits_from_growing_the_cache():
 def test_nbytes_counts_xyz_frame_ids_and_tokens():
     latent, depth = _latent_and_depth(holes=False)
     mem = LatentSpatialMemory().initialize(Observation.single(_source(), depth, latent))
-    assert mem.nbytes == mem.num_points * (3 * 4 + 4 + 48 * 2)  # xyz float32, frame id int32, 48 bf16 tokens
+    assert mem.nbytes == mem.num_points * (3 * 4 + 4 + 6 * 2 + 48 * 2)  # xyz float32, frame id int32, footprint 6 float16, 48 bf16
 
 
 def test_save_load_round_trip(tmp_path):
@@ -173,7 +173,7 @@ def test_rgb_memory_renders_source_exactly_and_reads_chunks():
     src = _source()
     mem = RGBPointCloudMemory(_PatchMeanCodec()).initialize(Observation.single(src, depth, image=image))
     assert mem.num_points == int(torch.isfinite(depth).sum())
-    assert mem.nbytes == mem.num_points * (12 + 4 + 3)  # xyz float32, frame id int32, RGB uint8
+    assert mem.nbytes == mem.num_points * (12 + 4 + 12 + 3)  # xyz float32, frame id int32, footprint 6 float16, RGB uint8
     r = mem.render(src.batch())
     rgb, mask = r.frames, r.mask
     assert torch.equal(mask[0], torch.isfinite(depth))
@@ -268,8 +268,9 @@ def test_both_memories_save_load_ply_and_last_added(tmp_path):
 
 def test_an_update_gives_each_memory_what_it_stores():
     obs, memories = _both_memories()
-    latent_only = Observation(obs.cameras, obs.depths, latents=obs.latents)
-    pixels_only = Observation(obs.cameras, obs.depths, frames=obs.frames)
+    nearer = obs.depths * 0.5  # a surface in front of the stored one: not explained by the memory, so stored
+    latent_only = Observation(obs.cameras, nearer, latents=obs.latents)
+    pixels_only = Observation(obs.cameras, nearer, frames=obs.frames)
     assert memories["latent"].update(latent_only) > 0 and memories["rgb"].update(pixels_only) > 0
     with pytest.raises(ValueError, match="the latent memory stores latents: the observation has none"):
         memories["latent"].update(pixels_only)

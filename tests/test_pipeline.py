@@ -36,7 +36,7 @@ def pipe() -> MiragePipeline:
 def scene():
     cam = default_camera(W, H)
     rgb, depth = default_scene().render(cam)  # [1, 3, H, W], [1, H, W]
-    path = make_preset_path("pan_left", cam, num_frames=T, amount=30.0, scene_depth=float(depth.median()))
+    path = make_preset_path("orbit_left", cam, num_frames=T, amount=30.0, scene_depth=float(depth.median()))
     embeds = torch.randn(1, 8, TEXT_DIM, generator=torch.Generator().manual_seed(0))  # [1, L, D]
     return rgb[0], depth[0], path, embeds
 

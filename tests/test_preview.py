@@ -69,7 +69,7 @@ def test_preview_runs_at_the_full_frame_rate_and_model_input_at_the_latent_rate(
     mem = scene.LatentSpatialMemory(codec=CODEC).initialize(scene.Observation.single(
         room_scene.camera, room_scene.depth, CODEC.encode(room_scene.image[None, :, None])[0], room_scene.image))  # fmt: skip
     reads = mem.read_views(room_scene.path)  # [C, 33, h, w]: every pixel frame's camera
-    expected = CODEC.decode(reads.latents.permute(1, 0, 2, 3)[:, :, None])[:, :, 0].permute(1, 0, 2, 3)  # [3, 33, H, W]
+    expected = CODEC.decode(reads.latents.permute(1, 0, 2, 3)[:, :, None])[:, :, 0].permute(1, 0, 2, 3).float()  # [3, 33, H, W]
     torch.testing.assert_close(lat.video, expected, atol=1e-5, rtol=0)
     between = [t for t in range(1, 33) if t % 4 and not torch.equal(lat.video[:, t], lat.video[:, 4 * ((t + 3) // 4)])]
     assert between, "the latent render should differ from the latent-aligned frame somewhere inside a group"

@@ -218,12 +218,13 @@ def zerogpu_max_seconds() -> int:
 
 
 def gpu_seconds(num_frames: int, steps: int, guidance_scale: float) -> int:
-    """Seconds to reserve on a ZeroGPU for one memory's run: about 0.25 s per transformer call
-    (two per step with guidance) and 6 s per chunk for decode, depth and update on an H100 at
-    704x1280, plus 20 s of slack for the first call's warm-up."""
+    """Seconds to reserve on a ZeroGPU for one memory's run at 704x1280: 0.27 s per transformer call
+    (two per step with guidance) and 5 s per chunk for decode, depth and the memory (both measured
+    on an H100, ``benchmarks/results/pipeline_resident_cuda_h100.md``), plus 20 s for the call's
+    start; a ZeroGPU slice of an H200 is not slower."""
     calls = 2 if guidance_scale > 1 else 1
     chunks = len(chunk_ranges(int(num_frames)))
-    return int(math.ceil(20 + chunks * (0.25 * calls * int(steps) + 6)))
+    return int(math.ceil(20 + chunks * (0.27 * calls * int(steps) + 5)))
 
 
 def check_gpu_budget(num_frames: int, steps: int, guidance_scale: float) -> int:

@@ -213,7 +213,7 @@ class _PointMemory:
 
     def __init__(
         self, *, codec, surface_tolerance: float, voxel_size: float | None, max_depth: float | None,
-        update_policy: UpdatePolicy, max_footprint_cells: int, compact_footprints: bool, device,
+        update_policy: UpdatePolicy, max_footprint_cells: int, compact_footprints: bool, compile_reads: bool, device,
     ) -> None:  # fmt: skip
         if surface_tolerance < 0:
             raise ValueError(f"surface_tolerance must be >= 0, got {surface_tolerance}")
@@ -232,6 +232,7 @@ class _PointMemory:
         self.update_policy: UpdatePolicy = update_policy
         self.max_footprint_cells = max_footprint_cells
         self.compact_footprints = bool(compact_footprints)  # keep only covered candidates (one host sync), same result
+        self.compile_reads = bool(compile_reads)  # reads through torch.compile (fused kernels), same result
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.grid: tuple[int, int] | None = None  # (rows, cols) of the storage grid, set by initialize
         self.points = torch.zeros(0, 3, device=self.device)  # [N, 3] world
@@ -351,7 +352,7 @@ class _PointMemory:
         rows, cols = self._require_grid()
         shown = splat_footprints(self.points, self.axes, self.frame_ids, None, camera.K, camera.cam_from_world, rows, cols,
                                  surface_tolerance=self.surface_tolerance, max_cells=self.max_footprint_cells,
-                                 compact=self.compact_footprints)  # fmt: skip
+                                 compact=self.compact_footprints, compiled=self.compile_reads)  # fmt: skip
         zmin = shown.closest  # [1, rows, cols], NaN where nothing covers the cell
         band = self.surface_tolerance * zmin
         if self.surface_tolerance > 0:  # as in the read: grazing surfaces get the local depth step as slack
@@ -401,7 +402,7 @@ class _PointMemory:
         cams = self._on_grid(cameras)
         return splat_footprints(self.points, self.axes, self.frame_ids, features, cams.K, cams.cam_from_world, rows, cols,
                                 surface_tolerance=self.surface_tolerance, max_cells=self.max_footprint_cells,
-                                compact=self.compact_footprints)  # fmt: skip
+                                compact=self.compact_footprints, compiled=self.compile_reads)  # fmt: skip
 
     # ------------------------------------------------------------------ files
     def _config(self) -> dict:
@@ -508,12 +509,13 @@ class LatentSpatialMemory(_PointMemory):
         update_policy: UpdatePolicy = "fuse",  # "fuse": store what the memory does not explain; "append": all
         max_footprint_cells: int = 4,  # candidate cells per axis of a projected footprint
         compact_footprints: bool = False,  # False: no host sync in a read (a latent read is launch-bound on a GPU)
+        compile_reads: bool = False,  # True: reads through torch.compile (for a GPU: fused kernels, same result)
         token_dtype: torch.dtype | str | None = torch.bfloat16,  # storage of the tokens (the paper's: bf16); None keeps theirs
         device=None,
     ) -> None:
         super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth,
                          update_policy=update_policy, max_footprint_cells=max_footprint_cells,
-                         compact_footprints=compact_footprints, device=device)  # fmt: skip
+                         compact_footprints=compact_footprints, compile_reads=compile_reads, device=device)  # fmt: skip
         self.token_dtype = getattr(torch, token_dtype) if isinstance(token_dtype, str) else token_dtype
         if codec is not None:
             spatial_stride, temporal_stride = codec.spatial_stride, codec.temporal_stride
@@ -526,6 +528,7 @@ class LatentSpatialMemory(_PointMemory):
 
     def _config(self) -> dict:
         return {**super()._config(), "spatial_stride": self.spatial_stride, "temporal_stride": self.temporal_stride,
+                "compile_reads": self.compile_reads,
                 "token_dtype": None if self.token_dtype is None else str(self.token_dtype).removeprefix("torch.")}  # fmt: skip
 
     def _stride(self) -> int:
@@ -611,7 +614,7 @@ class RGBPointCloudMemory(_PointMemory):
     ) -> None:
         super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth,
                          update_policy=update_policy, max_footprint_cells=max_footprint_cells,
-                         compact_footprints=compact_footprints, device=device)  # fmt: skip
+                         compact_footprints=compact_footprints, compile_reads=False, device=device)  # fmt: skip
         self.hole_value = float(hole_value)
         self.visible_fraction = float(visible_fraction)
 

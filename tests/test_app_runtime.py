@@ -65,12 +65,12 @@ def test_zerogpu_budget_per_memory_call(monkeypatch):
     monkeypatch.delenv(rt.ZEROGPU_MAX_ENV, raising=False)
     assert rt.gpu_seconds(65, 20, 1.0) > rt.gpu_seconds(33, 20, 1.0)
     assert rt.gpu_seconds(33, 20, 5.0) > rt.gpu_seconds(33, 20, 1.0)  # guidance: two transformer calls per step
-    assert rt.gpu_seconds(33, 20, 1.0) == 20 + 1 * (0.25 * 20 + 6)
+    assert rt.gpu_seconds(33, 20, 1.0) == 31  # 20 + 1 chunk x (0.27 s x 20 calls + 5 s) = 30.4, rounded up
     assert rt.check_gpu_budget(33, 20, 5.0) == rt.gpu_seconds(33, 20, 5.0) <= rt.zerogpu_max_seconds() == 120
-    with pytest.raises(ValueError, match="161 frames with 50 steps and guidance need about 175 s .* 120 s .*fewer frames or steps, or guidance 1"):
+    with pytest.raises(ValueError, match="161 frames with 50 steps and guidance need about 180 s .* 120 s .*fewer frames or steps, or guidance 1"):
         rt.check_gpu_budget(161, 50, 5.0)
     monkeypatch.setenv(rt.ZEROGPU_MAX_ENV, "600")
-    assert rt.check_gpu_budget(161, 50, 5.0) == 175
+    assert rt.check_gpu_budget(161, 50, 5.0) == 180
 
 
 def test_session_dirs_are_created_lazily_and_removed(tmp_path):

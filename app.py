@@ -33,6 +33,11 @@ DIRS = rt.SessionDirs(os.environ.get("MIRAGE_APP_TMP") or None)
 LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
 PRESETS = list(paths.PRESETS)
 GEN = rt.generation_defaults()
+_WHAT = "generated video" if MODE.generation else "memory render at every frame (readout preview, no generative model)"
+VIDEO_LABELS = {m: f"{label}: {_WHAT}" for m, label in preview.METHOD_LABELS.items()}
+INPUT_LABELS = {m: f"{label}: what the model receives (the conditioning latent decoded"
+                   f"{'' if MODE.generation else ' by the offline codec, one image per 4 frames'})"
+                for m, label in preview.METHOD_LABELS.items()}  # fmt: skip
 if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @spaces.GPU)
     rt.load_pipeline(MODE.model_path, MODE.device)
 
@@ -178,8 +183,9 @@ def run(state, seed, steps, guidance, prompt, negative_prompt, color_by, request
     progress(0.95, desc="writing videos and the cache")
     out = rt.finish_run(state, result, _workdir(state, request) / f"run{state.version}", color_by, fps)
     f = out.files
-    return (state, str(f.videos["latent"]), str(f.videos["rgb"]), str(f.masks["latent"]), str(f.masks["rgb"]),
-            str(f.side_by_side), *out.figures, [str(p) for p in f.downloads()], out.caption)  # fmt: skip
+    return (state, str(f.videos["latent"]), str(f.videos["rgb"]), str(f.received["latent"]), str(f.received["rgb"]),
+            str(f.masks["latent"]), str(f.masks["rgb"]), str(f.side_by_side), *out.figures,
+            [str(p) for p in f.downloads()], out.caption)  # fmt: skip
 
 
 def end_session(request: gr.Request) -> None:
@@ -290,10 +296,12 @@ def build_demo() -> gr.Blocks:
         run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary", elem_id="run")
         with gr.Row():
             with gr.Column():
-                latent_video = gr.Video(label=preview.METHOD_LABELS["latent"], elem_id="latent-video", autoplay=True, loop=True)
+                latent_video = gr.Video(label=VIDEO_LABELS["latent"], elem_id="latent-video", autoplay=True, loop=True)
+                latent_input = gr.Video(label=INPUT_LABELS["latent"], elem_id="latent-input", autoplay=True, loop=True)
                 latent_mask = gr.Video(label="Latent memory: hole mask (white = seen)", autoplay=True, loop=True)
             with gr.Column():
-                rgb_video = gr.Video(label=preview.METHOD_LABELS["rgb"], elem_id="rgb-video", autoplay=True, loop=True)
+                rgb_video = gr.Video(label=VIDEO_LABELS["rgb"], elem_id="rgb-video", autoplay=True, loop=True)
+                rgb_input = gr.Video(label=INPUT_LABELS["rgb"], elem_id="rgb-input", autoplay=True, loop=True)
                 rgb_mask = gr.Video(label="Pixel point cloud: hole mask (white = seen)", autoplay=True, loop=True)
         caption = gr.Markdown()
         with gr.Row():
@@ -320,7 +328,7 @@ def build_demo() -> gr.Blocks:
         import_button.click(use_import, [state, path_file, frames, color_by], path_out, api_name="import_path")
         export_button.click(export_path, [state], export_files, api_name="export_path")
         color_by.change(recolor, [state, color_by], [plot, growth_plot], api_visibility="private")
-        run_out = [state, latent_video, rgb_video, latent_mask, rgb_mask, side_video, timing_plot, size_plot, growth_plot,
+        run_out = [state, latent_video, rgb_video, latent_input, rgb_input, latent_mask, rgb_mask, side_video, timing_plot, size_plot, growth_plot,
                    downloads, caption]  # fmt: skip
         run_button.click(run, [state, seed, steps, guidance, prompt, negative_prompt, color_by], run_out, api_name="run", concurrency_limit=1,
                          concurrency_id="run")  # fmt: skip

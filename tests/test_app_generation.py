@@ -49,8 +49,8 @@ def test_generate_both_memories_with_progress_videos_charts_and_downloads(gen_ap
         if status.progress_data:
             progress.extend(p.desc for p in status.progress_data if p.desc)
         time.sleep(0.05)
-    latent, rgb, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
-    for path in (latent, rgb, latent_mask, rgb_mask):
+    latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
+    for path in (latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask):
         assert read_video(path).shape == (3, 33, 128, 256)
     assert read_video(side).shape[1:3] == (33, 128)
     stages = {t["name"] for t in plot_json(timing)["data"]}

@@ -125,9 +125,9 @@ def test_example_preset_run(client):
     while not job.done():
         progress += [p.desc for p in job.status().progress_data or [] if p.desc]
         time.sleep(0.05)
-    latent, rgb, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
+    latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
     assert any("chunk 2/2" in d for d in progress), progress  # the long work reports its progress
-    for path in (latent, rgb, latent_mask, rgb_mask):
+    for path in (latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask):
         assert read_video(path).shape == (3, 65, 128, 256)
     assert read_video(side).shape[1:3] == (65, 128)
     stages = {t["name"] for t in plot_json(timing)["data"]}

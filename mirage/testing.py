@@ -26,6 +26,9 @@ __all__ = [
     "tiny_depth_anything_config",
     "depth_pro_large_config",
     "save_tiny_wan_checkpoint",
+    "TINY_BRANCH_TRANSFORMER_CONFIG",
+    "tiny_branch_transformer",
+    "randomize_parameters",
 ]
 
 # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json (diffusers WanTransformer3DModel kwargs)
@@ -138,3 +141,31 @@ def save_tiny_wan_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     }  # fmt: skip
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+# A tiny TI2V-layout transformer for the side branch and the reference comparisons: head_dim 24, whose
+# RoPE axis split (t 8, h 8, w 8) is the same in diffusers and DiffSynth (it differs for 16 and 64).
+TINY_BRANCH_TRANSFORMER_CONFIG: dict[str, Any] = {
+    **TINY_TRANSFORMER_CONFIG, "attention_head_dim": 24, "ffn_dim": 64, "num_layers": 4,
+}  # fmt: skip
+
+
+def randomize_parameters(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Every parameter of ``module`` drawn at random from ``seed``: norm weights ``1 + N(0, std)``,
+    everything else (biases, modulation tables, zero-initialised projections) ``N(0, std)``, so that
+    no default one or zero hides a bug. Returns ``module``."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * std
+            p.copy_(noise + 1 if "norm" in name and name.endswith("weight") else noise)
+    return module
+
+
+def tiny_branch_transformer(seed: int = 0, **overrides: Any):
+    """A 4-layer ``WanTransformer3DModel`` of ``TINY_BRANCH_TRANSFORMER_CONFIG`` with every parameter
+    random (``randomize_parameters``)."""
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel(**{**TINY_BRANCH_TRANSFORMER_CONFIG, **overrides}).eval()
+    return randomize_parameters(model, seed)

@@ -252,7 +252,6 @@ def test_input_errors(transformer):
         branched_forward(transformer, branch, latents, timestep, text, context=context[:, :48], num_ref_frames=R)
     with pytest.raises(ValueError, match="num_ref_frames=5"):
         branched_forward(transformer, branch, latents, timestep, text, num_ref_frames=5)
-    deep = make_branch(transformer, layers=(0, 2))
-    object.__setattr__(deep.config, "layers", (0, 7))
+    deep = MemoryBranch(BranchConfig((0, 7)), dim=48, ffn_dim=64, num_heads=2)  # built for a deeper transformer
     with pytest.raises(ValueError, match=r"\(0, 7\) exceed the transformer's 4 blocks"):
         branched_forward(transformer, deep, latents, timestep, text, context=context, num_ref_frames=R)

@@ -35,6 +35,7 @@ from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTrans
 from mirage.chunks import READOUT_PARTS, STAGES  # noqa: E402
 from mirage.codecs import WanVAECodec  # noqa: E402
 from mirage.depth import DepthProBackend, PlanarPriorBackend  # noqa: E402
+from mirage.frames import Chunking  # noqa: E402
 from mirage.paths import make_preset_path  # noqa: E402
 from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline  # noqa: E402
 from mirage.synthetic import default_camera, default_scene  # noqa: E402
@@ -128,7 +129,7 @@ def run_mirage(pipe: MiragePipeline, image, path, args, memory: str, guidance: f
     sync(device)
     t0 = time.perf_counter()
     out = pipe(image, path, "a camera moving through a room", guidance_scale=guidance, num_frames=args.frames,
-               chunk_frames=args.chunk_frames, num_inference_steps=args.steps, memory=memory,
+               chunking=Chunking(args.chunk_frames, args.chunk_frames, 1), num_inference_steps=args.steps, memory=memory,
                generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
     sync(device)
     wall = time.perf_counter() - t0

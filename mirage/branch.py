@@ -98,6 +98,14 @@ class MemoryBranch(nn.Module):
             nn.init.zeros_(block.proj_out.weight)
             nn.init.zeros_(block.proj_out.bias)
 
+    @property
+    def device(self) -> torch.device:  # where its weights are (diffusers pipelines ask each component)
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     @classmethod
     def for_transformer(
         cls, transformer_or_config: WanTransformer3DModel | Mapping[str, Any], config: BranchConfig = MIRAGE_BRANCH

@@ -296,6 +296,7 @@ def load_lora(
         except AttributeError:
             problems.append(f"{module}: no such module in the transformer")
             continue
+        linear = getattr(linear, "base_layer", linear)  # a Linear that already carries an adapter
         if not isinstance(linear, nn.Linear):
             problems.append(f"{module}: is a {type(linear).__name__}, not a Linear")
             continue

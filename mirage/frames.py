@@ -5,14 +5,17 @@ Causal mapping (``CONVENTIONS.md``): ``T = sN + 1`` pixel frames (``s`` = tempor
 Wan2.2 VAE) give ``F = N + 1`` latent frames; latent frame 0 is pixel frame 0 and latent frame
 ``k >= 1`` covers pixel frames ``s(k-1)+1 .. sk`` and uses the camera and depth of pixel frame ``sk``.
 
-Chunks (as in the paper): the first covers pixel frames ``0 .. 32`` (33 frames, 9 latent frames),
-each later one the next 32 frames plus the previous chunk's last frame, so a video of ``33 + 32k``
-frames has ``k + 1`` chunks; any ``4N + 1`` length works (the last chunk is then shorter).
+Chunks (``Chunking``): by default as in the paper, the first covers pixel frames ``0 .. 32`` (33
+frames, 9 latent frames), each later one the next 32 frames plus the previous chunk's last frame, so
+a video of ``33 + 32k`` frames has ``k + 1`` chunks; any ``4N + 1`` length works (the last chunk is
+then shorter). Other layouts (Spatia's: 121 frames, then rounds of 81 that repeat the last 9) set
+the first chunk's length, the later chunks' length and the frames they share with the previous one.
 """
 
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
 import torch
@@ -27,6 +30,7 @@ __all__ = [
     "pixel_frames_of_latent",
     "pixel_to_latent_frame",
     "latent_aligned",
+    "Chunking",
     "chunk_ranges",
     "stitch_chunks",
 ]
@@ -86,28 +90,53 @@ def latent_aligned(frames: _S, temporal_stride: int = TEMPORAL_STRIDE) -> _S:
     return frames[::temporal_stride]
 
 
+@dataclass(frozen=True)
+class Chunking:
+    """How a long video is cut into chunks that each model call generates."""
+
+    first: int = CHUNK_FRAMES  # frames of the first chunk (sN + 1)
+    frames: int = CHUNK_FRAMES  # frames of every later chunk, the shared ones included (sN + 1)
+    overlap: int = 1  # frames a later chunk shares with the previous one (sk + 1): its first latents are pinned to them
+
+    def check(self, temporal_stride: int = TEMPORAL_STRIDE) -> "Chunking":
+        """``ValueError`` naming the value unless every length fits the causal latent layout."""
+        s = temporal_stride
+        for name in ("first", "frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < s + 1 or (value - 1) % s:
+                raise ValueError(f"chunk {name} must be {s}N+1 with N >= 1 (a chunk must add frames), got {value!r}")
+        if not isinstance(self.overlap, int) or self.overlap < 1 or (self.overlap - 1) % s or self.overlap >= self.frames:
+            raise ValueError(f"chunk overlap must be {s}k+1 frames and fewer than the chunk's {self.frames}, got {self.overlap!r}")
+        return self
+
+    def pinned_latents(self, temporal_stride: int = TEMPORAL_STRIDE) -> int:
+        """Latent frames at the start of a later chunk that are given, not generated: ``(overlap - 1) / s + 1``."""
+        return (self.overlap - 1) // temporal_stride + 1
+
+    def ranges(self, num_frames: int, temporal_stride: int = TEMPORAL_STRIDE) -> list[tuple[int, int]]:
+        """Pixel-frame ranges ``(start, stop)`` of the chunks of a ``num_frames`` video (stop exclusive).
+
+        The first chunk has ``min(num_frames, first)`` frames; each later one starts ``overlap`` frames
+        before the previous chunk's end and ends ``frames`` later or at the video's end, so every
+        chunk has ``sN + 1`` frames."""
+        check_num_frames(num_frames, temporal_stride)
+        self.check(temporal_stride)
+        ranges = [(0, min(num_frames, self.first))]
+        while ranges[-1][1] < num_frames:
+            start = ranges[-1][1] - self.overlap
+            ranges.append((start, min(num_frames, start + self.frames)))
+        return ranges
+
+
 def chunk_ranges(num_frames: int, chunk_frames: int = CHUNK_FRAMES, temporal_stride: int = TEMPORAL_STRIDE) -> list[tuple[int, int]]:
-    """Pixel-frame ranges ``(start, stop)`` of the chunks of a ``num_frames`` video (stop exclusive).
-
-    The first chunk has ``min(num_frames, chunk_frames)`` frames; each later one starts at the
-    previous chunk's last frame and adds up to ``chunk_frames - 1`` new frames, so every chunk has
-    ``sN + 1`` frames. ``chunk_ranges(65) == [(0, 33), (32, 65)]``.
-    """
-    check_num_frames(num_frames, temporal_stride)
-    if not isinstance(chunk_frames, int) or chunk_frames < temporal_stride + 1 or (chunk_frames - 1) % temporal_stride:
-        raise ValueError(
-            f"chunk_frames must be {temporal_stride}N+1 with N >= 1 (a chunk must add frames), got {chunk_frames!r}"
-        )
-    ranges = [(0, min(num_frames, chunk_frames))]
-    while ranges[-1][1] < num_frames:
-        start = ranges[-1][1] - 1
-        ranges.append((start, min(num_frames, start + chunk_frames)))
-    return ranges
+    """The paper's chunks: ``chunk_frames`` frames, then ``chunk_frames - 1`` new ones each (one frame
+    shared). ``chunk_ranges(65) == [(0, 33), (32, 65)]``."""
+    return Chunking(chunk_frames, chunk_frames, 1).ranges(num_frames, temporal_stride)
 
 
-def stitch_chunks(parts: Sequence[Tensor], dim: int) -> Tensor:
-    """Concatenate per-chunk tensors along their frame axis ``dim``, dropping the first frame of every
-    later chunk (it is the previous chunk's last frame)."""
+def stitch_chunks(parts: Sequence[Tensor], dim: int, overlap: int = 1) -> Tensor:
+    """Concatenate per-chunk tensors along their frame axis ``dim``, dropping the first ``overlap``
+    frames of every later chunk (they are the previous chunk's last frames)."""
     if not parts:
         raise ValueError("stitch_chunks needs at least one chunk")
-    return torch.cat([p if i == 0 else p.narrow(dim, 1, p.shape[dim] - 1) for i, p in enumerate(parts)], dim=dim)
+    return torch.cat([p if i == 0 else p.narrow(dim, overlap, p.shape[dim] - overlap) for i, p in enumerate(parts)], dim=dim)

@@ -109,12 +109,12 @@ class MemoryReadout:
     def hole_fraction(self) -> float:
         return 1.0 - float(self.mask.float().mean())
 
-    def frame_depths(self, temporal_stride: int) -> Tensor:  # -> [F-1, H, W] or [F-1, h, w]
-        """Depth of the latent-aligned frames ``1 .. F-1`` at the finest resolution the memory read:
-        the rendered pixel depth when it rasterized pixels, else the latent-grid depth."""
+    def frame_depths(self, temporal_stride: int, first: int = 1) -> Tensor:  # -> [F-first, H, W] or [F-first, h, w]
+        """Depth of the latent-aligned frames ``first .. F-1`` at the finest resolution the memory
+        read: the rendered pixel depth when it rasterized pixels, else the latent-grid depth."""
         if self.pixel_depth is not None:
-            return self.pixel_depth[temporal_stride::temporal_stride]
-        return self.depth[1:]
+            return self.pixel_depth[first * temporal_stride :: temporal_stride]
+        return self.depth[first:]
 
     def cpu(self) -> "MemoryReadout":
         move = lambda x: None if x is None else x.cpu()  # noqa: E731
@@ -136,6 +136,7 @@ class SpatialMemory(Protocol):
     """What every memory offers; callers use nothing else (``tests/test_memory.py`` checks both)."""
 
     kind: ClassVar[str]  # "latent" or "rgb"
+    points: Tensor  # [N, 3] world positions of the stored points
     size_history: list[dict]  # one entry per initialize/update: step, added, num_points, nbytes
     timings: StageTimer  # per-stage seconds of every call
     last_added: Tensor | None  # [F, g_h, g_w] bool: the grid cells the last update appended, in point order
@@ -153,6 +154,8 @@ class SpatialMemory(Protocol):
     def read(self, cameras: Cameras) -> MemoryReadout: ...
 
     def render(self, cameras: Cameras) -> MemoryRender: ...
+
+    def point_ids(self, cameras: Cameras) -> Tensor: ...
 
     def save(self, path: str | Path) -> Path: ...
 
@@ -403,6 +406,10 @@ class _PointMemory:
         return splat_footprints(self.points, self.axes, self.frame_ids, features, cams.K, cams.cam_from_world, rows, cols,
                                 surface_tolerance=self.surface_tolerance, max_cells=self.max_footprint_cells,
                                 compact=self.compact_footprints, compiled=self.compile_reads)  # fmt: skip
+
+    def point_ids(self, cameras: Cameras) -> Tensor:  # -> [V, rows, cols] long, -1 where empty
+        """Which stored point each cell of the memory's grid shows from each camera (the read's z-buffer)."""
+        return self._splat(_as_cameras(cameras), None).index
 
     # ------------------------------------------------------------------ files
     def _config(self) -> dict:

@@ -19,6 +19,8 @@ Modify weights (e.g. fuse a LoRA) before enabling it: later changes would be los
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -47,26 +49,29 @@ class _Hook:
 
 class PinnedOffload:
     """Keep ``modules`` on the host (pinned when a CUDA device is the target) and move exactly one
-    of them to ``device`` when it is about to run (see the module docstring)."""
+    of them to ``device`` when it is about to run (see the module docstring). A name may stand for
+    several modules that run together (the transformer and its side branch): they move as one."""
 
-    def __init__(self, modules: dict[str, nn.Module], device: torch.device | str) -> None:
+    def __init__(self, modules: dict[str, nn.Module | Sequence[nn.Module | None] | None], device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self.modules = {name: m for name, m in modules.items() if m is not None}
+        groups = {name: [m] if isinstance(m, nn.Module) or m is None else list(m) for name, m in modules.items()}
+        self.modules = {name: [m for m in group if m is not None] for name, group in groups.items()}
+        self.modules = {name: group for name, group in self.modules.items() if group}
         self.active: str | None = None
         pin = self.device.type == "cuda"
         self._host: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # name -> (param or buffer, host copy)
         self._handles = []
-        for name, module in self.modules.items():
-            module.to("cpu")
-            tensors = list(module.parameters()) + list(module.buffers())
+        for name, group in self.modules.items():
             pairs = []
-            for t in tensors:
-                host = t.data.pin_memory() if pin else t.data
-                t.data = host
-                pairs.append((t, host))
+            for module in group:
+                module.to("cpu")
+                for t in list(module.parameters()) + list(module.buffers()):
+                    host = t.data.pin_memory() if pin else t.data
+                    t.data = host
+                    pairs.append((t, host))
+                module._hf_hook = _Hook(self, name)
+                self._handles.append(module.register_forward_pre_hook(lambda m, args, name=name: self.activate(name)))
             self._host[name] = pairs
-            module._hf_hook = _Hook(self, name)
-            self._handles.append(module.register_forward_pre_hook(lambda m, args, name=name: self.activate(name)))
 
     def activate(self, name: str) -> None:
         """Release the active module (free its device copy) and copy ``name``'s weights to the device."""
@@ -89,8 +94,9 @@ class PinnedOffload:
         self.release()
         for handle in self._handles:
             handle.remove()
-        for module in self.modules.values():
-            del module._hf_hook
-            if device is not None:
-                module.to(device)
+        for group in self.modules.values():
+            for module in group:
+                del module._hf_hook
+                if device is not None:
+                    module.to(device)
         self._handles, self.modules, self._host = [], {}, {}

@@ -12,8 +12,12 @@ With ``memory_mode="off"`` one chunk is exactly that pipeline (``tests/test_pipe
 the two). Frame 0 is the image's latent for the first chunk, then the continuation
 (``mirage.chunks``): the last decoded frame encoded alone (``"reencode"``) or the last latent.
 
-Memory conditioning is training-free here (trained side branches: ``mirage.branch``). While
-``step < memory_strength * num_inference_steps``:
+Memory conditioning is either a trained side branch or training-free. ``"branch"``: a checkpoint
+loaded with ``load_branch`` (Mirage's or Spatia's, ``mirage.checkpoints``) receives each chunk's
+``mirage.conditioning.BranchInputs`` built from the memory (the readout and a score as a 96-channel
+context; reference latents before the chunk and preceding latents after it, clean with timestep 0),
+through ``mirage.branch.branched_forward``; its LoRA is on where the family uses it. The training-free
+modes run the bare model; while ``step < memory_strength * num_inference_steps``:
 
 * ``"replace"`` (default): the visible latent cells of the noisy latent are overwritten with the
   readout noised to the current level, ``x_t = (1 - sigma) * readout + sigma * eps``, before every
@@ -36,26 +40,31 @@ chunk's latents and decoded frames; each memory stores what it keeps. Both memor
 
 Defaults (``DEFAULTS``, sources in the README): the training-free modes run the bare TI2V model, so
 they use Wan2.2-TI2V-5B's own sampling settings (UniPC, flow shift 5, guidance 5 with Wan's negative
-prompt) and continue a chunk by re-encoding its last frame.
+prompt) and continue a chunk by re-encoding its last frame; a trained branch uses its reference's
+(steps, guidance and negative prompt, chunking, fps, continuation, Wan's own sigma schedule).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline, UniPCMultistepScheduler, WanTransformer3DModel
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from . import weights
+from .branch import branched_forward
 from .chunks import READOUT_PARTS, STAGES, Chunk, ChunkResult, Continuation, DepthResult, run_chunks
+from .conditioning import BranchInputs, BranchKind, make_conditioner
 from .codecs import WAN22_MODEL_ID, WanVAECodec
 from .depth import MIN_ALIGN_PIXELS, DepthBackend, align_scale, estimate_frames, make_depth_backend
-from .frames import check_num_frames, stitch_chunks
+from .frames import Chunking, check_num_frames, stitch_chunks
 from .geometry import downsample_depth, valid_depth
 from .memory import LatentSpatialMemory, MemoryReadout, Observation, RGBPointCloudMemory, SpatialMemory
 from .offload import PinnedOffload
@@ -79,8 +88,9 @@ __all__ = [
 ]
 
 MemoryKind = Literal["latent", "rgb"]
-MemoryMode = Literal["replace", "context", "off"]
-MEMORY_MODES = ("replace", "context", "off")
+MemoryMode = Literal["replace", "context", "off", "branch"]
+MEMORY_MODES = ("replace", "context", "off", "branch")
+TRAINING_FREE = ("replace", "context", "off")
 
 # The scheduler of Wan-AI/Wan2.2-TI2V-5B-Diffusers (scheduler/scheduler_config.json): UniPC on flow
 # sigmas with flow_shift 5. Used when the components are built without a checkpoint (tests, benchmarks).
@@ -104,6 +114,14 @@ WAN_NEGATIVE_PROMPT = (
     "三条腿，背景人很多，倒着走"
 )
 
+# Spatia's negative prompt (ZhaoJingjing713/Spatia, inference.py, NEGATIVE_PROMPT).
+SPATIA_NEGATIVE_PROMPT = (
+    "画面切换，画面切出，镜头切换，镜头渐黑，镜头渐亮，最差质量, 节目横幅, 低质量, 正常质量, JPEG压缩残留, 噪点, 模糊, 细节缺失, 马赛克, "
+    "水印, 文字, 签名, 商标, 丑陋的, 畸形的, 毁容的, 解剖学错误, 形态糟糕, 多余的肢体, 残缺的肢体, 融合的手指, 画得不好的手, 画得不好的脸, "
+    "僵硬的表情, 杂乱的构图, 不协调的元素, 空旷的画面, 透视错误, 比例失调, 变形的物体, 融合的物体, 物体穿模, 漂浮的物体, 平淡的光线, "
+    "不自然的光源, 单调的色彩, 奇怪的颜色, 刺眼的颜色, 画面发灰"
+)
+
 # What MiragePipeline.from_pretrained needs of a Wan2.2-TI2V-5B-Diffusers checkpoint.
 WAN22_LAYOUT: weights.Layout = {
     "transformer": "model", "vae": "model", "scheduler/scheduler_config.json": "file",
@@ -119,19 +137,38 @@ class GenerationDefaults:
     guidance_scale: float  # classifier-free guidance (1 = off)
     negative_prompt: str  # used when guidance_scale > 1
     flow_shift: float  # UniPC flow shift
-    chunk_frames: int  # frames of the first chunk (later chunks add chunk_frames - 1)
+    chunking: Chunking  # first chunk, later chunks, frames shared between chunks
     fps: int  # playback rate of the written videos
-    continuation: Continuation  # frame 0 of the next chunk
+    continuation: Continuation  # the pinned first latents of a later chunk
     memory_strength: float  # share of the steps during which a training-free mode imposes the readout
+    reference_schedule: bool  # sigmas linspace(0.999, 0) as Wan's own sampler (else diffusers' UniPC schedule)
+    prompt_suffix: str  # appended to the prompt
     source: str  # where the numbers come from
 
 
 DEFAULTS: dict[str, GenerationDefaults] = {
     "training-free": GenerationDefaults(
         num_inference_steps=50, guidance_scale=5.0, negative_prompt=WAN_NEGATIVE_PROMPT, flow_shift=5.0,
-        chunk_frames=33, fps=24, continuation="reencode", memory_strength=0.8,
+        chunking=Chunking(33, 33, 1), fps=24, continuation="reencode", memory_strength=0.8, reference_schedule=False,
+        prompt_suffix="",
         source="Wan2.2-TI2V-5B (wan/configs/wan_ti2v_5B.py: 50 steps, guide scale 5.0, shift 5.0, 24 fps; "
-               "shared_config.py: negative prompt); chunks of 33 then +32 as in the paper",
+               "shared_config.py: negative prompt) sampled as diffusers' WanImageToVideoPipeline; chunks of 33 then +32 "
+               "as in the paper",
+    ),
+    "mirage": GenerationDefaults(
+        num_inference_steps=20, guidance_scale=1.0, negative_prompt="", flow_shift=5.0, chunking=Chunking(33, 33, 1),
+        fps=16, continuation="latent", memory_strength=0.0, reference_schedule=True, prompt_suffix="",
+        source="microsoft/LatentSpatialMemory (src/mirage/inference/mirage_pipeline.py, scripts/infer.py): 20 UniPC steps, "
+               "shift 5, no CFG, 33 frames then +32, 16 fps, the next chunk's frame 0 = the previous chunk's last latent, "
+               "4 references and 2 preceding latents",
+    ),
+    "spatia": GenerationDefaults(
+        num_inference_steps=40, guidance_scale=3.5, negative_prompt=SPATIA_NEGATIVE_PROMPT, flow_shift=5.0,
+        chunking=Chunking(121, 81, 9), fps=24, continuation="reencode", memory_strength=0.0, reference_schedule=True,
+        prompt_suffix=" 4K, realistic, high quality, HDR.",
+        source="ZhaoJingjing713/Spatia (inference.py): 40 UniPC steps, shift 5, CFG 3.5 with its negative prompt, "
+               "121 frames then rounds of 81 that repeat the last 9 (encoded as 3 latents), 24 fps, up to 7 references, "
+               "the LoRA from the second round on",
     ),
 }  # fmt: skip
 
@@ -198,11 +235,12 @@ class MiragePipeline(DiffusionPipeline):
     Components: ``transformer`` (``WanTransformer3DModel``), ``vae`` (``AutoencoderKLWan``, wrapped in
     ``mirage.codecs.WanVAECodec`` so latents are normalized as the memory expects), ``scheduler``
     (flow-matching UniPC), optional ``text_encoder`` (``UMT5EncoderModel``) + ``tokenizer`` (pass
-    ``prompt_embeds`` without them), and a ``depth_backend`` (``mirage.depth.DepthBackend``).
+    ``prompt_embeds`` without them), a ``depth_backend`` (``mirage.depth.DepthBackend``) and an
+    optional trained ``branch`` (``mirage.branch.MemoryBranch``, see ``load_branch``).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = ["text_encoder", "tokenizer"]
+    _optional_components = ["text_encoder", "tokenizer", "branch"]
 
     def __init__(
         self,
@@ -212,11 +250,19 @@ class MiragePipeline(DiffusionPipeline):
         text_encoder=None,
         tokenizer=None,
         depth_backend: DepthBackend | None = None,
+        branch=None,  # a trained mirage.branch.MemoryBranch, or None
+        branch_kind: BranchKind | None = None,  # its checkpoint family: "mirage" or "spatia"
     ) -> None:
         super().__init__()
         self.register_modules(
-            transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
-        )
+            transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+            branch=branch,
+        )  # fmt: skip
+        if (branch is None) != (branch_kind is None) or branch_kind not in (None, "mirage", "spatia"):
+            raise ValueError(f"pass a branch together with its kind ('mirage' or 'spatia'), got kind {branch_kind!r}")
+        self.branch_kind = branch_kind
+        self._pinned_offload: PinnedOffload | None = None
+        self._loads = 0  # branches loaded so far (names the LoRA adapter of each)
         self.codec = WanVAECodec(vae)
         self.depth_backend = depth_backend
         self.prompt_cache: dict[tuple[str, int], Tensor] = {}  # (prompt, max_sequence_length) -> [1, L, D]
@@ -271,23 +317,94 @@ class MiragePipeline(DiffusionPipeline):
             depth_backend = make_depth_backend(depth_backend, **depth_kwargs)
         return cls(transformer, codec.vae, scheduler, text_encoder, tokenizer, depth_backend)
 
+    def load_branch(
+        self,
+        kind: BranchKind,
+        branch: str | os.PathLike | Mapping[str, Tensor] | None = None,
+        lora: str | os.PathLike | Mapping[str, Tensor] | None = None,
+        *,
+        layers: tuple[int, ...] | None = None,
+        local_files_only: bool | None = None,
+        cache_dir: str | None = None,
+    ) -> "MiragePipeline":
+        """Load a trained side branch and its LoRA for ``memory_mode="branch"``.
+
+        kind: the checkpoint family, which fixes how the branch is conditioned (``mirage.conditioning``)
+        and the sampling defaults (``DEFAULTS[kind]``). branch / lora: a file, a folder or a hub id
+        holding the family's file names (``mirage.checkpoints``), or a state dict; Spatia's default is
+        its public repo ``Jinjing713/Spatia`` (from the HF cache, or downloaded when allowed), Mirage
+        has no public weights and needs paths (``lora=None`` is allowed for a branch trained without
+        one). A LoRA loaded before is replaced. Works resident and with model CPU offload.
+        """
+        from .checkpoints import (
+            MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE, SPATIA_BRANCH_FILE, SPATIA_LORA_FILE, SPATIA_REPO, branch_from_checkpoint,
+            load_lora, read_state_dict, resolve_checkpoint,
+        )  # fmt: skip
+
+        if kind not in ("mirage", "spatia"):
+            raise ValueError(f"branch kind must be 'mirage' or 'spatia', got {kind!r}")
+        branch_file, lora_file = (SPATIA_BRANCH_FILE, SPATIA_LORA_FILE) if kind == "spatia" else (MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE)
+        if kind == "spatia":
+            branch = SPATIA_REPO if branch is None else branch
+            lora = SPATIA_REPO if lora is None else lora
+        elif branch is None:
+            raise ValueError("the official Mirage code publishes no weights: pass the branch file you trained (vace.safetensors)")
+
+        def state_dict(source, filename: str, part: str):
+            if isinstance(source, Mapping):
+                return source
+            path = resolve_checkpoint(source, filename, what=f"the {kind} {part}", local_files_only=local_files_only,
+                                      cache_dir=cache_dir)  # fmt: skip
+            return read_state_dict(path, part)
+
+        module = branch_from_checkpoint(self.transformer, state_dict(branch, branch_file, "branch"), layers=layers)
+        lora_sd = None if lora is None else state_dict(lora, lora_file, "lora")
+        offload = self._pinned_offload
+        self.disable_model_cpu_offload()  # adapters add parameters: the offload is rebuilt around them
+        try:
+            old = list(getattr(self.transformer, "peft_config", None) or {})
+            name = f"memory_{self._loads}"  # a new name: a LoRA that fails to load leaves the old one in place
+            if lora_sd is not None:
+                with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: it replaces it below
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    load_lora(self.transformer, lora_sd, adapter_name=name)
+            if old:
+                self.transformer.delete_adapters(old)
+            if lora_sd is not None:
+                self.transformer.set_adapters(name)
+            self._loads += 1
+            device = next(self.transformer.parameters()).device
+            self.register_modules(branch=module.to(device, self.transformer.dtype).eval())
+            self.branch_kind = kind
+        finally:
+            if offload is not None:
+                self.enable_model_cpu_offload(device=offload.device)
+        return self
+
+    def use_lora(self, active: bool) -> None:
+        """Switch the transformer's LoRA adapter on or off (no-op without one): the training-free
+        modes run the bare model, Spatia's branch uses its LoRA from the second chunk on."""
+        if getattr(self.transformer, "peft_config", None):
+            (self.transformer.enable_adapters if active else self.transformer.disable_adapters)()
+
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
         """Model CPU offload for chunked generation (``mirage.offload.PinnedOffload``), replacing
         diffusers' own: the text encoder, transformer, VAE and depth model rest in pinned host memory
         and one of them is on ``device`` at a time, moved there when it is about to run. Unlike
         diffusers' hooks, releasing a model copies nothing back (inference never changes weights), so
         the chunk-by-chunk loop pays one fast host-to-device copy per model switch. Peak memory is
-        that of the largest single model plus its activations. ``disable_model_cpu_offload`` undoes it.
+        that of the largest single model plus its activations (the transformer counts with its side
+        branch and LoRA, which run with it). ``disable_model_cpu_offload`` undoes it.
         """
         self.disable_model_cpu_offload()
         device = torch.device(device if device is not None else f"cuda:{gpu_id or 0}")
-        modules = {"text_encoder": self.text_encoder, "transformer": self.transformer, "vae": self.vae,
+        modules = {"text_encoder": self.text_encoder, "transformer": [self.transformer, self.branch], "vae": self.vae,
                    "depth": getattr(self.depth_backend, "model", None)}  # fmt: skip
         self._pinned_offload = PinnedOffload(modules, device)
 
     def disable_model_cpu_offload(self, device: torch.device | str | None = None) -> None:
         """Remove the offload hooks; with ``device`` the models move there (resident)."""
-        offload = getattr(self, "_pinned_offload", None)
+        offload = self._pinned_offload
         if offload is not None:
             offload.remove(device)
             self._pinned_offload = None
@@ -302,7 +419,7 @@ class MiragePipeline(DiffusionPipeline):
         image: Tensor,
         path: CameraPath,
         num_frames: int,
-        chunk_frames: int,
+        chunking: Chunking,
         num_inference_steps: int,
         memory: Any,
         memory_mode: str,
@@ -327,7 +444,11 @@ class MiragePipeline(DiffusionPipeline):
             )
         ts = self.codec.temporal_stride
         check_num_frames(num_frames, ts, min_latent_frames=2)
-        check_num_frames(chunk_frames, ts, min_latent_frames=2)
+        if not isinstance(chunking, Chunking):
+            raise ValueError(f"chunking must be a mirage.frames.Chunking, got {type(chunking).__name__}")
+        chunking.check(ts)
+        if continuation == "latent" and chunking.overlap != 1:
+            raise ValueError(f"continuation 'latent' keeps one latent, so chunks must share 1 frame, not {chunking.overlap}")
         if len(path) < num_frames:
             raise ValueError(f"the camera path has {len(path)} cameras, shorter than the video's num_frames={num_frames}")
         if (path.width, path.height) != (W, H):
@@ -338,6 +459,8 @@ class MiragePipeline(DiffusionPipeline):
             raise ValueError(f"memory must be 'latent', 'rgb' or a memory instance, got {memory!r}")
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
+        if memory_mode == "branch" and self.branch is None:
+            raise ValueError("memory_mode='branch' needs a trained branch: call load_branch(...) first")
         if not (0.0 <= float(memory_strength) <= 1.0):
             raise ValueError(f"memory_strength must be in [0, 1], got {memory_strength!r}")
         if continuation not in ("reencode", "latent"):
@@ -389,23 +512,57 @@ class MiragePipeline(DiffusionPipeline):
         return memory
 
     def estimate_depth(self, chunk: Chunk, frames: Tensor, previous_scale: float) -> DepthResult:
-        """Depth of the new frames 4k (``frames [3, F-1, H, W]``) with the path's own intrinsics
+        """Depth of the new frames 4k (``frames [3, F-P, H, W]``, after the ``P`` pinned ones) with the path's own intrinsics
         (zoom paths change ``K`` per frame), scaled to the memory's readout depth on the cells both
         see (``align_scale``); with too few common cells the previous chunk's scale is kept."""
-        device = frames.device
-        depth = estimate_frames(self.depth_backend, frames, chunk.latent_cameras[1:].K.to(device)).float()  # [F-1, H, W]
-        reference = chunk.readout.depth[1:].to(device)  # [F-1, h, w] the memory's depth, NaN where hidden
-        depth_lat = downsample_depth(depth, self.codec.spatial_stride)  # [F-1, h, w]
-        common = chunk.readout.mask[1:].to(device) & valid_depth(depth_lat) & valid_depth(reference)
+        device, P = frames.device, chunk.pinned.shape[2]
+        depth = estimate_frames(self.depth_backend, frames, chunk.latent_cameras[P:].K.to(device)).float()  # [F-P, H, W]
+        reference = chunk.readout.depth[P:].to(device)  # [F-P, h, w] the memory's depth, NaN where hidden
+        depth_lat = downsample_depth(depth, self.codec.spatial_stride)  # [F-P, h, w]
+        common = chunk.readout.mask[P:].to(device) & valid_depth(depth_lat) & valid_depth(reference)
         aligned = int(common.sum()) >= MIN_ALIGN_PIXELS
         scale = align_scale(depth_lat, reference, common) if aligned else previous_scale
         return DepthResult(depth * scale, scale, aligned)
 
     # ------------------------------------------------------------------ denoise one chunk
+    def set_timesteps(self, num_inference_steps: int, reference_schedule: bool, device: torch.device) -> None:
+        """The scheduler's steps: diffusers' flow-UniPC schedule, or with ``reference_schedule`` the
+        one of Wan's own sampler that the trained branches were run with (sigmas ``linspace(0.999, 0)``
+        before the shift; ``tests/test_pipeline.py`` checks the timesteps against Wan's)."""
+        if reference_schedule:
+            sigmas = np.linspace(0.999, 0.0, num_inference_steps + 1)[:-1]
+            self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+
+    def predict(
+        self,
+        model_input: Tensor,  # [1, C, F, h, w] in the transformer's dtype
+        timestep: Tensor,  # [1, F * h/2 * w/2] per token
+        prompt_embeds: Tensor,  # [1, L, D]
+        branch_inputs: BranchInputs | None,
+    ) -> Tensor:  # -> [1, C, F, h, w]
+        """One transformer call: plain, or with the branch's context, references before the chunk and
+        preceding latents after it (clean, timestep 0), of which only the chunk's frames are returned."""
+        if branch_inputs is None:
+            return self.transformer(
+                hidden_states=model_input, timestep=timestep, encoder_hidden_states=prompt_embeds, return_dict=False
+            )[0]
+        refs, after = branch_inputs.references, branch_inputs.preceding  # [1, C, R, h, w], [1, C, Q, h, w]
+        R, F_ = refs.shape[2], model_input.shape[2]
+        tokens = model_input.shape[3] * model_input.shape[4] // (self.transformer.config.patch_size[1] * self.transformer.config.patch_size[2])
+        zeros = timestep.new_zeros(1, R * tokens), timestep.new_zeros(1, after.shape[2] * tokens)
+        x = torch.cat([refs.to(model_input), model_input, after.to(model_input)], dim=2)  # [1, C, R + F + Q, h, w]
+        v = branched_forward(
+            self.transformer, self.branch, x, torch.cat([zeros[0], timestep, zeros[1]], dim=1), prompt_embeds,
+            context=branch_inputs.context.to(model_input), num_ref_frames=R,
+        )  # fmt: skip
+        return v[:, :, R : R + F_]
+
     @torch.no_grad()
     def denoise_chunk(
         self,
-        first_latent: Tensor,  # [1, C, 1, h, w] the clean latent pinned at frame 0
+        pinned: Tensor,  # [1, C, P, h, w] the clean latents pinned at the chunk's first P frames
         readout_latents: Tensor,  # [1, C, F, h, w] memory readout (zeros where hidden)
         readout_mask: Tensor,  # [F, h, w] bool visibility of readout_latents
         prompt_embeds: Tensor,  # [1, L, D]
@@ -415,28 +572,37 @@ class MiragePipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         memory_mode: MemoryMode = "replace",
         memory_strength: float = 0.8,
+        branch_inputs: BranchInputs | None = None,  # memory_mode "branch": what the side branch receives
+        reference_schedule: bool = False,
         generator: torch.Generator | None = None,
         callback: Callable[[int, int], None] | None = None,
     ) -> Tensor:  # -> [1, C, F, h, w] float32 denoised latents
-        """Sample one chunk with frame 0 pinned clean and the memory readout imposed (module docstring)."""
+        """Sample one chunk with its first frames pinned clean and the memory readout imposed
+        (training-free modes) or given to the side branch (module docstring)."""
         device = self._execution_device
         dtype = self.transformer.dtype
         _, C, F_, h, w = readout_latents.shape
+        P = pinned.shape[2]
         p_t, p_h, p_w = self.transformer.config.patch_size
+        if memory_mode == "branch" and (self.branch is None or branch_inputs is None):
+            raise ValueError("memory_mode='branch' needs a loaded branch (load_branch) and branch_inputs")
+        if self._pinned_offload is not None:
+            self._pinned_offload.activate("transformer")  # the branch runs the transformer's parts, not its forward
+        self.use_lora(branch_inputs is not None and branch_inputs.use_lora)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.set_timesteps(num_inference_steps, reference_schedule, device)
         timesteps = self.scheduler.timesteps  # [S]
         sigmas = self.scheduler.sigmas.tolist()  # [S + 1], last is 0
 
         eps = randn_tensor((1, C, F_, h, w), generator=generator, device=device, dtype=torch.float32)  # fixed per chunk
         latents = eps.clone()  # [1, C, F, h, w]
         target = readout_latents.to(device, torch.float32).clone()  # [1, C, F, h, w] clean values to impose
-        target[:, :, :1] = first_latent.to(device, torch.float32)
-        frame0 = torch.zeros(F_, h, w, dtype=torch.bool, device=device)  # [F, h, w]
-        frame0[0] = True
+        target[:, :, :P] = pinned.to(device, torch.float32)
+        first = torch.zeros(F_, h, w, dtype=torch.bool, device=device)  # [F, h, w] the pinned frames
+        first[:P] = True
         seen = readout_mask.to(device).clone()  # [F, h, w]
-        seen[0] = False  # frame 0 is pinned to first_latent, not to the readout
-        if memory_mode == "off":
+        seen[:P] = False  # the first frames are pinned to their latents, not to the readout
+        if memory_mode in ("off", "branch"):
             seen[:] = False
         elif memory_mode == "context":
             seen = token_visible(seen, (p_h, p_w))
@@ -444,31 +610,35 @@ class MiragePipeline(DiffusionPipeline):
         memory_steps = math.ceil(memory_strength * num_inference_steps - 1e-6)  # the first steps impose the memory
         for i, t in enumerate(timesteps):
             active = i < memory_steps
-            pin = frame0 | seen if (active and memory_mode == "context") else frame0  # clean input, timestep 0
+            pin = first | seen if (active and memory_mode == "context") else first  # clean input, timestep 0
             path = pin | seen if active else pin  # cells kept on x_t = (1 - sigma) target + sigma eps
             sigma = sigmas[i]
             latents = torch.where(path, (1.0 - sigma) * target + sigma * eps, latents)
             model_input = torch.where(pin, target, latents).to(dtype)  # [1, C, F, h, w]
             token_pin = pin[::p_t, ::p_h, ::p_w].reshape(-1)  # [F * h/2 * w/2] in the transformer's token order
             timestep = torch.where(token_pin, 0.0, t.float())[None]  # [1, seq_len]
-            v = self.transformer(
-                hidden_states=model_input, timestep=timestep, encoder_hidden_states=prompt_embeds, return_dict=False
-            )[0]
+            v = self.predict(model_input, timestep, prompt_embeds, branch_inputs)
             if guidance_scale > 1.0:
-                v_uncond = self.transformer(
-                    hidden_states=model_input, timestep=timestep, encoder_hidden_states=negative_prompt_embeds,
-                    return_dict=False,
-                )[0]
+                v_uncond = self.predict(model_input, timestep, negative_prompt_embeds, branch_inputs)
                 v = v_uncond + guidance_scale * (v - v_uncond)
             v = torch.where(pin, eps - target, v.float())  # pinned cells: the exact velocity of their path
             latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
             if callback is not None:
                 callback(i + 1, num_inference_steps)
 
-        final = frame0 | seen if memory_steps == num_inference_steps else frame0  # last sigma is 0: x_0 = target
+        final = first | seen if memory_steps == num_inference_steps else first  # last sigma is 0: x_0 = target
         return torch.where(final, target, latents)
 
     # ------------------------------------------------------------------ __call__
+    def defaults_for(self, memory_mode: MemoryMode) -> GenerationDefaults:
+        """The sampling settings a mode's reference uses: Wan2.2's for the training-free modes, the
+        loaded branch's checkpoint family's for ``"branch"``."""
+        if memory_mode == "branch":
+            if self.branch_kind is None:
+                raise ValueError("memory_mode='branch' needs a trained branch: call load_branch(...) first")
+            return DEFAULTS[self.branch_kind]
+        return DEFAULTS["training-free"]
+
     @torch.no_grad()
     def __call__(
         self,
@@ -477,7 +647,7 @@ class MiragePipeline(DiffusionPipeline):
         prompt: str | None = None,
         *,
         num_frames: int | None = None,
-        chunk_frames: int | None = None,
+        chunking: Chunking | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         negative_prompt: str | None = None,
@@ -487,6 +657,7 @@ class MiragePipeline(DiffusionPipeline):
         memory_mode: MemoryMode = "replace",
         memory_strength: float | None = None,
         continuation: Continuation | None = None,
+        reference_schedule: bool | None = None,
         max_depth: float | None = 100.0,
         image_depth: Tensor | None = None,  # [H, W] metres for the input image instead of estimating it
         generator: torch.Generator | None = None,
@@ -495,25 +666,30 @@ class MiragePipeline(DiffusionPipeline):
     ) -> MirageOutput:
         """Generate ``num_frames`` frames (default: the whole path) along ``path`` from ``image``.
 
-        Settings left at None take ``DEFAULTS["training-free"]`` (Wan2.2-TI2V-5B's own). memory:
-        ``"latent"`` (Mirage), ``"rgb"`` (the RGB point-cloud baseline) or an instance; an empty
-        instance is initialized from the image, a non-empty one is used as it is (continuing a
-        scene). memory_strength: fraction of the sampling steps during which the readout is imposed
-        (the first ``ceil(memory_strength * num_inference_steps)`` steps). max_depth: cells farther
-        than this (metres, after scale alignment) are not stored (far/sky); None keeps everything
-        with valid depth. callback: ``callback(chunk_index, step, num_steps)`` after every step.
+        Settings left at None take the mode's ``DEFAULTS`` (``defaults_for``): Wan2.2-TI2V-5B's own for
+        the training-free modes, the reference's for a trained branch (whose prompt suffix is then
+        appended to ``prompt``). memory: ``"latent"`` (Mirage), ``"rgb"`` (the RGB point-cloud
+        baseline) or an instance; an empty instance is initialized from the image, a non-empty one is
+        used as it is (continuing a scene). memory_strength: fraction of the sampling steps during
+        which a training-free mode imposes the readout (the first ``ceil(memory_strength *
+        num_inference_steps)`` steps). max_depth: cells farther than this (metres, after scale
+        alignment) are not stored (far/sky); None keeps everything with valid depth. callback:
+        ``callback(chunk_index, step, num_steps)`` after every step.
         """
-        d = DEFAULTS["training-free"]
+        d = self.defaults_for(memory_mode) if memory_mode in MEMORY_MODES else DEFAULTS["training-free"]
         num_frames = len(path) if num_frames is None and isinstance(path, CameraPath) else num_frames
-        chunk_frames = d.chunk_frames if chunk_frames is None else chunk_frames
+        chunking = d.chunking if chunking is None else chunking
         num_inference_steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
         negative_prompt = d.negative_prompt if negative_prompt is None else negative_prompt
         memory_strength = d.memory_strength if memory_strength is None else memory_strength
         continuation = d.continuation if continuation is None else continuation
+        reference_schedule = d.reference_schedule if reference_schedule is None else reference_schedule
+        if prompt is not None and memory_mode == "branch":
+            prompt = prompt + d.prompt_suffix
         # 1. Check inputs
         self.check_inputs(
-            image, path, num_frames, chunk_frames, num_inference_steps, memory, memory_mode, memory_strength,
+            image, path, num_frames, chunking, num_inference_steps, memory, memory_mode, memory_strength,
             continuation, prompt, prompt_embeds, guidance_scale, negative_prompt_embeds, image_depth,
         )
         device = self._execution_device
@@ -543,28 +719,35 @@ class MiragePipeline(DiffusionPipeline):
                 initial_cells = None if mem.last_added is None else mem.last_added.cpu()
 
         # 4. The chunks: read -> condition -> denoise -> decode -> depth -> update
-        def denoise(chunk: Chunk, conditioning: tuple[Tensor, Tensor]) -> Tensor:  # -> [1, C, F, h, w]
-            target, mask = conditioning
+        if memory_mode == "branch":
+            condition = make_conditioner(self.branch_kind, mem, path, self.codec.encode,
+                                         temporal_stride=self.codec.temporal_stride)  # fmt: skip
+        else:
+            condition = lambda chunk: None  # noqa: E731  the training-free modes read chunk.readout directly
+
+        def denoise(chunk: Chunk, branch_inputs: BranchInputs | None) -> Tensor:  # -> [1, C, F, h, w]
             step = None if callback is None else (lambda i, n: callback(chunk.index, i, n))
             return self.denoise_chunk(
-                chunk.first_latent, target, mask, prompt_embeds, negative_prompt_embeds,
+                chunk.pinned, chunk.readout.latents[None], chunk.readout.mask, prompt_embeds, negative_prompt_embeds,
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, memory_mode=memory_mode,
-                memory_strength=memory_strength, generator=generator, callback=step,
+                memory_strength=memory_strength, branch_inputs=branch_inputs, reference_schedule=reference_schedule,
+                generator=generator, callback=step,
             )  # fmt: skip
 
         chunks = run_chunks(
             mem, path, first_latent,
             encode=self.codec.encode, decode=lambda z: self.codec.decode(z)[0],
-            condition=lambda chunk: (chunk.readout.latents[None], chunk.readout.mask),
-            denoise=denoise, depth=self.estimate_depth,
-            chunk_frames=chunk_frames, temporal_stride=self.codec.temporal_stride, continuation=continuation,
+            condition=condition, denoise=denoise, depth=self.estimate_depth,
+            chunking=chunking, temporal_stride=self.codec.temporal_stride, continuation=continuation,
             max_depth=max_depth, device=device, first_timings=dict(setup),
         )  # fmt: skip
-        if getattr(self, "_pinned_offload", None) is not None:
+        if self._pinned_offload is not None:
             self._pinned_offload.release()  # leave the device empty, as diffusers' offload does after a call
-        # 5. The video: later chunks share their first frame with the previous chunk
-        settings = dict(num_frames=num_frames, chunk_frames=chunk_frames, num_inference_steps=num_inference_steps,
+        # 5. The video: later chunks repeat the previous chunk's last `overlap` frames
+        settings = dict(num_frames=num_frames, chunking=chunking, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, negative_prompt=negative_prompt if guidance_scale > 1 else None,
-                        memory_mode=memory_mode, memory_strength=memory_strength, continuation=continuation,
-                        memory=mem.kind)  # fmt: skip
-        return MirageOutput(stitch_chunks([c.frames for c in chunks], 1), chunks, mem, settings, initial_cells)
+                        memory_mode=memory_mode, memory_strength=memory_strength if memory_mode in TRAINING_FREE else None,
+                        continuation=continuation, reference_schedule=reference_schedule, memory=mem.kind,
+                        branch=self.branch_kind if memory_mode == "branch" else None, prompt=prompt)  # fmt: skip
+        video = stitch_chunks([c.frames for c in chunks], 1, chunking.overlap)
+        return MirageOutput(video, chunks, mem, settings, initial_cells)

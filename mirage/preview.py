@@ -26,7 +26,7 @@ from torch import Tensor
 from . import plotting, video
 from .chunks import ChunkResult, identity_denoise, readout_depth, run_chunks
 from .codecs import OfflineCodec, VideoCodec
-from .frames import chunk_ranges, stitch_chunks
+from .frames import Chunking, stitch_chunks
 from .memory import LatentSpatialMemory, Observation, RGBPointCloudMemory, SpatialMemory
 from .paths import CameraPath
 from .scene import ColorBy, SceneState, cell_colors, export_path, point_colors, require_scene
@@ -106,12 +106,18 @@ def _cell_colors_of(frames: Tensor, cells: Tensor) -> Tensor:  # frames [3, F, H
     return cell_colors(frames, cells, frames.shape[-1] // cells.shape[-1])
 
 
+def _new_frames(chunk: ChunkResult, temporal_stride: int) -> Tensor:  # -> [3, F_c - P, H, W]
+    """The latent-aligned frames the memory was updated with (those after the pinned latents)."""
+    return chunk.frames[:, chunk.pinned_latents * temporal_stride :: temporal_stride]
+
+
 def _method_run(memory: SpatialMemory, initial_colors: Tensor, chunks: list[ChunkResult], videos: list[Tensor],
-                masks: list[Tensor], temporal_stride: int, seconds: float, charted: set[str] = _CHARTED) -> MethodRun:  # fmt: skip
-    colors = [initial_colors] + [_cell_colors_of(c.frames[:, temporal_stride::temporal_stride], c.added_cells) for c in chunks]
+                masks: list[Tensor], temporal_stride: int, seconds: float, charted: set[str] = _CHARTED,
+                overlap: int = 1) -> MethodRun:  # fmt: skip
+    colors = [initial_colors] + [_cell_colors_of(_new_frames(c, temporal_stride), c.added_cells) for c in chunks]
     return MethodRun(
-        video=stitch_chunks(videos, 1), received=stitch_chunks([c.frames for c in chunks], 1),
-        mask=stitch_chunks(masks, 0),
+        video=stitch_chunks(videos, 1, overlap), received=stitch_chunks([c.frames for c in chunks], 1, overlap),
+        mask=stitch_chunks(masks, 0, overlap),
         timings=[{k: v for k, v in c.timings.items() if k in charted} for c in chunks],
         sizes=[e["nbytes"] for e in memory.size_history], counts=[e["num_points"] for e in memory.size_history],
         memory=memory, colors=torch.cat(colors), ranges=[c.frame_range for c in chunks], seconds=seconds,
@@ -121,7 +127,7 @@ def _method_run(memory: SpatialMemory, initial_colors: Tensor, chunks: list[Chun
 def run_readout_preview(
     state: SceneState,
     path: CameraPath | None = None,
-    chunk_frames: int = 33,
+    chunking: Chunking = Chunking(),
     progress: Progress | None = None,
     codec: VideoCodec | None = None,
 ) -> RunResult:
@@ -134,7 +140,7 @@ def run_readout_preview(
     codec = codec or OfflineCodec()
     report = progress if progress is not None else (lambda *a, **k: None)  # gr.Progress is falsy (it has a length)
     first_latent = codec.encode(state.image[None, :, None]).float()  # [1, C, 1, h, w]
-    n_chunks = len(chunk_ranges(len(path), chunk_frames, codec.temporal_stride))
+    n_chunks = len(chunking.ranges(len(path), codec.temporal_stride))
     methods = {}
     for i, method in enumerate(METHODS):
         t0 = time.perf_counter()
@@ -160,10 +166,10 @@ def run_readout_preview(
         chunks = run_chunks(
             mem, path, first_latent, encode=codec.encode, decode=lambda z: codec.decode(z)[0],
             condition=lambda chunk: None, denoise=identity_denoise, depth=readout_depth,
-            chunk_frames=chunk_frames, temporal_stride=codec.temporal_stride, on_readout=show, on_stage=stage,
+            chunking=chunking, temporal_stride=codec.temporal_stride, on_readout=show, on_stage=stage,
         )  # fmt: skip
         methods[method] = _method_run(mem, initial_colors, chunks, renders, masks, codec.temporal_stride,
-                                      time.perf_counter() - t0, _CHARTED - _IDENTITY_IN_PREVIEW)  # fmt: skip
+                                      time.perf_counter() - t0, _CHARTED - _IDENTITY_IN_PREVIEW, chunking.overlap)  # fmt: skip
     report(1.0, desc="done")
     return RunResult("readout preview", methods, {"codec": f"offline codec ({codec.name}), no weights", "device": "cpu"})
 
@@ -188,7 +194,8 @@ def generate_method(
     lo, hi = progress_span
     device = pipe._execution_device
     t0 = time.perf_counter()
-    n_chunks = len(chunk_ranges(len(state.path), pipe_kwargs.get("chunk_frames") or 33, pipe.codec.temporal_stride))
+    chunking = pipe_kwargs.get("chunking") or pipe.defaults_for(pipe_kwargs.get("memory_mode", "replace")).chunking
+    n_chunks = len(chunking.ranges(len(state.path), pipe.codec.temporal_stride))
 
     def step(c, s, n):
         report(lo + (hi - lo) * (c + s / n) / n_chunks, desc=f"{METHOD_LABELS[method]}: chunk {c + 1}/{n_chunks}, step {s}/{n}")
@@ -200,8 +207,10 @@ def generate_method(
     received = [pipe.codec.decode(r.latents[None])[0].float().cpu() for r in out.readouts]  # [3, T_c, H, W] each
     masks = [video.upsample_latent_mask(r.mask.cpu(), b - a, H, W, ts) for r, (a, b) in zip(out.readouts, out.frame_ranges)]
     initial_colors = _cell_colors_of(state.image[:, None].cpu(), out.initial_cells)
-    run = _method_run(out.memory, initial_colors, out.chunks, [c.frames for c in out.chunks], masks, ts, time.perf_counter() - t0)
-    run.received = stitch_chunks(received, 1)  # the conditioning latents decoded (the chunks' frames are the generation)
+    overlap = out.settings["chunking"].overlap
+    run = _method_run(out.memory, initial_colors, out.chunks, [c.frames for c in out.chunks], masks, ts,
+                      time.perf_counter() - t0, overlap=overlap)  # fmt: skip
+    run.received = stitch_chunks(received, 1, overlap)  # the conditioning latents decoded (the chunks' frames are the generation)
     return run
 
 

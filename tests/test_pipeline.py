@@ -15,6 +15,7 @@ from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
 from mirage.cameras import Cameras
 from mirage.codecs import WanVAECodec
 from mirage.depth import PlanarPriorBackend
+from mirage.frames import Chunking
 from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory
 from mirage.paths import CameraPath, make_preset_path
 from mirage.pipeline import DEFAULTS, WAN_NEGATIVE_PROMPT, WAN_UNIPC_CONFIG, MiragePipeline, token_visible
@@ -58,7 +59,7 @@ class Recorder:
 def generate(pipe, scene, record: bool = False, **kwargs):
     image, depth, path, embeds = scene
     args = dict(
-        prompt_embeds=embeds, num_frames=T, chunk_frames=CHUNK, num_inference_steps=STEPS, image_depth=depth,
+        prompt_embeds=embeds, num_frames=T, chunking=Chunking(CHUNK, CHUNK, 1), num_inference_steps=STEPS, image_depth=depth,
         generator=torch.Generator().manual_seed(0), guidance_scale=1.0, continuation="latent",
     )
     args.update(kwargs)
@@ -238,8 +239,12 @@ def test_guidance_calls_the_transformer_twice_per_step(pipe, scene):
     "kwargs, message",
     [
         ({"num_frames": 16}, "4N\\+1"),
-        ({"chunk_frames": 8}, "4N\\+1"),
-        ({"chunk_frames": 1}, "at least 5 frames .*got 1"),
+        ({"chunking": Chunking(8, 8, 1)}, "chunk first must be 4N\\+1 .*got 8"),
+        ({"chunking": Chunking(1, 1, 1)}, "chunk first must be 4N\\+1 with N >= 1 .*got 1"),
+        ({"chunking": Chunking(9, 9, 3)}, "chunk overlap must be 4k\\+1 .*got 3"),
+        ({"chunking": Chunking(9, 9, 5), "continuation": "latent"}, "chunks must share 1 frame"),
+        ({"chunking": 9}, "chunking must be a mirage.frames.Chunking"),
+        ({"memory_mode": "branch"}, "needs a trained branch"),
         ({"num_frames": 1}, "at least 5 frames .*got 1"),
         ({"num_frames": 21}, "shorter than the video's num_frames=21"),
         ({"memory_strength": 1.5}, "memory_strength must be in \\[0, 1\\], got 1.5"),
@@ -342,7 +347,7 @@ def test_defaults_are_wan22_ti2v_with_its_negative_prompt(text_pipe, scene):
     image, depth, path, _ = scene
     d = DEFAULTS["training-free"]
     assert (d.num_inference_steps, d.guidance_scale, d.flow_shift, d.negative_prompt) == (50, 5.0, 5.0, WAN_NEGATIVE_PROMPT)
-    assert d.continuation == "reencode" and d.chunk_frames == 33
+    assert d.continuation == "reencode" and d.chunking == Chunking(33, 33, 1)
     calls = []
     handle = text_pipe.transformer.register_forward_pre_hook(lambda m, a, k: calls.append(k["encoder_hidden_states"]), with_kwargs=True)
     try:

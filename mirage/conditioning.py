@@ -1,0 +1,227 @@
+"""What a trained side branch receives for a chunk, built from either memory: the branch context,
+reference latents and preceding latents (``BranchInputs``), in the two layouts that exist for
+Wan2.2-TI2V-5B (``/work``'s reference notes; README "Trained conditioning").
+
+* **Mirage** (microsoft/LatentSpatialMemory): context ``[96, F + P]`` = the memory readout of the
+  chunk's ``F`` target latent frames, then the readouts the ``P <= 2`` preceding latents were
+  generated with, concatenated along channels with the VAE latent of an all-white video (a
+  constant "score"); the preceding latents (the two before the previous chunk's last) follow the
+  target in the sequence; up to 4 reference latents (earlier generated latents whose visible
+  voxels overlap the target views', IoU >= 0.04 at 0.1 m voxels) precede it.
+* **Spatia** (ZhaoJingjing713/Spatia): context ``[96, F]`` = the memory readout (for the pixel
+  memory: its rasterized frames encoded by the VAE) concatenated with the VAE latent of the hole
+  mask video (1 where the memory shows nothing, 0 elsewhere, in ``[0, 1]``); up to 7 reference
+  latents, earlier decoded frames each encoded alone, one per target camera (every 12th frame)
+  chosen by the Hungarian assignment of shared visible points; no preceding latents (the history
+  is the chunk's pinned first latents); the LoRA is used from the second chunk on.
+
+Both memories go through the same builder: what differs between them is only their readout (tokens
+read on the latent grid, or frames rasterized and encoded) and its visibility, as everywhere else.
+The selection of references reads the memory's points (``visible_points``) as it is now, where the
+reference code kept each generated latent's visible set from the time it was generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+from .cameras import Cameras
+from .chunks import Chunk
+from .frames import stitch_chunks
+from .geometry import project_points
+from .memory import SpatialMemory, voxel_keys
+from .paths import CameraPath
+from .video import upsample_latent_mask
+
+__all__ = [
+    "BranchKind",
+    "BranchInputs",
+    "visible_points",
+    "voxel_iou",
+    "mirage_references",
+    "spatia_references",
+    "MirageConditioner",
+    "SpatiaConditioner",
+    "make_conditioner",
+]
+
+BranchKind = Literal["mirage", "spatia"]
+Encode = Callable[[Tensor], Tensor]  # [1, 3, T, H, W] -> [1, C, F, h, w]
+
+
+@dataclass
+class BranchInputs:
+    """What the side branch and the transformer receive for one chunk besides the noisy latents."""
+
+    context: Tensor  # [1, 96, F + P, h, w] branch context of the target frames, then the preceding ones
+    references: Tensor  # [1, C, R, h, w] clean reference latents placed before the target (R may be 0)
+    preceding: Tensor  # [1, C, P, h, w] clean latents placed after the target (P may be 0)
+    use_lora: bool = True  # whether the LoRA adapter is active for this chunk
+
+
+def visible_points(points: Tensor, cameras: Cameras, height: int, width: int, near: float = 1e-6) -> Tensor:
+    """``[V, N]`` bool: the points that project inside each camera's ``height x width`` grid in front
+    of it (no occlusion test), as Mirage's reference selection counts them. points ``[N, 3]``."""
+    uv, z = project_points(points, cameras.K.to(points.device), cameras.cam_from_world.to(points.device))  # [V, N, 2], [V, N]
+    u, v = uv[..., 0], uv[..., 1]
+    return (z > near) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+
+
+def voxel_iou(a: Tensor, b: Tensor) -> float:
+    """Intersection over union of two sets of voxel keys (1-D int64 tensors)."""
+    a, b = a.unique(), b.unique()
+    inter = int(torch.isin(a, b).sum())
+    union = a.numel() + b.numel() - inter
+    return inter / union if union else 0.0
+
+
+def mirage_references(
+    points: Tensor,  # [N, 3] the memory's points
+    targets: Cameras,  # [F] the chunk's latent-aligned cameras on the latent grid
+    candidates: Cameras,  # [M] cameras of the earlier generated latents, on the latent grid
+    height: int,
+    width: int,
+    *,
+    max_references: int = 4,
+    threshold: float = 0.04,
+    voxel_size: float = 0.1,
+) -> list[int]:
+    """Indices of at most ``max_references`` candidates whose visible voxels overlap the targets'
+    (IoU >= ``threshold``), the best first (Mirage's rule)."""
+    if len(candidates) == 0 or points.shape[0] == 0:
+        return []
+    keys = voxel_keys(points, voxel_size)  # [N]
+    target_keys = keys[visible_points(points, targets, height, width).any(0)]  # the targets' visible voxels
+    seen = visible_points(points, candidates, height, width)  # [M, N]
+    scores = [voxel_iou(target_keys, keys[seen[j]]) for j in range(len(candidates))]
+    order = sorted((j for j, s in enumerate(scores) if s >= threshold), key=lambda j: -scores[j])
+    return order[:max_references]
+
+
+def spatia_references(
+    memory: SpatialMemory,
+    targets: Cameras,  # [K] target cameras at pixel size
+    candidates: Cameras,  # [M] cameras of the earlier decoded frames at pixel size
+    *,
+    max_references: int = 7,
+) -> list[int]:
+    """One candidate frame per target camera (at most ``max_references``), chosen by the Hungarian
+    assignment that maximises the points both see in front (a z-buffer of the memory from each
+    camera), in target order (Spatia's rule)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if len(candidates) == 0 or memory.num_points == 0:
+        return []
+    shown = [_shown(memory.point_ids(targets[i : i + 1])) for i in range(len(targets))]  # each [n_i] point ids
+    past = [_shown(memory.point_ids(candidates[j : j + 1])) for j in range(len(candidates))]
+    overlap = torch.tensor([[float(torch.isin(a, b).sum()) for b in past] for a in shown])  # [K, M]
+    rows, cols = linear_sum_assignment(overlap.numpy(), maximize=True)
+    chosen = [int(j) for i, j in sorted(zip(rows, cols)) if overlap[i, j] > 0]
+    return chosen[:max_references]
+
+
+def _shown(ids: Tensor) -> Tensor:  # [1, rows, cols] point ids (-1 empty) -> [n] the distinct ids shown
+    return ids[ids >= 0].unique()
+
+
+def _pixel_holes(chunk: Chunk, temporal_stride: int) -> Tensor:  # -> [T, H, W] bool
+    """Where the memory shows nothing at each pixel frame of the chunk, at pixel resolution."""
+    r = chunk.readout
+    if r.pixel_mask is not None:
+        return ~r.pixel_mask
+    T, H, W = len(chunk.cameras), chunk.cameras.height, chunk.cameras.width
+    return ~upsample_latent_mask(r.mask.cpu(), T, H, W, temporal_stride).to(r.mask.device)
+
+
+class MirageConditioner:
+    """Mirage's branch inputs for each chunk (module docstring); one per generation run."""
+
+    def __init__(self, memory: SpatialMemory, path: CameraPath, encode: Encode, *, temporal_stride: int = 4,
+                 max_references: int = 4, max_preceding: int = 2) -> None:  # fmt: skip
+        self.memory, self.path, self.encode = memory, path, encode
+        self.ts, self.max_references, self.max_preceding = temporal_stride, max_references, max_preceding
+        self._white: dict[tuple, Tensor] = {}  # (frames, H, W) -> [1, C, F, h, w] the constant score latent
+
+    def score(self, latent_frames: int, height: int, width: int, device) -> Tensor:  # -> [1, C, F, h, w]
+        key = (latent_frames, height, width)
+        if key not in self._white:
+            white = torch.ones(1, 3, (latent_frames - 1) * self.ts + 1, height, width, device=device)  # [-1, 1] white
+            self._white[key] = self.encode(white).float()
+        return self._white[key]
+
+    def __call__(self, chunk: Chunk) -> BranchInputs:
+        device = chunk.pinned.device
+        readout = chunk.readout.latents[None].to(device, torch.float32)  # [1, C, F, h, w]
+        C, h, w = readout.shape[1], readout.shape[3], readout.shape[4]
+        preceding = torch.zeros(1, C, 0, h, w, device=device)
+        preceding_readout = preceding
+        if chunk.history and self.max_preceding > 0:
+            last = chunk.history[-1]  # the latents before its last one (the last is this chunk's frame 0)
+            n = min(self.max_preceding, last.latents.shape[1] - 1)
+            sl = slice(last.latents.shape[1] - 1 - n, last.latents.shape[1] - 1)
+            preceding = last.latents[None, :, sl].to(device)  # [1, C, P, h, w]
+            preceding_readout = last.readout.latents[None, :, sl].to(device, torch.float32)  # what they were generated with
+        scene = torch.cat([readout, preceding_readout], dim=2)  # [1, C, F + P, h, w]
+        score = self.score(scene.shape[2], chunk.cameras.height, chunk.cameras.width, device)  # [1, C, F + P, h, w]
+        references = self._references(chunk, C, h, w, device)
+        return BranchInputs(torch.cat([scene, score], dim=1), references, preceding, True)
+
+    def _references(self, chunk: Chunk, C: int, h: int, w: int, device) -> Tensor:  # -> [1, C, R, h, w]
+        if not chunk.history or self.max_references == 0:
+            return torch.zeros(1, C, 0, h, w, device=device)
+        latents = torch.cat([c.latents for c in chunk.history], dim=1)  # [C, M, h, w] every earlier generated latent
+        cams = Cameras.cat([self.path[a:b][:: self.ts] for a, b in (c.frame_range for c in chunk.history)])  # [M]
+        grid = lambda c: c.rescaled(w, h)  # noqa: E731  the latent grid
+        chosen = mirage_references(self.memory.points, grid(chunk.latent_cameras), grid(cams), h, w,
+                                   max_references=self.max_references)  # fmt: skip
+        return latents[:, chosen][None].to(device)
+
+
+class SpatiaConditioner:
+    """Spatia's branch inputs for each chunk (module docstring); one per generation run."""
+
+    def __init__(self, memory: SpatialMemory, path: CameraPath, encode: Encode, *, temporal_stride: int = 4,
+                 max_references: int = 7, reference_every: int = 4,
+                 target_every: int = 12) -> None:  # fmt: skip
+        self.memory, self.path, self.encode = memory, path, encode
+        self.ts, self.max_references = temporal_stride, max_references
+        self.reference_every, self.target_every = reference_every, target_every
+
+    def __call__(self, chunk: Chunk) -> BranchInputs:
+        device = chunk.pinned.device
+        readout = chunk.readout.latents[None].to(device, torch.float32)  # [1, C, F, h, w]
+        C, h, w = readout.shape[1], readout.shape[3], readout.shape[4]
+        holes = _pixel_holes(chunk, self.ts).to(device)  # [T, H, W]
+        score = self.encode(holes.float()[None, None].expand(1, 3, *holes.shape)).float()  # hole mask in [0, 1]
+        references = self._references(chunk, C, h, w, device)
+        preceding = torch.zeros(1, C, 0, h, w, device=device)
+        return BranchInputs(torch.cat([readout, score], dim=1), references, preceding, use_lora=chunk.index >= 1)
+
+    def _references(self, chunk: Chunk, C: int, h: int, w: int, device) -> Tensor:  # -> [1, C, R, h, w]
+        if not chunk.history or self.max_references == 0:
+            return torch.zeros(1, C, 0, h, w, device=device)
+        overlap = chunk.history[-1].frame_range[1] - chunk.frame_range[0]  # frames each chunk shares with the previous
+        frames = stitch_chunks([c.frames for c in chunk.history], 1, overlap)  # [3, start + overlap, H, W] decoded so far
+        start = chunk.frame_range[0]  # frames [start, start + overlap) are this chunk's history: not references
+        pool = list(range(0, start, self.reference_every))  # the earlier frames, every reference_every-th
+        if not pool:
+            return torch.zeros(1, C, 0, h, w, device=device)
+        targets = chunk.cameras[:: self.target_every]
+        chosen = spatia_references(self.memory, targets, self.path[torch.tensor(pool)], max_references=self.max_references)
+        if not chosen:
+            return torch.zeros(1, C, 0, h, w, device=device)
+        images = frames[:, [pool[j] for j in chosen]].to(device)  # [3, R, H, W]
+        return torch.cat([self.encode(images[None, :, r : r + 1]).float() for r in range(images.shape[1])], dim=2)
+
+
+def make_conditioner(kind: BranchKind, memory: SpatialMemory, path: CameraPath, encode: Encode, **kwargs):
+    """The branch-input builder of a checkpoint family."""
+    if kind == "mirage":
+        return MirageConditioner(memory, path, encode, **kwargs)
+    if kind == "spatia":
+        return SpatiaConditioner(memory, path, encode, **kwargs)
+    raise ValueError(f"branch kind must be 'mirage' or 'spatia', got {kind!r}")

@@ -1,5 +1,6 @@
 """Benchmark the generation loop: latent memory (Mirage) vs RGB point cloud, resident and with model
-CPU offload, at guidance 1 and 5, and the bare diffusers Wan2.2 TI2V pipeline for one chunk.
+CPU offload, at guidance 1 and 5, and the bare diffusers Wan2.2 TI2V pipeline for one chunk; or
+with a trained side branch and its LoRA (``--branch mirage|spatia``).
 
 Full size with random weights (no downloads): the Wan2.2 TI2V-5B transformer config
 (``mirage.testing.TI2V_5B_TRANSFORMER_CONFIG``), the Wan2.2 VAE config in float32 (as released), the
@@ -13,6 +14,12 @@ seed and settings.
     python benchmarks/pipeline.py --modes resident --out r.json   # GPU: 704x1280, 161 frames, 20 steps, g 1 and 5
     python benchmarks/pipeline.py --modes offload --out o.json
     python benchmarks/pipeline.py --small                          # CPU smoke test, tiny models
+    python benchmarks/pipeline.py --branch spatia --reference-root .whl/ref --modes resident offload
+
+With ``--branch`` the branch and LoRA files are written with the released key sets and shapes from
+the reference classes, random values (``benchmarks/released_checkpoints.py``), loaded with
+``MiragePipeline.load_branch`` (strict), and both memories generate under the family's defaults
+(steps, guidance, chunking, continuation; ``--steps`` / ``--guidance`` override them).
 
 Prints markdown tables (seconds per stage per chunk, totals, peak VRAM, cache size, ratios) and
 writes everything to ``--out`` as JSON.
@@ -29,6 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel  # noqa: E402
 
@@ -37,7 +45,7 @@ from mirage.codecs import WanVAECodec  # noqa: E402
 from mirage.depth import DepthProBackend, PlanarPriorBackend  # noqa: E402
 from mirage.frames import Chunking  # noqa: E402
 from mirage.paths import make_preset_path  # noqa: E402
-from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline  # noqa: E402
+from mirage.pipeline import DEFAULTS, WAN_UNIPC_CONFIG, MiragePipeline  # noqa: E402
 from mirage.synthetic import default_camera, default_scene  # noqa: E402
 from mirage.testing import (  # noqa: E402
     TI2V_5B_TRANSFORMER_CONFIG,
@@ -114,6 +122,30 @@ def build(args, device: torch.device, dtype: torch.dtype) -> MiragePipeline:
     return pipe
 
 
+def load_branch(pipe: MiragePipeline, args, device: torch.device) -> dict:
+    """Write the family's branch and LoRA files in the released layout (random values) and load them."""
+    if args.small:  # tiny models: a random one-block branch of our own, no LoRA (the code path only)
+        from mirage.branch import BranchConfig, MemoryBranch
+        from mirage.testing import randomize_parameters
+
+        branch = randomize_parameters(MemoryBranch.for_transformer(pipe.transformer, BranchConfig((0,))), 0, 0.02)
+        pipe.load_branch(args.branch, branch.state_dict(), None, layers=(0,))
+        return {"kind": args.branch, "small": True}
+    from released_checkpoints import write_released_layout
+
+    info = write_released_layout(args.reference_root, args.branch, args.checkpoint_dir, seed=args.seed,
+                                 device="cuda" if device.type == "cuda" else "cpu")  # fmt: skip
+    sync(device)
+    t0 = time.perf_counter()
+    pipe.load_branch(args.branch, args.checkpoint_dir, args.checkpoint_dir, local_files_only=True)  # strict
+    sync(device)
+    info.update(load_s=time.perf_counter() - t0, loaded_strict=True,
+                branch_parameters_loaded=sum(p.numel() for p in pipe.branch.parameters()),
+                lora_modules=sum(1 for n, _ in pipe.transformer.named_modules() if n.endswith("lora_A")))  # fmt: skip
+    print(f"loaded the {args.branch} branch and LoRA in the released layout: {json.dumps(info)}", flush=True)
+    return info
+
+
 def scene_inputs(args):
     """Input image [3, H, W] in [-1, 1] (the synthetic room) and an orbit path of args.frames cameras."""
     cam = default_camera(args.width, args.height)
@@ -128,13 +160,16 @@ def run_mirage(pipe: MiragePipeline, image, path, args, memory: str, guidance: f
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     t0 = time.perf_counter()
+    chunking = None if args.chunk_frames is None else Chunking(args.chunk_frames, args.chunk_frames, 1)
     out = pipe(image, path, "a camera moving through a room", guidance_scale=guidance, num_frames=args.frames,
-               chunking=Chunking(args.chunk_frames, args.chunk_frames, 1), num_inference_steps=args.steps, memory=memory,
-               generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+               chunking=chunking, num_inference_steps=args.steps, memory=memory,
+               memory_mode="branch" if args.branch else "replace", generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
     sync(device)
     wall = time.perf_counter() - t0
     result = {
         "label": label, "memory": memory, "guidance": guidance, "wall_s": wall, "chunk_timings": out.chunk_timings,
+        "settings": {k: (str(v) if k == "chunking" else v) for k, v in out.settings.items()},
+        "frame_ranges": out.frame_ranges,
         "total_s": sum(t["total"] for t in out.chunk_timings), "peak_vram_bytes": out.peak_memory_bytes,
         "run_peak_vram_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0,
         "cache_bytes": out.cache_bytes, "num_points": [e["num_points"] for e in out.memory.size_history],
@@ -214,9 +249,12 @@ def parse(argv=None):
     p.add_argument("--height", type=int, default=None, help="default 704 (64 with --small)")
     p.add_argument("--width", type=int, default=None, help="default 1280 (96 with --small)")
     p.add_argument("--frames", type=int, default=None, help="video length 4N+1, default 161 (17 with --small)")
-    p.add_argument("--chunk-frames", type=int, default=None, help="default 33 (9 with --small)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps, default 20 (3 with --small)")
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 5.0], help="guidance scales to run")
+    p.add_argument("--chunk-frames", type=int, default=None, help="default 33 (9 with --small); with --branch the family's chunking")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps, default 20 (3 with --small; the family's with --branch)")
+    p.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales to run (default 1 and 5; the family's with --branch)")
+    p.add_argument("--branch", choices=("mirage", "spatia"), default=None, help="generate with a trained side branch + LoRA")
+    p.add_argument("--reference-root", type=Path, default=None, help="reference sources for the released key sets (--branch)")
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/mirage_released_layout"), help="where --branch writes its files")
     p.add_argument("--modes", nargs="+", choices=("resident", "offload"), default=["resident"])
     p.add_argument("--no-bare", action="store_true", help="skip the bare diffusers pipeline")
     p.add_argument("--no-warmup", action="store_true", help="skip the short warm-up runs")
@@ -226,6 +264,13 @@ def parse(argv=None):
     args = p.parse_args(argv)
     defaults = dict(height=64, width=96, frames=17, chunk_frames=9, steps=3) if args.small else \
         dict(height=704, width=1280, frames=161, chunk_frames=33, steps=20)  # fmt: skip
+    if args.branch:
+        family = DEFAULTS[args.branch]
+        defaults.update(steps=3 if args.small else family.num_inference_steps, chunk_frames=None)
+        args.guidance = args.guidance or [family.guidance_scale]
+        if args.reference_root is None and not args.small:
+            p.error("--branch needs --reference-root (the released key sets come from the reference classes)")
+    args.guidance = args.guidance or [1.0, 5.0]
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -241,16 +286,17 @@ def main(argv=None) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(min(torch.get_num_threads(), 4))
     pipe = build(args, device, dtype)
+    branch_info = load_branch(pipe, args, device) if args.branch else None
     image, path = scene_inputs(args)
     results = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "dtype": str(dtype), "vae_dtype": str(pipe.vae.dtype), "depth_backend": pipe.depth_backend.name,
-               "torch": torch.__version__, "modes": {}}  # fmt: skip
+               "torch": torch.__version__, "branch": branch_info, "modes": {}}  # fmt: skip
     for mode in args.modes:
         if mode == "offload":
             pipe.enable_model_cpu_offload(device=device)
         if not args.no_warmup:  # kernels, cuDNN algorithms, allocator, lazy imports (one short chunk each)
-            warm = argparse.Namespace(**{**vars(args), "frames": args.chunk_frames, "steps": 2})
+            warm = argparse.Namespace(**{**vars(args), "frames": args.chunk_frames or 33 if not args.small else 9, "steps": 2})
             for memory in ("latent", "rgb"):
                 run_mirage(pipe, image, path, warm, memory, 1.0, f"warm-up {memory} {mode}", device)
         runs, table = [], []
@@ -259,10 +305,11 @@ def main(argv=None) -> dict:
             text, stats = summary(*pair)
             table.append((guidance, pair, text, stats))
             runs.extend(pair)
-        bare = [] if args.no_bare or mode == "offload" else [
+        bare = [] if args.no_bare or args.branch or mode == "offload" else [
             run_bare(pipe, image, args, g, f"bare diffusers {mode} one chunk g{g:g}", device) for g in args.guidance
         ]  # fmt: skip
-        print(f"\n## {mode} ({args.width}x{args.height}, {args.frames} frames, {args.steps} steps, {device}, {dtype})\n")
+        what = f"{args.branch} branch + LoRA, " if args.branch else ""
+        print(f"\n## {mode} ({what}{args.width}x{args.height}, {args.frames} frames, {args.steps} steps, {device}, {dtype})\n")
         for guidance, pair, text, _ in table:
             print(f"### guidance {guidance:g}\n\n" + stage_table(pair) + "\n\n" + text + "\n", flush=True)
         for b in bare:
@@ -270,10 +317,10 @@ def main(argv=None) -> dict:
         results["modes"][mode] = {"runs": runs, "bare": bare, "summary": {f"g{g:g}": s for g, _, _, s in table}}
         if mode == "offload":
             pipe.disable_model_cpu_offload(device)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+        if args.out is not None:  # after every mode, so that a run cut short keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))
+            print(f"wrote {args.out}")
     return results
 
 

@@ -331,10 +331,11 @@ class MiragePipeline(DiffusionPipeline):
 
         kind: the checkpoint family, which fixes how the branch is conditioned (``mirage.conditioning``)
         and the sampling defaults (``DEFAULTS[kind]``). branch / lora: a file, a folder or a hub id
-        holding the family's file names (``mirage.checkpoints``), or a state dict; Spatia's default is
-        its public repo ``Jinjing713/Spatia`` (from the HF cache, or downloaded when allowed), Mirage
-        has no public weights and needs paths (``lora=None`` is allowed for a branch trained without
-        one). A LoRA loaded before is replaced. Works resident and with model CPU offload.
+        holding the family's file names (``mirage.checkpoints``), or a state dict. With neither given,
+        Spatia's come from its public repo ``Jinjing713/Spatia`` (the HF cache, or downloaded when
+        allowed); Mirage has no public weights and needs a branch. ``lora=None`` with a branch: no
+        LoRA (a branch trained without one). A LoRA loaded before is replaced. Works resident and
+        with model CPU offload.
         """
         from .checkpoints import (
             MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE, SPATIA_BRANCH_FILE, SPATIA_LORA_FILE, SPATIA_REPO, branch_from_checkpoint,
@@ -344,11 +345,12 @@ class MiragePipeline(DiffusionPipeline):
         if kind not in ("mirage", "spatia"):
             raise ValueError(f"branch kind must be 'mirage' or 'spatia', got {kind!r}")
         branch_file, lora_file = (SPATIA_BRANCH_FILE, SPATIA_LORA_FILE) if kind == "spatia" else (MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE)
-        if kind == "spatia":
-            branch = SPATIA_REPO if branch is None else branch
-            lora = SPATIA_REPO if lora is None else lora
+        if kind == "spatia" and branch is None and lora is None:  # nothing named: the public release
+            branch = lora = SPATIA_REPO
         elif branch is None:
-            raise ValueError("the official Mirage code publishes no weights: pass the branch file you trained (vace.safetensors)")
+            why = ("the official Mirage code publishes no weights" if kind == "mirage" else
+                   f"Spatia's public release ({SPATIA_REPO}) is used when neither branch nor lora is given")  # fmt: skip
+            raise ValueError(f"no {kind} branch given: pass the branch file ({branch_file}); {why}")
 
         def state_dict(source, filename: str, part: str):
             if isinstance(source, Mapping):

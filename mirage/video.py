@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import imageio_ffmpeg
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
@@ -80,6 +79,8 @@ def write_video(path: str | Path, video: Tensor | np.ndarray, fps: float = 16, *
     if H % 2 or W % 2:  # yuv420p needs even sizes: replicate the last row / column
         frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
     path.parent.mkdir(parents=True, exist_ok=True)
+    import imageio_ffmpeg  # here, not at import: the mask and composition helpers need no ffmpeg
+
     writer = imageio_ffmpeg.write_frames(
         str(path),
         (frames.shape[2], frames.shape[1]),
@@ -107,6 +108,8 @@ def read_video(path: str | Path) -> Tensor:  # -> [3, T, H, W] float in [-1, 1]
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
     try:
+        import imageio_ffmpeg
+
         reader = imageio_ffmpeg.read_frames(str(path))
         meta = next(reader)
         W, H = meta["size"]

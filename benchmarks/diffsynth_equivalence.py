@@ -14,23 +14,38 @@ the branch through ``mirage.checkpoints``) and compares, on the same inputs:
     function the official code runs, its vendored copy of DiffSynth's in
     ``src/mirage/spatia/wan_video_new.py`` (microsoft/LatentSpatialMemory), with its vendored
     ``WanModel`` / ``VaceWanModel``: the branch hints and the velocity.
+(c) **upstream VACE**: no references, the branch on: DiffSynth 2.0.12's ``model_fn_wan_video`` with
+    its own ``VaceWanModel`` (``diffsynth/models/wan_video_vace.py``) and a 96-channel
+    ``vace_context`` over all 9 frames (frame 0 clean, the rest at ``t``, one scalar ``t`` as the
+    upstream pipeline passes it) against ``branched_forward(transformer, branch, ...,
+    context=..., num_ref_frames=0)``: the hints (captured from the ``vace(...)`` call inside the model
+    function and from ``MemoryBranch.forward``) and the velocity.
 
-Why (b) cannot use upstream DiffSynth: upstream has no ``num_ref_frames``. Its references are either
-``reference_latents`` through a ``ref_conv`` (another model) or VACE reference images prepended to
-the latents *and* to the VACE context, with ordinary RoPE positions ``0 ..``, and its per-token
-timesteps only zero frame 0 (one scalar ``t``). The vendored copy (shared by Mirage and Spatia) adds
-a second RoPE table at negative time: the references sit at time ``-R .. -1`` and at height
-``h' .. 2h' - 1``, are left out of the VACE input (and get no hints), and the timestep may be given
-per latent frame. That is what ``mirage.branch`` reproduces.
+(b) and (c) also report ``branch_effect_max_abs``, how far the velocity moves when the branch is
+dropped: it must exceed ``100 * --tolerance``, so that the branch is not compared as a no-op.
+
+Why (b) cannot use upstream DiffSynth (and (c) has no references): upstream has no
+``num_ref_frames``. Its references are either ``reference_latents`` through a ``ref_conv`` (another
+model) or VACE reference images prepended to the latents *and* to the VACE context (so they get
+hints), with ordinary RoPE positions ``0 ..``, and its per-token timesteps only zero frame 0 (one
+scalar ``t``). The vendored copy (shared by Mirage and Spatia) adds a second RoPE table at negative
+time: the references sit at time ``-R .. -1`` and at height ``h' .. 2h' - 1``, are left out of the
+VACE input (and get no hints), and the timestep may be given per latent frame. That is what
+``mirage.branch`` reproduces. Without references the two model functions agree: both patch-embed
+the context, add it (after ``before_proj``) to the latent tokens, run the VACE blocks on the
+per-token modulation and RoPE of the whole sequence and add hint ``k`` after main block
+``vace_layers[k]``.
 
 Attention is forced to SDPA in the references (flash-attn rejects fp32); TF32 is off. Passes when
-every maximum absolute difference is ``<= --tolerance`` (1e-4); exits 1 otherwise.
+every maximum absolute difference is ``<= --tolerance`` (1e-4) and the branch matters; exits 1
+otherwise.
 
 The reference code is never part of this repository: ``--reference-root DIR`` points at an untracked
 folder holding ``DiffSynth-Studio/diffsynth/`` (the package source, DiffSynth-Studio 2.0.12) and
 ``LatentSpatialMemory/src/mirage/spatia/`` (``wan_video_dit.py``, ``wan_video_vace.py``,
 ``utils.py``, ``wan_video_camera_controller.py``, ``wan_video_new.py``). Only (b) runs without the
-``diffsynth`` package's dependencies (it needs torch, einops, safetensors):
+``diffsynth`` package's dependencies (it needs torch, einops, safetensors); (a) and (c) import
+``diffsynth`` (torchvision, modelscope, ...):
 
     python benchmarks/diffsynth_equivalence.py --reference-root .whl/ref --out results.json
     python benchmarks/diffsynth_equivalence.py --reference-root .whl/ref --skip-upstream --device cpu
@@ -102,18 +117,19 @@ def load_vendored(root: Path) -> tuple[types.ModuleType, types.ModuleType, Calla
     return dit, vace, scope["model_fn_wan_video"]
 
 
-def load_upstream(root: Path) -> tuple[types.ModuleType, Callable]:
-    """DiffSynth-Studio's ``diffsynth.models.wan_video_dit`` and its ``model_fn_wan_video``
-    (``diffsynth.pipelines.wan_video``)."""
+def load_upstream(root: Path) -> tuple[types.ModuleType, types.ModuleType, Callable]:
+    """DiffSynth-Studio's ``diffsynth.models.wan_video_dit``, ``diffsynth.models.wan_video_vace``
+    and its ``model_fn_wan_video`` (``diffsynth.pipelines.wan_video``)."""
     folder = root / "DiffSynth-Studio"
     if not (folder / "diffsynth" / "__init__.py").is_file():
         raise FileNotFoundError(f"{folder} lacks diffsynth/: see --reference-root in the docstring")
-    sys.path.insert(0, str(folder))
-    from diffsynth.models import wan_video_dit
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    from diffsynth.models import wan_video_dit, wan_video_vace
     from diffsynth.pipelines.wan_video import model_fn_wan_video
 
     force_sdpa(wan_video_dit)
-    return wan_video_dit, model_fn_wan_video
+    return wan_video_dit, wan_video_vace, model_fn_wan_video
 
 
 def build_dit(module: types.ModuleType, seed: int, std: float, device) -> torch.nn.Module:
@@ -139,6 +155,46 @@ def to_diffusers(dit: torch.nn.Module, device):
     return transformer.to(device).eval()
 
 
+def build_branch(vace_module: types.ModuleType, transformer, seed: int, std: float, device):
+    """A reference ``VaceWanModel`` (96-channel context, blocks at ``BRANCH_LAYERS``) with random
+    parameters from ``seed``, the same weights in our ``MemoryBranch`` (strict ``load_branch``), and
+    whether our converted names are diffusers' own VACE names."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    vace = vace_module.VaceWanModel(vace_layers=BRANCH_LAYERS, vace_in_dim=96, patch_size=DIT["patch_size"],
+                                    has_image_input=False, dim=DIT["dim"], num_heads=DIT["num_heads"],
+                                    ffn_dim=DIT["ffn_dim"], eps=DIT["eps"])  # fmt: skip
+    vace = randomize_parameters(vace, seed, std).to(device).eval()
+    branch = MemoryBranch.for_transformer(transformer, BranchConfig(BRANCH_LAYERS))
+    vace_state = {k: v.detach().clone() for k, v in vace.state_dict().items()}
+    load_branch(branch, vace_state)  # strict
+    ours_names = set(convert_branch_state_dict(vace_state))
+    names_agree = ours_names == set(convert_wan_transformer_to_diffusers(dict(vace_state)))  # = diffusers' VACE names
+    return vace, branch.to(device).eval(), names_agree
+
+
+class HintRecorder:
+    """Records the hints two branch modules return (forward hooks), to compare them pairwise."""
+
+    def __init__(self, ref: torch.nn.Module, ours: torch.nn.Module):
+        self.ref: list[torch.Tensor] = []
+        self.ours: list[torch.Tensor] = []
+        self._hooks = [ref.register_forward_hook(lambda m, a, out: self.ref.extend(out)),
+                       ours.register_forward_hook(lambda m, a, out: self.ours.extend(out))]  # fmt: skip
+
+    def __enter__(self) -> HintRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+    def diffs(self) -> list[float]:
+        if len(self.ref) != len(self.ours) or not self.ref:
+            raise RuntimeError(f"recorded {len(self.ref)} reference hints and {len(self.ours)} of ours")
+        return [max_diff(a, b) for a, b in zip(self.ours, self.ref)]
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max())
 
@@ -150,19 +206,24 @@ def inputs(num_frames: int, seed: int, device) -> tuple[torch.Tensor, torch.Tens
     return latents.to(device), text.to(device)
 
 
+def ti2v_timesteps(num_frames: int, t: float, device) -> torch.Tensor:
+    """``[1, F * h' * w']`` per-token timesteps of upstream's TI2V path: frame 0 at 0, the rest at ``t``."""
+    n = (LATENT_HW[0] // 2) * (LATENT_HW[1] // 2)  # tokens per latent frame
+    per_frame = torch.full((num_frames,), t, device=device)
+    per_frame[0] = 0
+    return per_frame.repeat_interleave(n)[None]
+
+
 @torch.no_grad()
 def check_upstream(root: Path, seed: int, std: float, t: float, device) -> dict:
     """(a) no references, no branch: upstream DiffSynth's model function vs ours."""
-    module, model_fn = load_upstream(root)
+    module, _, model_fn = load_upstream(root)
     dit = build_dit(module, seed, std, device)
     transformer = to_diffusers(dit, device)
     latents, text = inputs(NUM_TARGET, seed + 1, device)
-    n = (LATENT_HW[0] // 2) * (LATENT_HW[1] // 2)  # tokens per latent frame
     ref = model_fn(dit=dit, latents=latents, timestep=torch.tensor([t], device=device), context=text,
                    fuse_vae_embedding_in_latents=True)  # fmt: skip  # frame 0 at 0, the rest at t
-    per_frame = torch.full((NUM_TARGET,), t, device=device)
-    per_frame[0] = 0
-    ours = branched_forward(transformer, None, latents, per_frame.repeat_interleave(n)[None], text)
+    ours = branched_forward(transformer, None, latents, ti2v_timesteps(NUM_TARGET, t, device), text)
     return {"velocity_max_abs_diff": max_diff(ours, ref), "velocity_max_abs": float(ref.abs().max()),
             "latents": list(latents.shape), "timestep": t}  # fmt: skip
 
@@ -172,19 +233,8 @@ def check_mirage(root: Path, seed: int, std: float, t: float, device) -> dict:
     """(b) the Mirage layout: the vendored model function (refs at negative time, VACE) vs ours."""
     dit_module, vace_module, model_fn = load_vendored(root)
     dit = build_dit(dit_module, seed, std, device)
-    vace = vace_module.VaceWanModel(vace_layers=BRANCH_LAYERS, vace_in_dim=96, patch_size=DIT["patch_size"],
-                                    has_image_input=False, dim=DIT["dim"], num_heads=DIT["num_heads"],
-                                    ffn_dim=DIT["ffn_dim"], eps=DIT["eps"])  # fmt: skip
-    vace = randomize_parameters(vace, seed + 2, std).to(device).eval()
     transformer = to_diffusers(dit, device)
-    branch = MemoryBranch.for_transformer(transformer, BranchConfig(BRANCH_LAYERS))
-    vace_state = {k: v.detach().clone() for k, v in vace.state_dict().items()}
-    load_branch(branch, vace_state)  # strict
-    branch = branch.to(device).eval()
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-
-    ours_names, diffusers_names = convert_branch_state_dict(vace_state), convert_wan_transformer_to_diffusers(dict(vace_state))
-    names_agree = set(ours_names) == set(diffusers_names)  # our branch names = diffusers' VACE names
+    vace, branch, names_agree = build_branch(vace_module, transformer, seed + 2, std, device)
 
     R, T, P = NUM_REFS, NUM_TARGET, NUM_PRECEDING
     latents, text = inputs(R + T + P, seed + 1, device)  # [refs, target (frame 0 clean), preceding]
@@ -193,22 +243,15 @@ def check_mirage(root: Path, seed: int, std: float, t: float, device) -> dict:
     per_frame = torch.tensor([0.0] * R + [0.0] + [t] * (T - 1) + [0.0] * P, device=device)  # [F_all]
     n = (LATENT_HW[0] // 2) * (LATENT_HW[1] // 2)
 
-    got: dict[str, Any] = {}
-    h1 = vace.register_forward_hook(lambda m, a, out: got.update(ref_hints=out))
-    h2 = branch.register_forward_hook(lambda m, a, out: got.update(our_hints=out))
-    try:
+    with HintRecorder(vace, branch) as hints:
         ref = model_fn(dit=dit, vace=vace, latents=latents, timestep=per_frame, context=text, vace_context=[context[0]],
                        vace_scale=1.0, num_ref_frames=R, fuse_vae_embedding_in_latents=True)  # fmt: skip
         ours = branched_forward(transformer, branch, latents, per_frame.repeat_interleave(n)[None], text,
                                 context=context, num_ref_frames=R)  # fmt: skip
-    finally:
-        h1.remove()
-        h2.remove()
     plain = branched_forward(transformer, None, latents, per_frame.repeat_interleave(n)[None], text, num_ref_frames=R)
-    hint_diffs = [max_diff(a, b) for a, b in zip(got["our_hints"], got["ref_hints"])]
     return {
-        "hints_max_abs_diff": hint_diffs,
-        "hints_max_abs": [float(h.abs().max()) for h in got["ref_hints"]],
+        "hints_max_abs_diff": hints.diffs(),
+        "hints_max_abs": [float(h.abs().max()) for h in hints.ref],
         "velocity_max_abs_diff": max_diff(ours, ref),
         "target_velocity_max_abs_diff": max_diff(ours[:, :, R : R + T], ref[:, :, R : R + T]),
         "velocity_max_abs": float(ref.abs().max()),
@@ -216,6 +259,36 @@ def check_mirage(root: Path, seed: int, std: float, t: float, device) -> dict:
         "branch_key_names_match_diffusers_converter": names_agree,
         "latents": list(latents.shape), "context": list(context.shape), "num_ref_frames": R,
         "per_frame_timestep": per_frame.tolist(),
+    }  # fmt: skip
+
+
+@torch.no_grad()
+def check_upstream_vace(root: Path, seed: int, std: float, t: float, device) -> dict:
+    """(c) no references, the branch on: upstream DiffSynth's model function with its own VACE vs ours."""
+    dit_module, vace_module, model_fn = load_upstream(root)
+    dit = build_dit(dit_module, seed, std, device)
+    transformer = to_diffusers(dit, device)
+    vace, branch, names_agree = build_branch(vace_module, transformer, seed + 2, std, device)
+
+    latents, text = inputs(NUM_TARGET, seed + 1, device)  # [1, 48, 9, h, w]: frame 0 clean, the rest at t
+    g = torch.Generator().manual_seed(seed + 4)
+    context = torch.randn(1, 96, NUM_TARGET, *LATENT_HW, generator=g).to(device)  # [1, 96, 9, h, w] over every frame
+    timestep = ti2v_timesteps(NUM_TARGET, t, device)  # [1, 9 * h' * w'], what upstream builds from the scalar t
+
+    with HintRecorder(vace, branch) as hints:
+        ref = model_fn(dit=dit, vace=vace, latents=latents, timestep=torch.tensor([t], device=device), context=text,
+                       vace_context=context, vace_scale=1.0, fuse_vae_embedding_in_latents=True)  # fmt: skip
+        ours = branched_forward(transformer, branch, latents, timestep, text, context=context, num_ref_frames=0)
+    plain = branched_forward(transformer, None, latents, timestep, text)
+    return {
+        "hints_max_abs_diff": hints.diffs(),
+        "hints_max_abs": [float(h.abs().max()) for h in hints.ref],
+        "velocity_max_abs_diff": max_diff(ours, ref),
+        "velocity_max_abs": float(ref.abs().max()),
+        "branch_effect_max_abs": max_diff(ours, plain),  # the branch matters: not a no-op comparison
+        "branch_key_names_match_diffusers_converter": names_agree,
+        "latents": list(latents.shape), "context": list(context.shape), "num_ref_frames": 0, "timestep": t,
+        "vace_scale": 1.0,
     }  # fmt: skip
 
 
@@ -248,14 +321,17 @@ def main() -> int:
     if not args.skip_upstream:
         upstream = check_upstream(args.reference_root, args.seed, args.std, args.timestep, device)
         result["upstream_no_refs_no_branch"] = upstream
+        result["upstream_vace"] = check_upstream_vace(args.reference_root, args.seed, args.std, args.timestep, device)
     result["mirage_layout"] = check_mirage(args.reference_root, args.seed, args.std, args.timestep, device)
 
-    diffs = [result["mirage_layout"]["velocity_max_abs_diff"], *result["mirage_layout"]["hints_max_abs_diff"]]
+    branched = [result[k] for k in ("mirage_layout", "upstream_vace") if k in result]  # (b), (c): hints and branch
+    diffs = [d for r in branched for d in (r["velocity_max_abs_diff"], *r["hints_max_abs_diff"])]
     if "upstream_no_refs_no_branch" in result:
         diffs.append(result["upstream_no_refs_no_branch"]["velocity_max_abs_diff"])
     result["max_abs_diff"] = max(diffs)
-    names_agree = result["mirage_layout"]["branch_key_names_match_diffusers_converter"]
-    result["passed"] = bool(result["max_abs_diff"] <= args.tolerance and names_agree)
+    names_agree = all(r["branch_key_names_match_diffusers_converter"] for r in branched)
+    branch_matters = all(r["branch_effect_max_abs"] > 100 * args.tolerance for r in branched)
+    result["passed"] = bool(result["max_abs_diff"] <= args.tolerance and names_agree and branch_matters)
 
     print(json.dumps(result, indent=2))
     if args.out:

@@ -149,35 +149,51 @@ def recolor(state, color_by):
     return scene.scene_figure(state, color_by), growth
 
 
-def _gpu_seconds(state, method, settings, *args, **kwargs) -> int:
-    return rt.gpu_seconds(len(state.path), settings["num_inference_steps"], settings["guidance_scale"])
+def _gpu_seconds(state, method, conditioning, settings, *args, **kwargs) -> int:
+    return rt.gpu_seconds(len(state.path), settings["num_inference_steps"], settings["guidance_scale"], conditioning)
 
 
 @gpu(duration=_gpu_seconds)
-def generate_on_gpu(state, method, settings, progress=None):
+def generate_on_gpu(state, method, conditioning, settings, progress=None):
     """One memory's generation: one GPU call (ZeroGPU schedules each call with its own duration)."""
-    pipe = rt.load_pipeline(MODE.model_path, MODE.device)
+    pipe = rt.load_pipeline(MODE.model_path, MODE.device, MODE.branches.get(conditioning))
     i = preview.METHODS.index(method)
     return preview.generate_method(state, pipe, method, progress=progress, progress_span=(i / 2, (i + 1) / 2), **settings)
 
 
+def set_conditioning(conditioning):
+    """A conditioning's own defaults into the sampling controls (they stay editable)."""
+    d = rt.generation_defaults(conditioning)
+    return (gr.update(value=d["steps"], info=f"{d['origin']} default: {d['steps']}"),
+            gr.update(value=d["guidance"], info=f"{d['origin']} default: {d['guidance']:g} (1 = off, half the time)"),
+            gr.update(value=d["negative_prompt"], label=f"Negative prompt ({d['origin']}'s default; used when guidance > 1)"))  # fmt: skip
+
+
 @ui_errors
-def run(state, seed, steps, guidance, prompt, negative_prompt, color_by, request: gr.Request, progress=gr.Progress()):
+def run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
+        progress=gr.Progress()):  # fmt: skip
     state = scene.require_scene(state)
     if state.path is None:
         raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
     fps = rt.FPS
     if MODE.generation:
-        settings = dict(prompt=prompt or "", num_inference_steps=int(steps), guidance_scale=float(guidance),
-                        negative_prompt=negative_prompt)  # fmt: skip
+        conditioning = conditioning or "replace"
+        settings = rt.pipe_settings(conditioning, prompt, int(steps), float(guidance), negative_prompt)
+        if conditioning not in rt.TRAINING_FREE_CHOICES and conditioning not in MODE.branches:
+            raise ValueError(f"{rt.CONDITIONINGS[conditioning]}: no checkpoint found ({'; '.join(MODE.branches_missing)})")
         if MODE.zero_gpu:
-            rt.check_gpu_budget(len(state.path), int(steps), float(guidance))
+            rt.check_gpu_budget(len(state.path), int(steps), float(guidance), conditioning)
+        progress(0.0, desc=f"loading {rt.CONDITIONINGS[conditioning]}")
+        branch = MODE.branches.get(conditioning)
+        rt.load_pipeline(MODE.model_path, MODE.device, branch)  # outside the GPU call (ZeroGPU loads in the main process)
         seed = int(seed)
         report = None if MODE.zero_gpu else progress  # a ZeroGPU call runs in another process
-        methods = {m: generate_on_gpu(state, m, {**settings, "seed": seed}, report) for m in preview.METHODS}
-        result = preview.RunResult("generation", methods, {"weights": MODE.model_path, "device": MODE.device, "seed": seed,
-                                                           "steps": int(steps), "guidance": float(guidance)})  # fmt: skip
-        fps = GEN["fps"]
+        methods = {m: generate_on_gpu(state, m, conditioning, {**settings, "seed": seed}, report) for m in preview.METHODS}
+        result = preview.RunResult("generation", methods, {
+            "conditioning": rt.short_conditioning(conditioning, branch), "branch": None if branch is None else branch.branch,
+            "weights": MODE.model_path, "device": MODE.device, "seed": seed, "steps": int(steps), "guidance": float(guidance),
+        })  # fmt: skip
+        fps = rt.generation_defaults(conditioning)["fps"]
     else:
         result = preview.run_readout_preview(state, progress=progress)
     progress(0.95, desc="writing videos and the cache")
@@ -280,6 +296,13 @@ def build_demo() -> gr.Blocks:
         # ----------------------------------------------------------------- 3. generate
         gr.Markdown("### 3. Generate")
         with gr.Row(visible=MODE.generation):
+            conditioning = gr.Radio(
+                rt.conditioning_choices(MODE), value="replace", label="Conditioning (both memories, same seed)",
+                info="Training-free modes run the bare Wan2.2 model; a trained branch is offered when its checkpoint is "
+                     "found (" + ("found: " + ", ".join(MODE.branches) if MODE.branches else "none found") + ").",
+                elem_id="conditioning",
+            )  # fmt: skip
+        with gr.Row(visible=MODE.generation):
             seed = gr.Number(0, precision=0, label="Seed", info="the same for both memories")
             steps = gr.Slider(1, 100, value=GEN["steps"], step=1, label="Sampling steps",
                               info=f"Wan2.2-TI2V-5B default: {GEN['steps']}")
@@ -287,7 +310,8 @@ def build_demo() -> gr.Blocks:
                                  info=f"Wan2.2-TI2V-5B default: {GEN['guidance']:g} (1 = off, half the time)")
         with gr.Row(visible=MODE.generation):
             prompt = gr.Textbox("", label="Prompt (optional)")
-            negative_prompt = gr.Textbox(GEN["negative_prompt"], label="Negative prompt (Wan2.2's default)", lines=2)
+            negative_prompt = gr.Textbox(GEN["negative_prompt"], label=f"Negative prompt ({GEN['origin']}'s default; used when guidance > 1)",
+                                         lines=2)  # fmt: skip
         gr.Markdown(
             f"Mode: **{MODE.name}**. " + ("Both memories run the diffusion model with the same seed and settings." if MODE.generation else
             "Offline, Generate shows **readout previews** of both memories (needs no weights); generation needs the "
@@ -330,8 +354,9 @@ def build_demo() -> gr.Blocks:
         color_by.change(recolor, [state, color_by], [plot, growth_plot], api_visibility="private")
         run_out = [state, latent_video, rgb_video, latent_input, rgb_input, latent_mask, rgb_mask, side_video, timing_plot, size_plot, growth_plot,
                    downloads, caption]  # fmt: skip
-        run_button.click(run, [state, seed, steps, guidance, prompt, negative_prompt, color_by], run_out, api_name="run", concurrency_limit=1,
-                         concurrency_id="run")  # fmt: skip
+        conditioning.change(set_conditioning, conditioning, [steps, guidance, negative_prompt], api_visibility="private")
+        run_button.click(run, [state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by], run_out, api_name="run",
+                         concurrency_limit=1, concurrency_id="run")  # fmt: skip
         demo.load(load_example_index, [gr.State(0), depth_choice, long_side, *path_ctl], scene_out, api_visibility="private")
         demo.unload(end_session)
     demo.queue(default_concurrency_limit=4)

@@ -7,6 +7,11 @@ the loaded pipeline, ZeroGPU durations, and turning a run into what the page sho
 Settings (environment variables):
 
 * ``MIRAGE_MODEL_PATH``: a local Wan2.2-TI2V-5B-Diffusers folder (else the Hugging Face cache is searched);
+* ``MIRAGE_SPATIA_BRANCH`` / ``MIRAGE_SPATIA_LORA``: Spatia's ``step-8500.safetensors`` and
+  ``lora_weights_10000.safetensors`` (files, or a folder holding both; else the HF cache of
+  ``Jinjing713/Spatia``); ``MIRAGE_MIRAGE_BRANCH`` / ``MIRAGE_MIRAGE_LORA``: a branch and LoRA trained
+  with the official Mirage code (``vace.safetensors``, ``lora.safetensors``; the LoRA is optional).
+  A branch found is offered as a conditioning choice in generation mode;
 * ``MIRAGE_DEVICE``: ``cuda`` or ``cpu`` for generation (default: ``cuda`` when available; ``cpu`` runs
   the same code, which is practical with small checkpoints only);
 * ``MIRAGE_OFFLINE=1``: offline readout preview even when weights are present;
@@ -22,19 +27,19 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mirage import weights
+from mirage import checkpoints, weights
 from mirage.codecs import WAN22_MODEL_ID
 from mirage.depth import weights_available
-from mirage.frames import check_num_frames, chunk_ranges
+from mirage.frames import check_num_frames
 from mirage.images import image_to_uint8
-from mirage.pipeline import DEFAULTS, WAN22_LAYOUT
+from mirage.pipeline import BRANCH_STRIDE, DEFAULTS, WAN22_LAYOUT
 from mirage.preview import ResultFiles, RunResult, result_caption, result_figures, write_result_files
 from mirage.scene import ColorBy, SceneState
 
@@ -72,6 +77,50 @@ def find_model_weights(cache_dir: str | Path | None = None) -> tuple[str | None,
     return None, f"no complete {WAN22_MODEL_ID} in the HF cache and ${MODEL_PATH_ENV} is unset"
 
 
+BRANCH_ENV = {"spatia": ("MIRAGE_SPATIA_BRANCH", "MIRAGE_SPATIA_LORA"), "mirage": ("MIRAGE_MIRAGE_BRANCH", "MIRAGE_MIRAGE_LORA")}
+BRANCH_FILES = {"spatia": (checkpoints.SPATIA_BRANCH_FILE, checkpoints.SPATIA_LORA_FILE),
+                "mirage": (checkpoints.MIRAGE_BRANCH_FILE, checkpoints.MIRAGE_LORA_FILE)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BranchFiles:
+    """A trained side branch found on this machine."""
+
+    kind: str  # "mirage" or "spatia"
+    branch: str  # the branch file
+    lora: str | None  # its LoRA file (None: a branch trained without one)
+    where: str  # one line: where it was found
+
+
+def find_branches(cache_dir: str | Path | None = None) -> tuple[dict[str, BranchFiles], list[str]]:
+    """Trained branches on this machine (no network): ``$MIRAGE_<KIND>_BRANCH`` / ``_LORA`` (files, or
+    folders holding the family's file names), else Spatia's public files in the HF cache. Returns the
+    branches found and one line per family that was not (why)."""
+    found, missing = {}, []
+    for kind, (branch_env, lora_env) in BRANCH_ENV.items():
+        branch_name, lora_name = BRANCH_FILES[kind]
+        env_branch, env_lora = os.environ.get(branch_env, "").strip(), os.environ.get(lora_env, "").strip()
+        if env_branch:
+            branch = checkpoints.find_checkpoint(env_branch, branch_name)
+            lora_source = env_lora or (env_branch if Path(env_branch).is_dir() else str(Path(env_branch).parent))
+            lora = checkpoints.find_checkpoint(lora_source, lora_name)
+            where = f"${branch_env}"
+        elif kind == "spatia":
+            branch = checkpoints.find_checkpoint(checkpoints.SPATIA_REPO, branch_name, cache_dir)
+            lora = checkpoints.find_checkpoint(checkpoints.SPATIA_REPO, lora_name, cache_dir)
+            where = f"HF cache ({checkpoints.SPATIA_REPO})"
+        else:
+            missing.append(f"{kind}: ${branch_env} is unset (the official Mirage code publishes no weights)")
+            continue
+        if branch is None:
+            missing.append(f"{kind}: no {branch_name} at {where}")
+        elif lora is None and (kind == "spatia" or env_lora):
+            missing.append(f"{kind}: {branch} found but no {lora_name} beside it or at ${lora_env}")
+        else:
+            found[kind] = BranchFiles(kind, str(branch), None if lora is None else str(lora), where)
+    return found, missing
+
+
 def _zero_gpu() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
 
@@ -86,6 +135,8 @@ class AppMode:
     zero_gpu: bool  # a Hugging Face ZeroGPU Space: GPU calls are scheduled per call
     depth_pro: bool  # Depth Pro weights found locally
     why: str  # one line: where the weights were looked for / why generation is off
+    branches: dict[str, BranchFiles] = field(default_factory=dict)  # trained branches found
+    branches_missing: tuple[str, ...] = ()  # why the others were not
 
     @property
     def name(self) -> str:
@@ -106,6 +157,10 @@ class AppMode:
                 f"needs the Wan2.2-TI2V-5B weights ({self.why}); set ${MODEL_PATH_ENV} or fill the HF cache, and "
                 f"${DEVICE_ENV}=cpu to run it without a GPU."
             )
+        found = ", ".join(f"{CONDITIONINGS[k]} from `{b.branch}`" for k, b in self.branches.items())
+        gen += (f"\n\nTrained conditioning offered: {found}." if found and self.generation else
+                f"\n\nTrained branches found ({found}) run with the Wan2.2 weights." if found else
+                "\n\nNo trained branch found, so conditioning is training-free (" + "; ".join(self.branches_missing) + ").")
         depth = (
             "Depth Pro weights found: automatic depth uses Depth Pro."
             if self.depth_pro
@@ -132,7 +187,8 @@ def detect_mode(cache_dir: str | Path | None = None) -> AppMode:
         why = f"weights found at {folder}, but no CUDA device (set ${DEVICE_ENV}=cpu to generate on the CPU)"
     if os.environ.get(OFFLINE_ENV, "").strip() in ("1", "true", "True"):
         generation, why = False, f"${OFFLINE_ENV} is set"
-    return AppMode(generation, folder, device, zero, weights_available("depth-pro"), why)
+    branches, missing = find_branches(cache_dir)
+    return AppMode(generation, folder, device, zero, weights_available("depth-pro"), why, branches, tuple(missing))
 
 
 # ----------------------------------------------------------------------------- session temp dirs
@@ -194,13 +250,54 @@ def check_frame_count(num_frames: Any, max_frames: int = MAX_FRAMES) -> int:
 
 
 # ------------------------------------------------------------------------------------ generation
+CONDITIONINGS: dict[str, str] = {  # value -> label; the trained ones are offered when their files are found
+    "replace": "Training-free: replace (readout noised into the latent)",
+    "context": "Training-free: context (visible tokens clean, timestep 0)",
+    "spatia": "Trained branch: Spatia (Jinjing713/Spatia) + LoRA",
+    "mirage": "Trained branch: Mirage (official code, your checkpoint)",
+}
+TRAINING_FREE_CHOICES = ("replace", "context")
+
+
+def short_conditioning(conditioning: str, branch: BranchFiles | None = None) -> str:
+    """A few words for labels and captions: "training-free replace", "Spatia branch + LoRA", ..."""
+    if conditioning in TRAINING_FREE_CHOICES:
+        return f"training-free {conditioning}"
+    return f"{conditioning.capitalize()} branch" + ("" if branch is not None and branch.lora is None else " + LoRA")
+
+
+def conditioning_choices(mode: AppMode) -> list[tuple[str, str]]:
+    """(label, value) pairs for the conditioning control: training-free always, trained branches found."""
+    return [(CONDITIONINGS[c], c) for c in (*TRAINING_FREE_CHOICES, *mode.branches)]
+
+
+def generation_defaults(conditioning: str = "replace") -> dict[str, Any]:
+    """The settings the UI shows for a conditioning (``mirage.pipeline.DEFAULTS``: Wan2.2's own for the
+    training-free modes, the reference's for a trained branch), with where they come from."""
+    key = "training-free" if conditioning in TRAINING_FREE_CHOICES else conditioning
+    d = DEFAULTS[key]
+    origin = "Wan2.2-TI2V-5B" if key == "training-free" else {"spatia": "Spatia", "mirage": "official Mirage"}[key]
+    return {"steps": d.num_inference_steps, "guidance": d.guidance_scale, "negative_prompt": d.negative_prompt, "fps": d.fps,
+            "chunking": d.chunking, "origin": origin}  # fmt: skip
+
+
+def pipe_settings(conditioning: str, prompt: str, steps: int, guidance: float, negative_prompt: str) -> dict[str, Any]:
+    """``MiragePipeline.__call__`` keyword arguments for one memory's run (both memories get the same)."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"unknown conditioning {conditioning!r}: choose one of {', '.join(CONDITIONINGS)}")
+    mode = conditioning if conditioning in TRAINING_FREE_CHOICES else "branch"
+    return dict(prompt=prompt or "", num_inference_steps=int(steps), guidance_scale=float(guidance),
+                negative_prompt=negative_prompt, memory_mode=mode)  # fmt: skip
+
+
 _PIPELINE: dict = {}  # the loaded MiragePipeline, shared by sessions
 _PIPELINE_LOCK = threading.Lock()
 
 
-def load_pipeline(model_path: str, device: str):
+def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = None):
     """``MiragePipeline`` from ``model_path`` on ``device``, loaded once per process (bf16 transformer
-    and text encoder on CUDA, float32 on the CPU; the VAE in float32). Memory updates need depth:
+    and text encoder on CUDA, float32 on the CPU; the VAE in float32), with ``branch`` loaded into it
+    when given (one trained branch at a time; switching replaces it). Memory updates need depth:
     Depth Pro when its weights are cached, else the (labelled) planar prior."""
     from mirage.pipeline import MiragePipeline
 
@@ -209,41 +306,55 @@ def load_pipeline(model_path: str, device: str):
             depth = "depth-pro" if weights_available("depth-pro") else "planar-prior"
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
             pipe = MiragePipeline.from_pretrained(model_path, torch_dtype=dtype, depth_backend=depth, local_files_only=True)
-            _PIPELINE.update(key=(model_path, device), pipe=pipe.to(device), depth=depth)
-        return _PIPELINE["pipe"]
+            _PIPELINE.update(key=(model_path, device), pipe=pipe.to(device), depth=depth, branch=None)
+        pipe = _PIPELINE["pipe"]
+        if branch is not None and _PIPELINE["branch"] != branch:
+            pipe.load_branch(branch.kind, branch.branch, branch.lora, local_files_only=True)
+            _PIPELINE["branch"] = branch
+        return pipe
 
 
 def zerogpu_max_seconds() -> int:
     return int(os.environ.get(ZEROGPU_MAX_ENV, "120"))
 
 
-def gpu_seconds(num_frames: int, steps: int, guidance_scale: float) -> int:
-    """Seconds to reserve on a ZeroGPU for one memory's run at 704x1280: 0.27 s per transformer call
-    (two per step with guidance) and 5 s per chunk for decode, depth and the memory (both measured
-    on an H100, ``benchmarks/results/pipeline_resident_cuda_h100.md``), plus 20 s for the call's
-    start; a ZeroGPU slice of an H200 is not slower."""
+# Seconds per transformer call at 704x1280 for L latent frames in the sequence: a * L + b * L^2 (linear
+# layers, then attention), fitted to the H100 runs in benchmarks/results (9 latents: 0.27 s without a
+# branch; 31 latents: 1.55 s with Spatia's 8 branch blocks); a branch of n blocks adds n / 30 of the
+# 30 main blocks' cost. It predicts Mirage's branch chunks (15 latents with references and preceding
+# latents: 0.73 s against 0.72 s measured).
+_CALL_A, _CALL_B = 0.0262, 0.000425
+_SECONDS_PER_FRAME = 0.15  # decode, depth, readout, update and the branch inputs, per pixel frame of a chunk
+_BRANCH_EXTRA_LATENTS = {"mirage": 4 + 2, "spatia": 7}  # at most 4 references + 2 preceding; at most 7 references
+_BRANCH_BLOCKS = {"mirage": 15, "spatia": 8}
+
+
+def gpu_seconds(num_frames: int, steps: int, guidance_scale: float, conditioning: str = "replace") -> int:
+    """Seconds to reserve on a ZeroGPU for one memory's run at 704x1280 (an upper bound: the largest
+    size and every reference slot used), chunk by chunk with the conditioning's chunking, plus 20 s
+    for the call's start; a ZeroGPU slice of an H200 is not slower than the H100 measured."""
     calls = 2 if guidance_scale > 1 else 1
-    chunks = len(chunk_ranges(int(num_frames)))
-    return int(math.ceil(20 + chunks * (0.27 * calls * int(steps) + 5)))
+    trained = conditioning not in TRAINING_FREE_CHOICES
+    chunking = generation_defaults(conditioning)["chunking"]
+    total = 20.0
+    for c, (start, stop) in enumerate(chunking.ranges(int(num_frames))):
+        latents = (stop - start - 1) // 4 + 1 + (_BRANCH_EXTRA_LATENTS[conditioning] if trained and c > 0 else 0)
+        call = (_CALL_A * latents + _CALL_B * latents**2) * (1 + (_BRANCH_BLOCKS[conditioning] / 30 if trained else 0))
+        total += calls * int(steps) * call + _SECONDS_PER_FRAME * (stop - start)
+    return int(math.ceil(total))
 
 
-def check_gpu_budget(num_frames: int, steps: int, guidance_scale: float) -> int:
+def check_gpu_budget(num_frames: int, steps: int, guidance_scale: float, conditioning: str = "replace") -> int:
     """The duration of one memory's GPU call, or ``ValueError`` saying what to shorten when it
     exceeds what a ZeroGPU Space may request."""
-    need, cap = gpu_seconds(num_frames, steps, guidance_scale), zerogpu_max_seconds()
+    need, cap = gpu_seconds(num_frames, steps, guidance_scale, conditioning), zerogpu_max_seconds()
     if need > cap:
         raise ValueError(
             f"{num_frames} frames with {steps} steps{' and guidance' if guidance_scale > 1 else ''} need about {need} s of GPU "
-            f"per memory, more than the {cap} s this Space may request: use fewer frames or steps"
-            f"{', or guidance 1' if guidance_scale > 1 else ''}."
+            f"per memory ({CONDITIONINGS[conditioning]}), more than the {cap} s this Space may request: use fewer frames "
+            f"or steps{', or guidance 1' if guidance_scale > 1 else ''}."
         )
     return need
-
-
-def generation_defaults() -> dict[str, Any]:
-    """The training-free defaults the UI starts from (``mirage.pipeline.DEFAULTS``)."""
-    d = DEFAULTS["training-free"]
-    return {"steps": d.num_inference_steps, "guidance": d.guidance_scale, "negative_prompt": d.negative_prompt, "fps": d.fps}
 
 
 # ------------------------------------------------------------------------------------- results

@@ -91,6 +91,7 @@ MemoryKind = Literal["latent", "rgb"]
 MemoryMode = Literal["replace", "context", "off", "branch"]
 MEMORY_MODES = ("replace", "context", "off", "branch")
 TRAINING_FREE = ("replace", "context", "off")
+BRANCH_STRIDE = {"mirage": 2, "spatia": 4}  # a family's branch blocks follow every n-th DiT layer from 0
 
 # The scheduler of Wan-AI/Wan2.2-TI2V-5B-Diffusers (scheduler/scheduler_config.json): UniPC on flow
 # sigmas with flow_shift 5. Used when the components are built without a checkpoint (tests, benchmarks).
@@ -329,8 +330,9 @@ class MiragePipeline(DiffusionPipeline):
     ) -> "MiragePipeline":
         """Load a trained side branch and its LoRA for ``memory_mode="branch"``.
 
-        kind: the checkpoint family, which fixes how the branch is conditioned (``mirage.conditioning``)
-        and the sampling defaults (``DEFAULTS[kind]``). branch / lora: a file, a folder or a hub id
+        kind: the checkpoint family, which fixes how the branch is conditioned (``mirage.conditioning``),
+        the sampling defaults (``DEFAULTS[kind]``) and, unless ``layers`` is given, where its blocks
+        go: after every 2nd DiT layer (Mirage) or every 4th (Spatia), as many as the file has. branch / lora: a file, a folder or a hub id
         holding the family's file names (``mirage.checkpoints``), or a state dict. With neither given,
         Spatia's come from its public repo ``Jinjing713/Spatia`` (the HF cache, or downloaded when
         allowed); Mirage has no public weights and needs a branch. ``lora=None`` with a branch: no
@@ -339,7 +341,7 @@ class MiragePipeline(DiffusionPipeline):
         """
         from .checkpoints import (
             MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE, SPATIA_BRANCH_FILE, SPATIA_LORA_FILE, SPATIA_REPO, branch_from_checkpoint,
-            load_lora, read_state_dict, resolve_checkpoint,
+            convert_branch_state_dict, load_lora, read_state_dict, resolve_checkpoint,
         )  # fmt: skip
 
         if kind not in ("mirage", "spatia"):
@@ -359,7 +361,11 @@ class MiragePipeline(DiffusionPipeline):
                                       cache_dir=cache_dir)  # fmt: skip
             return read_state_dict(path, part)
 
-        module = branch_from_checkpoint(self.transformer, state_dict(branch, branch_file, "branch"), layers=layers)
+        branch_sd = convert_branch_state_dict(state_dict(branch, branch_file, "branch"))
+        if layers is None:  # the family's spacing: every 2nd DiT layer (Mirage, 15 blocks) or every 4th (Spatia, 8)
+            blocks = len({k.split(".")[1] for k in branch_sd if k.startswith("vace_blocks.")})
+            layers = tuple(range(0, BRANCH_STRIDE[kind] * blocks, BRANCH_STRIDE[kind]))
+        module = branch_from_checkpoint(self.transformer, branch_sd, layers=layers)
         lora_sd = None if lora is None else state_dict(lora, lora_file, "lora")
         offload = self._pinned_offload
         self.disable_model_cpu_offload()  # adapters add parameters: the offload is rebuilt around them

@@ -241,7 +241,8 @@ class ResultFiles:
 
 def video_labels(result: RunResult) -> dict[str, str]:
     """What each main video is, for the burned-in labels and captions."""
-    what = "memory render, every frame" if result.kind == "readout preview" else "generated"
+    conditioning = result.settings.get("conditioning")
+    what = "memory render, every frame" if result.kind == "readout preview" else "generated" + (f", {conditioning}" if conditioning else "")
     return {m: f"{METHOD_LABELS[m]}: {what}" for m in METHODS}
 
 

@@ -28,6 +28,9 @@ __all__ = [
     "save_tiny_wan_checkpoint",
     "TINY_BRANCH_TRANSFORMER_CONFIG",
     "tiny_branch_transformer",
+    "tiny_branch_state_dict",
+    "tiny_lora_state_dict",
+    "save_tiny_branch",
     "randomize_parameters",
 ]
 
@@ -169,3 +172,53 @@ def tiny_branch_transformer(seed: int = 0, **overrides: Any):
 
     model = WanTransformer3DModel(**{**TINY_BRANCH_TRANSFORMER_CONFIG, **overrides}).eval()
     return randomize_parameters(model, seed)
+
+
+def tiny_branch_state_dict(transformer_config: dict[str, Any], layers: tuple[int, ...], seed: int = 1,
+                           zero_out: bool = False, prefix: str = "pipe.vace.") -> dict[str, torch.Tensor]:  # fmt: skip
+    """A random branch for ``transformer_config`` with blocks after ``layers``, keys under a trainer's
+    ``prefix`` (stripped on load); ``zero_out``: ``proj_out`` zero, so the branch adds nothing."""
+    from .branch import BranchConfig, MemoryBranch
+
+    branch = randomize_parameters(MemoryBranch.for_transformer(transformer_config, BranchConfig(tuple(layers))), seed)
+    if zero_out:
+        for block in branch.vace_blocks:
+            torch.nn.init.zeros_(block.proj_out.weight)
+            torch.nn.init.zeros_(block.proj_out.bias)
+    return {f"{prefix}{k}": v for k, v in branch.state_dict().items()}
+
+
+def tiny_lora_state_dict(transformer_config: dict[str, Any], rank: int = 4, seed: int = 0, prefix: str = "pipe.dit.",
+                         default: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
+    """A random LoRA on every ``q, k, v, o, ffn.0, ffn.2`` of a transformer of ``transformer_config``,
+    in DiffSynth's module names (``default``: PEFT's ``.default`` kept, as Spatia's file has it)."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+    ffn = transformer_config["ffn_dim"]
+    shapes = {f"{a}.{p}": (dim, dim) for a in ("self_attn", "cross_attn") for p in "qkvo"} | {"ffn.0": (dim, ffn), "ffn.2": (ffn, dim)}
+    tag = ".default" if default else ""
+    sd = {}
+    for i in range(transformer_config["num_layers"]):
+        for name, (n_in, n_out) in shapes.items():
+            sd[f"{prefix}blocks.{i}.{name}.lora_A{tag}.weight"] = torch.randn(rank, n_in, generator=gen) * 0.2
+            sd[f"{prefix}blocks.{i}.{name}.lora_B{tag}.weight"] = torch.randn(n_out, rank, generator=gen) * 0.2
+    return sd
+
+
+def save_tiny_branch(folder: str | Path, kind: str, transformer_config: dict[str, Any] = TINY_TRANSFORMER_CONFIG,
+                     seed: int = 1) -> Path:  # fmt: skip
+    """``folder`` holding a random branch and LoRA under the family's file names (Spatia's
+    ``step-8500.safetensors`` + ``lora_weights_10000.safetensors``, Mirage's ``vace.safetensors`` +
+    ``lora.safetensors``), one branch block per stride of the tiny transformer's layers."""
+    from safetensors.torch import save_file
+
+    from .checkpoints import MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE, SPATIA_BRANCH_FILE, SPATIA_LORA_FILE
+    from .pipeline import BRANCH_STRIDE
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {"spatia": (SPATIA_BRANCH_FILE, SPATIA_LORA_FILE), "mirage": (MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE)}[kind]
+    layers = tuple(range(0, transformer_config["num_layers"], BRANCH_STRIDE[kind]))
+    save_file(tiny_branch_state_dict(transformer_config, layers, seed), str(folder / names[0]))
+    save_file(tiny_lora_state_dict(transformer_config, seed=seed, default=kind == "spatia"), str(folder / names[1]))
+    return folder

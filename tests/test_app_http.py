@@ -35,13 +35,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(tmp: Path, port: int, *, flags: bool, generation: Path | None = None) -> tuple[subprocess.Popen, str]:
+def launch_app(tmp: Path, port: int, *, flags: bool, generation: Path | None = None,
+               env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
     """Start ``python app.py`` on ``port`` (``--host/--port`` flags, or gradio's environment variables
     ``GRADIO_SERVER_NAME/PORT``), offline, or in generation mode on the CPU with the checkpoint folder
     ``generation``; return (process, base url) once it serves its page."""
     args = ["--host", "127.0.0.1", "--port", str(port)] if flags else []
     full_env = {
-        **{k: v for k, v in os.environ.items() if k not in ("MIRAGE_OFFLINE", "MIRAGE_MODEL_PATH", "MIRAGE_DEVICE")},
+        **{k: v for k, v in os.environ.items() if not k.startswith("MIRAGE_")},
         "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "MIRAGE_APP_TMP": str(tmp / "sessions"),
         "GRADIO_TEMP_DIR": str(tmp / "gradio"), "NO_PROXY": "127.0.0.1,localhost",
     }  # fmt: skip
@@ -51,6 +52,7 @@ def launch_app(tmp: Path, port: int, *, flags: bool, generation: Path | None = N
         full_env.update(MIRAGE_MODEL_PATH=str(generation), MIRAGE_DEVICE="cpu")
     if not flags:
         full_env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
+    full_env.update(env or {})
     log = open(tmp / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -120,7 +122,7 @@ def test_example_preset_run(client):
     summary, plot, status = client.predict("orbit_right", 15, 65, "image", api_name="/preset_path")
     assert "65 frames" in status and any("frusta (65)" in t.get("name", "") for t in plot_json(plot)["data"])
 
-    job = client.submit(0, 20, 5.0, "", "", "latent", api_name="/run")
+    job = client.submit(0, 20, 5.0, "", "", "replace", "latent", api_name="/run")
     progress = []
     while not job.done():
         progress += [p.desc for p in job.status().progress_data or [] if p.desc]
@@ -213,7 +215,7 @@ def test_bad_inputs_return_errors_and_the_app_keeps_serving(app, tmp_path):
     assert status.startswith("Path set: preset pan_left")
     summary, _, status = b.predict("orbit_left", 10, 33, "latent", api_name="/preset_path")
     assert "motorcycle" in summary and "ground truth" in summary
-    out = b.predict(0, 20, 5.0, "", "", "latent", api_name="/run")
+    out = b.predict(0, 20, 5.0, "", "", "replace", "latent", api_name="/run")
     assert read_video(out[0]).shape == (3, 33, 128, 256)
 
 

@@ -73,6 +73,79 @@ def test_zerogpu_budget_per_memory_call(monkeypatch):
     assert rt.check_gpu_budget(161, 50, 5.0) == 180
 
 
+@pytest.mark.parametrize(
+    "conditioning, steps, guidance, results",
+    [("replace", 20, 1.0, "pipeline_resident_cuda_h100.json"), ("replace", 20, 5.0, "pipeline_resident_cuda_h100.json"),
+     ("mirage", 20, 1.0, "pipeline_branch_mirage_cuda_h100.json"), ("spatia", 10, 3.5, "pipeline_branch_spatia_cuda_h100.json")],
+)  # fmt: skip
+def test_zerogpu_budget_covers_the_measured_runs(conditioning, steps, guidance, results):
+    """The reserved seconds against the H100 runs in benchmarks/results (161 frames, both memories):
+    never below what was measured, and not more than 1.5 times it (20 s of that is the call's start)."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / results).read_text())
+    runs = [r for r in data["modes"]["resident"]["runs"] if r["guidance"] == guidance]
+    assert len(runs) == 2 and data["config"]["frames"] == 161 and data["config"]["steps"] == steps
+    measured = max(r["total_s"] for r in runs)
+    assert measured <= rt.gpu_seconds(161, steps, guidance, conditioning) <= 1.5 * measured
+
+
+def test_trained_budget_follows_the_family_chunking():
+    assert rt.gpu_seconds(161, 40, 3.5, "spatia") > rt.zerogpu_max_seconds()  # Spatia's own 40 steps: too long for 120 s
+    with pytest.raises(ValueError, match="Trained branch: Spatia"):
+        rt.check_gpu_budget(161, 40, 3.5, "spatia")
+    assert rt.gpu_seconds(33, 20, 1.0, "mirage") > rt.gpu_seconds(33, 20, 1.0, "replace")  # the branch's blocks cost
+
+
+def _clear_branch_env(monkeypatch):
+    for names in rt.BRANCH_ENV.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+
+
+def test_trained_branches_are_found_in_settings_and_the_hf_cache(tmp_path, monkeypatch):
+    _clear_branch_env(monkeypatch)
+    found, missing = rt.find_branches(cache_dir=tmp_path / "empty")
+    assert found == {} and any("spatia: no step-8500.safetensors" in m for m in missing)
+    assert any("MIRAGE_MIRAGE_BRANCH is unset" in m for m in missing)
+
+    # Spatia's public files in the HF cache layout
+    snap = tmp_path / "hub" / "models--Jinjing713--Spatia" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    (snap / "step-8500.safetensors").write_bytes(b"x")
+    found, missing = rt.find_branches(cache_dir=tmp_path / "hub")
+    assert found == {} and any("no lora_weights_10000.safetensors" in m for m in missing)  # the branch alone is not enough
+    (snap / "lora_weights_10000.safetensors").write_bytes(b"x")
+    found, _ = rt.find_branches(cache_dir=tmp_path / "hub")
+    assert found["spatia"].branch == str(snap / "step-8500.safetensors") and "HF cache" in found["spatia"].where
+
+    # a Mirage branch trained by the user, named by a setting; its LoRA beside it is picked up
+    mine = tmp_path / "outputs"
+    mine.mkdir()
+    (mine / "vace.safetensors").write_bytes(b"x")
+    monkeypatch.setenv("MIRAGE_MIRAGE_BRANCH", str(mine / "vace.safetensors"))
+    found, _ = rt.find_branches(cache_dir=tmp_path / "hub")
+    assert found["mirage"].lora is None  # a branch trained without a LoRA is allowed
+    (mine / "lora.safetensors").write_bytes(b"x")
+    found, _ = rt.find_branches(cache_dir=tmp_path / "hub")
+    assert found["mirage"] == rt.BranchFiles("mirage", str(mine / "vace.safetensors"), str(mine / "lora.safetensors"), "$MIRAGE_MIRAGE_BRANCH")
+    mode = rt.AppMode(True, "w", "cpu", False, False, "", found)
+    assert [v for _, v in rt.conditioning_choices(mode)] == ["replace", "context", "spatia", "mirage"]
+    assert "Trained conditioning offered" in mode.banner()
+
+
+def test_conditioning_settings():
+    assert rt.generation_defaults("spatia")["steps"] == 40 and rt.generation_defaults("spatia")["guidance"] == 3.5
+    assert rt.generation_defaults("mirage")["fps"] == 16 and rt.generation_defaults("context")["steps"] == 50
+    assert rt.pipe_settings("spatia", "", 40, 3.5, "neg")["memory_mode"] == "branch"
+    assert rt.pipe_settings("context", "a room", 5, 1.0, "")["memory_mode"] == "context"
+    with pytest.raises(ValueError, match="unknown conditioning 'vace'"):
+        rt.pipe_settings("vace", "", 5, 1.0, "")
+
+
 def test_session_dirs_are_created_lazily_and_removed(tmp_path):
     dirs = rt.SessionDirs(tmp_path / "root")
     assert list(dirs.root.iterdir()) == []

@@ -14,43 +14,33 @@ import torch
 from diffusers import UniPCMultistepScheduler
 
 import mirage.pipeline as pipeline_module
-from mirage.branch import BranchConfig, MemoryBranch
 from mirage.codecs import WanVAECodec
 from mirage.depth import PlanarPriorBackend
 from mirage.frames import Chunking
 from mirage.paths import make_preset_path
 from mirage.pipeline import DEFAULTS, WAN_UNIPC_CONFIG, MiragePipeline
 from mirage.synthetic import default_camera, default_scene
-from mirage.testing import TINY_BRANCH_TRANSFORMER_CONFIG, TINY_TEXT_DIM, TINY_VAE_CONFIG, randomize_parameters, tiny_branch_transformer
+from mirage.testing import (
+    TINY_BRANCH_TRANSFORMER_CONFIG,
+    TINY_TEXT_DIM,
+    TINY_VAE_CONFIG,
+    tiny_branch_state_dict,
+    tiny_branch_transformer,
+    tiny_lora_state_dict,
+)
 
 H, W, STEPS = 64, 96, 2
 TOKENS = (H // 32) * (W // 32)  # tokens per latent frame: (h/2) * (w/2) = 2 * 3
 LAYERS = (0, 2)  # the tiny branch: hints after blocks 0 and 2 of 4
 
 
-def lora_state_dict(rank: int = 4, seed: int = 0, prefix: str = "pipe.dit.", default: bool = True) -> dict:
+def lora_state_dict(rank: int = 4, seed: int = 0, default: bool = True) -> dict:
     """A random LoRA for the tiny transformer in DiffSynth's module names (Spatia's file layout)."""
-    gen = torch.Generator().manual_seed(seed)
-    dim = TINY_BRANCH_TRANSFORMER_CONFIG["num_attention_heads"] * TINY_BRANCH_TRANSFORMER_CONFIG["attention_head_dim"]
-    ffn = TINY_BRANCH_TRANSFORMER_CONFIG["ffn_dim"]
-    shapes = {f"{a}.{p}": (dim, dim) for a in ("self_attn", "cross_attn") for p in "qkvo"} | {"ffn.0": (dim, ffn), "ffn.2": (ffn, dim)}
-    tag = ".default" if default else ""
-    sd = {}
-    for i in range(TINY_BRANCH_TRANSFORMER_CONFIG["num_layers"]):
-        for name, (n_in, n_out) in shapes.items():
-            sd[f"{prefix}blocks.{i}.{name}.lora_A{tag}.weight"] = torch.randn(rank, n_in, generator=gen) * 0.2
-            sd[f"{prefix}blocks.{i}.{name}.lora_B{tag}.weight"] = torch.randn(n_out, rank, generator=gen) * 0.2
-    return sd
+    return tiny_lora_state_dict(TINY_BRANCH_TRANSFORMER_CONFIG, rank, seed, default=default)
 
 
 def branch_state_dict(seed: int = 1, zero_out: bool = False) -> dict:
-    branch = MemoryBranch.for_transformer(TINY_BRANCH_TRANSFORMER_CONFIG, BranchConfig(LAYERS))
-    randomize_parameters(branch, seed)
-    if zero_out:
-        for block in branch.vace_blocks:
-            torch.nn.init.zeros_(block.proj_out.weight)
-            torch.nn.init.zeros_(block.proj_out.bias)
-    return {f"pipe.vace.{k}": v for k, v in branch.state_dict().items()}  # a trainer's prefix, stripped on load
+    return tiny_branch_state_dict(TINY_BRANCH_TRANSFORMER_CONFIG, LAYERS, seed, zero_out)  # a trainer's prefix, stripped on load
 
 
 def make_pipe() -> MiragePipeline:
@@ -232,6 +222,8 @@ def test_branch_defaults_follow_the_references(scene):
     d = pipe.defaults_for("branch")
     assert (d.num_inference_steps, d.guidance_scale, d.chunking, d.fps, d.continuation) == (20, 1.0, Chunking(33, 33, 1), 16, "latent")
     assert pipe.defaults_for("replace") == DEFAULTS["training-free"]
+    pipe.load_branch("mirage", branch_state_dict(), None)  # no layers given: the family's spacing, every 2nd layer
+    assert pipe.branch.config.layers == (0, 2)
 
 
 def test_load_branch_errors_say_what_is_missing(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import shutil
 
@@ -28,6 +29,7 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     def gpu(fn=None, **_):
         return fn if fn is not None else (lambda f: f)
 
+LOG = logging.getLogger("mirage.app")
 MODE = rt.detect_mode()
 DIRS = rt.SessionDirs(os.environ.get("MIRAGE_APP_TMP") or None)
 LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
@@ -68,71 +70,188 @@ def _drop_state(state) -> None:  # gr.State delete_callback: the session's files
 
 
 # ------------------------------------------------------------------------------------- handlers
+# Each action that can be refused has two entry points: the API one raises (clients get the message
+# as an error), the page's one leaves every output as it was, puts the controls back to what the
+# active path is (``app_runtime.path_controls``) and says why beside them, so nothing on the page
+# shows a value that is not in effect and no plot hides behind an error badge.
 def _frames(frames) -> int:
     return rt.check_frame_count(frames)
 
 
-def _scene_outputs(state, preset, amount, frames, color_by):
-    """After a load: the default preset path (if it fits the scene), editor, summary, plot, table."""
+def _refused(err: Exception) -> str:
+    """One log line (no traceback), a toast, and the message for the status line beside the control."""
+    LOG.info("refused: %s", err)
+    gr.Warning(str(err))
+    return f"**Not applied:** {err}"
+
+
+def _or_skip(value):
+    return gr.skip() if value is None else value
+
+
+def _controls(state):  # -> (frames, preset, amount, preset_info) values matching the active path
+    c = rt.path_controls(state)
+    info = gr.skip() if c.preset is None else rt.preset_description(c.preset)
+    amount = gr.skip() if c.amount is None else gr.update(value=c.amount, info=paths.PRESETS[c.preset].unit)
+    return _or_skip(c.frames), _or_skip(c.preset), amount, info
+
+
+def _path_view(state, color_by):  # PATH_UI outputs after an accepted change
+    note = f"Path set: {state.path_label}, {len(state.path)} frames."
+    return (state, scene.scene_summary(state), scene.scene_figure(state, color_by), note, rt.active_path_line(state),
+            *_controls(state))  # fmt: skip
+
+
+def _path_refused(state, err):  # PATH_UI outputs after a refused change: everything as it was
+    return (gr.skip(), gr.skip(), gr.skip(), _refused(err), gr.skip(), *_controls(state))
+
+
+def _new_scene(state, preset, amount, frames):
+    """A loaded scene gets the preset path the controls show (if it fits), else stays without a path."""
     try:
-        scene.preset_path(state, preset, amount, _frames(frames))
-        status = f"Loaded. Path: {state.path_label}. Draw, edit keyframes or import to change it, then press Generate."
+        scene.preset_path(state, preset, _amount(amount), _frames(frames))
+        return f"Path set: {state.path_label}, {len(state.path)} frames."
     except ValueError as err:
-        status = f"Loaded, but the default path does not fit this scene: {err}"
+        LOG.info("default path refused: %s", err)
+        return f"**The preset path does not fit this scene:** {err} Choose another path."
+
+
+def _amount(amount):
+    return None if amount is None or amount == "" else float(amount)
+
+
+def _scene_view(state, preset, amount, frames, color_by, note):  # SCENE_UI outputs after a load
+    path_note = _new_scene(state, preset, amount, frames)
     return (state, rt.editor_value(state), scene.scene_summary(state), scene.scene_figure(state, color_by),
-            scene.default_keyframe_rows(state), status)  # fmt: skip
+            scene.default_keyframe_rows(state), note, path_note, rt.active_path_line(state), *_controls(state),
+            max(state.size))  # fmt: skip
 
 
+def _scene_refused(state, err):  # SCENE_UI outputs after a refused load: the previous scene stays
+    long_side = gr.skip() if state is None else max(state.size)
+    return (gr.skip(),) * 5 + (_refused(err), gr.skip(), gr.skip(), *_controls(state), long_side)
+
+
+def _load_example(name, depth_choice, long_side, progress):
+    progress(0.1, desc=f"loading {name}")
+    return scene.build_scene(scene.raw_from_example(name, depth_choice), int(long_side))
+
+
+def _load_upload(image_file, depth_file, depth_choice, fov, long_side, progress):
+    progress(0.1, desc="reading the image and its depth")
+    return scene.build_scene(scene.raw_from_upload(image_file, depth_file, depth_choice, float(fov)), int(long_side))
+
+
+# The API (gradio_client, curl): errors raise with the message.
 @ui_errors
 def load_example(name, depth_choice, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
-    progress(0.1, desc=f"loading {name}")
-    state = scene.build_scene(scene.raw_from_example(name, depth_choice), int(long_side))
-    return _scene_outputs(state, preset, amount, frames, color_by)
-
-
-def load_example_index(index, depth_choice, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
-    return load_example(EXAMPLES[int(index)].name, depth_choice, long_side, preset, amount, frames, color_by, progress)
+    out = _scene_view(_load_example(name, depth_choice, long_side, progress), preset, amount, frames, color_by, "Loaded.")
+    return (*out[:5], f"{out[5]} {out[6]}")
 
 
 @ui_errors
 def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
                 progress=gr.Progress()):  # fmt: skip
-    progress(0.1, desc="reading the image and its depth")
-    raw = scene.raw_from_upload(image_file, depth_file, depth_choice, float(fov))
-    state = scene.build_scene(raw, int(long_side))
-    return _scene_outputs(state, preset, amount, frames, color_by)
-
-
-@ui_errors
-def change_size(state, long_side, color_by):
-    if state is None:
-        return state, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    new = scene.rebuild_at(state, int(long_side))
-    return new, rt.editor_value(new), scene.scene_summary(new), scene.scene_figure(new, color_by), "Working size changed."
-
-
-def _path_outputs(state, color_by):
-    return state, scene.scene_summary(state), scene.scene_figure(state, color_by), f"Path set: {state.path_label}, {len(state.path)} frames."
+    state = _load_upload(image_file, depth_file, depth_choice, fov, long_side, progress)
+    out = _scene_view(state, preset, amount, frames, color_by, "Loaded.")
+    return (*out[:5], f"{out[5]} {out[6]}")
 
 
 @ui_errors
 def use_preset(state, preset, amount, frames, color_by):
-    return _path_outputs(scene.preset_path(state, preset, amount, _frames(frames)), color_by)
+    return _path_view(scene.preset_path(state, preset, _amount(amount), _frames(frames)), color_by)[:4]
 
 
 @ui_errors
 def use_stroke(state, editor, frames, depth_fraction, look, color_by):
-    return _path_outputs(scene.stroke_path(state, editor, _frames(frames), float(depth_fraction), look), color_by)
+    return _path_view(scene.stroke_path(state, editor, _frames(frames), float(depth_fraction), look), color_by)[:4]
 
 
 @ui_errors
 def use_keyframes(state, table, frames, color_by):
-    return _path_outputs(scene.keyframe_path(state, table, _frames(frames)), color_by)
+    return _path_view(scene.keyframe_path(state, table, _frames(frames)), color_by)[:4]
 
 
 @ui_errors
 def use_import(state, file, frames, color_by):
-    return _path_outputs(scene.imported_path(state, file, _frames(frames)), color_by)
+    return _path_view(scene.imported_path(state, file, _frames(frames)), color_by)[:4]
+
+
+# The page: a refused value changes nothing and says so beside the control.
+def page_example(index, state, depth_choice, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
+    try:
+        new = _load_example(EXAMPLES[int(index)].name, depth_choice, long_side, progress)
+    except (ValueError, FileNotFoundError) as err:
+        return _scene_refused(state, err)
+    return _scene_view(new, preset, amount, frames, color_by, f"Loaded example **{new.raw.name}**.")
+
+
+def page_example_select(state, depth_choice, long_side, preset, amount, frames, color_by, evt: gr.SelectData,
+                        progress=gr.Progress()):  # fmt: skip
+    return page_example(evt.index, state, depth_choice, long_side, preset, amount, frames, color_by, progress)
+
+
+def page_upload(state, image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
+                progress=gr.Progress()):  # fmt: skip
+    try:
+        new = _load_upload(image_file, depth_file, depth_choice, fov, long_side, progress)
+    except (ValueError, FileNotFoundError) as err:
+        return _scene_refused(state, err)
+    return _scene_view(new, preset, amount, frames, color_by, f"Loaded **{new.raw.name}**.")
+
+
+def page_size(state, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
+    """A new working size: the same input, the same path motion from the new source camera."""
+    if state is None:
+        return (gr.skip(),) * 13
+    try:
+        progress(0.1, desc=f"refitting at {long_side} px")
+        new = scene.rebuild_at(state, int(long_side))
+    except ValueError as err:
+        return _scene_refused(state, err)
+    out = list(_scene_view(new, preset, amount, frames, color_by, f"Working size {new.size[1]}x{new.size[0]}."))
+    out[6] = f"Path kept: {new.path_label}, {len(new.path)} frames." if new.path is not None else out[6]
+    return tuple(out)
+
+
+def _page_path(make):
+    """A page handler that applies ``make(state, *args) -> state`` and shows it, or refuses."""
+
+    def handler(state, *args):
+        *args, color_by = args
+        try:
+            return _path_view(make(scene.require_scene(state), *args), color_by)
+        except ValueError as err:
+            return _path_refused(state, err)
+
+    return handler
+
+
+page_preset = _page_path(lambda state, preset, amount, frames: scene.preset_path(state, preset, _amount(amount), _frames(frames)))
+page_stroke = _page_path(lambda state, editor, frames, fraction, look: scene.stroke_path(state, editor, _frames(frames), float(fraction), look))
+page_keyframes = _page_path(lambda state, table, frames: scene.keyframe_path(state, table, _frames(frames)))
+page_import = _page_path(lambda state, file, frames: scene.imported_path(state, file, _frames(frames)))
+page_frames = _page_path(lambda state, frames: scene.remake_path(state, _frames(frames)))
+
+
+def page_preset_choice(state, preset, frames, color_by):
+    """A preset picked: its default amount, applied at once."""
+    return _page_path(lambda st, p, f: scene.preset_path(st, p, None, _frames(f)))(state, preset, frames, color_by)
+
+
+def page_amount(state, preset, amount, frames, color_by, amount_before):
+    """Amount edited (Enter or leaving the field): applied when it changed since the field took focus."""
+    if amount == amount_before:
+        return (gr.skip(),) * 9
+    return page_preset(state, preset, amount, frames, color_by)
+
+
+def page_stroke_setting(state, depth_fraction, look, color_by):
+    """A stroke setting changed: applied at once when the active path is a stroke (else at 'Use stroke')."""
+    if state is None or state.recipe is None or state.recipe.kind != "stroke":
+        return (gr.skip(),) * 9
+    make = lambda st, f, lk: scene.remake_path(st, len(st.path), depth_fraction=float(f), look=lk)  # noqa: E731
+    return _page_path(make)(state, depth_fraction, look, color_by)
 
 
 @ui_errors
@@ -141,7 +260,6 @@ def export_path(state, request: gr.Request):
     return [str(p) for p in scene.export_path(state, _workdir(state, request) / "path")]
 
 
-@ui_errors
 def recolor(state, color_by):
     if state is None:
         return gr.skip(), gr.skip()
@@ -169,9 +287,7 @@ def set_conditioning(conditioning):
             gr.update(value=d["negative_prompt"], label=f"Negative prompt ({d['origin']}'s default; used when guidance > 1)"))  # fmt: skip
 
 
-@ui_errors
-def run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
-        progress=gr.Progress()):  # fmt: skip
+def _run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress):
     state = scene.require_scene(state)
     if state.path is None:
         raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
@@ -204,6 +320,22 @@ def run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, col
             [str(p) for p in f.downloads()], out.caption)  # fmt: skip
 
 
+@ui_errors
+def run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
+        progress=gr.Progress()):  # fmt: skip
+    return _run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress)
+
+
+def page_run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
+             progress=gr.Progress()):  # fmt: skip
+    """Generate from the page: a refusal (no path yet, a run too long for the GPU) keeps the last results."""
+    try:
+        out = _run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress)
+    except (ValueError, FileNotFoundError) as err:
+        return (gr.skip(),) * 13 + (_refused(err),)
+    return (*out, f"Done: {state.path_label}, {len(state.path)} frames.")
+
+
 def end_session(request: gr.Request) -> None:
     DIRS.remove(request.session_hash)
 
@@ -212,13 +344,18 @@ def end_session(request: gr.Request) -> None:
 CSS = """
 #mode-banner {border-left: 4px solid #f59e0b; padding-left: 12px;}
 .small-note {font-size: 0.85em; opacity: 0.85;}
+#active-path {border-left: 4px solid #1f77b4; padding-left: 10px;}
 """
 THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts
+PLOTS_JS = (ASSETS_DIR / "plots.js").read_text()  # WebGL contexts of old plots released; the 3D view keeps its camera
+LAUNCH = dict(allowed_paths=[str(ASSETS_DIR)], theme=THEME, css=CSS, js=PLOTS_JS)  # demo.launch(**LAUNCH)
 
 
 def build_demo() -> gr.Blocks:
+    gallery = rt.example_gallery(MODE.depth_pro)
     with gr.Blocks(title="Mirage: latent spatial memory", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
         state = gr.State(None, delete_callback=_drop_state)
+        amount_before = gr.State(None)  # the amount when its field took focus (applied on leaving only if changed)
         gr.Markdown(
             "# Mirage: latent spatial memory\n"
             "Pick a scene, give the camera a path, and compare two 3D memories on it: the **latent memory** (the video "
@@ -226,17 +363,17 @@ def build_demo() -> gr.Blocks:
             "cloud** baseline (rasterize every frame at full resolution, then encode it)."
         )
         gr.Markdown(MODE.banner(), elem_id="mode-banner")
-        status = gr.Markdown("Loading the first example…", elem_id="status")
 
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------- 1. input
             with gr.Column(scale=1, min_width=380):
                 gr.Markdown("### 1. Scene")
-                examples = gr.Dataset(
-                    components=[gr.Image(visible=False)], samples=[[str(s.image_path)] for s in EXAMPLES],
-                    type="index", layout="gallery", label="Examples (one click)", elem_id="examples",
-                )
-                gr.Markdown("\n".join(f"- **{s.name}**: {s.description}" for s in EXAMPLES), elem_classes="small-note")
+                examples = gr.Gallery(
+                    gallery, label="Examples (one click; the right half is the depth each starts from)", columns=3,
+                    rows=1, height=150, object_fit="contain", allow_preview=False, selected_index=0, elem_id="examples",
+                )  # fmt: skip
+                gr.Markdown(rt.example_notes(MODE.depth_pro), elem_classes="small-note")
+                status = gr.Markdown("Loading the first example…", elem_id="status")
                 example_name = gr.Textbox(visible=False)
                 example_button = gr.Button(visible=False)
                 editor = gr.ImageEditor(
@@ -253,7 +390,7 @@ def build_demo() -> gr.Blocks:
                                          file_types=[".npy", ".png"], type="filepath")
                     fov = gr.Slider(20, 120, value=60, step=1, label="Horizontal field of view (°)",
                                     info="Used when the depth source gives none (planar prior, uploaded depth map).")
-                    load_button = gr.Button("Load image", variant="secondary")
+                    load_button = gr.Button("Load image", variant="secondary", elem_id="load-image")
                 depth_choice = gr.Dropdown(
                     [(k, v) for k, v in rt.DEPTH_CHOICES.items()], value="auto", label="Depth source",
                     info="Depth Pro " + ("weights found." if MODE.depth_pro else "needs its weights: not found, so automatic "
@@ -266,13 +403,16 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=1, min_width=380):
                 gr.Markdown("### 2. Camera path")
                 frames = gr.Dropdown(list(rt.FRAME_CHOICES), value=33, allow_custom_value=True, label="Frames",
-                                     info=f"4N+1; chunks of 33 then +32; at most {rt.MAX_FRAMES}.")
+                                     info=f"4N+1; chunks of 33 then +32; at most {rt.MAX_FRAMES}. Applies to the active path.",
+                                     elem_id="frames")  # fmt: skip
                 with gr.Tabs():
-                    with gr.Tab("Preset"):
-                        preset = gr.Dropdown(PRESETS, value="orbit_left", label="Preset")
-                        amount = gr.Number(paths.PRESETS["orbit_left"].default, label="Amount",
-                                           info=paths.PRESETS["orbit_left"].unit)
-                        preset_button = gr.Button("Use preset", variant="primary")
+                    with gr.Tab("Preset", elem_id="preset-tab"):
+                        preset = gr.Dropdown(PRESETS, value="orbit_left", label="Preset (applies at once)", elem_id="preset")
+                        preset_info = gr.Markdown(rt.preset_description("orbit_left"), elem_classes="small-note",
+                                                  elem_id="preset-info")  # fmt: skip
+                        amount = gr.Number(paths.PRESETS["orbit_left"].default, label="Amount (applies on Enter or leaving the field)",
+                                           info=paths.PRESETS["orbit_left"].unit, elem_id="amount")  # fmt: skip
+                        preset_button = gr.Button("Use preset again", elem_id="use-preset")
                     with gr.Tab("Stroke", elem_id="stroke-tab"):
                         gr.Markdown("Draw on the scene image (left) from near the centre towards where the camera should go; "
                                     "the stroke is lifted to 3D with the depth and the camera travels along it.")
@@ -289,9 +429,10 @@ def build_demo() -> gr.Blocks:
                         import_button = gr.Button("Import path", variant="primary")
                         export_button = gr.Button("Export current path (3 formats)")
                         export_files = gr.File(label="Path files", file_count="multiple", interactive=False)
+                path_status = gr.Markdown(elem_id="path-status")
                 color_by = gr.Radio([("latent features (PCA)", "latent"), ("image colour", "image")], value="latent",
                                     label="Colour the points by")
-                plot = gr.Plot(label="Latent point cache and camera path", elem_id="cache-plot")
+                plot = gr.Plot(label="Latent point cache and camera path (hover: frame, depth)", elem_id="cache-plot")
 
         # ----------------------------------------------------------------- 3. generate
         gr.Markdown("### 3. Generate")
@@ -317,7 +458,12 @@ def build_demo() -> gr.Blocks:
             "Offline, Generate shows **readout previews** of both memories (needs no weights); generation needs the "
             "Wan2.2-TI2V-5B weights."), elem_classes="small-note",
         )  # fmt: skip
-        run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary", elem_id="run")
+        with gr.Row(equal_height=True):
+            active = gr.Markdown(rt.active_path_line(None), elem_id="active-path")
+            run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary",
+                                   elem_id="run", scale=0, min_width=240)  # fmt: skip
+        run_status = gr.Markdown(elem_id="run-status")
+        run_api = gr.Button(visible=False)
         with gr.Row():
             with gr.Column():
                 latent_video = gr.Video(label=VIDEO_LABELS["latent"], elem_id="latent-video", autoplay=True, loop=True)
@@ -327,38 +473,57 @@ def build_demo() -> gr.Blocks:
                 rgb_video = gr.Video(label=VIDEO_LABELS["rgb"], elem_id="rgb-video", autoplay=True, loop=True)
                 rgb_input = gr.Video(label=INPUT_LABELS["rgb"], elem_id="rgb-input", autoplay=True, loop=True)
                 rgb_mask = gr.Video(label="Pixel point cloud: hole mask (white = seen)", autoplay=True, loop=True)
-        caption = gr.Markdown()
+        caption = gr.Markdown(elem_id="caption")
         with gr.Row():
-            timing_plot = gr.Plot(label="Time per stage")
-            size_plot = gr.Plot(label="Cache size per chunk")
-        growth_plot = gr.Plot(label="Latent cache, chunk by chunk")
+            timing_plot = gr.Plot(label="Time per stage", elem_id="timing-plot")
+            size_plot = gr.Plot(label="Cache size after the image and each chunk", elem_id="size-plot")
+        growth_plot = gr.Plot(label="Latent cache, chunk by chunk", elem_id="growth-plot")
         with gr.Accordion("Downloads", open=True):
             side_video = gr.Video(label="Side by side", show_label=False, loop=True)
             downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple", interactive=False)
 
         # ----------------------------------------------------------------- wiring
+        controls = [frames, preset, amount, preset_info]
+        scene_ui = [state, editor, summary, plot, table, status, path_status, active, *controls, long_side]
+        path_ui = [state, summary, plot, path_status, active, *controls]
+        scene_api = [state, editor, summary, plot, table, status]
+        path_api = [state, summary, plot, path_status]
         path_ctl = [preset, amount, frames, color_by]
-        scene_out = [state, editor, summary, plot, table, status]
-        path_out = [state, summary, plot, status]
-        examples.click(load_example_index, [examples, depth_choice, long_side, *path_ctl], scene_out, api_visibility="private")
-        example_button.click(load_example, [example_name, depth_choice, long_side, *path_ctl], scene_out, api_name="load_example")
-        load_button.click(load_upload, [image_file, depth_file, depth_choice, fov, long_side, *path_ctl], scene_out, api_name="load_image")
-        long_side.change(change_size, [state, long_side, color_by], [state, editor, summary, plot, status], api_visibility="private")
-        preset.change(lambda p: gr.update(value=paths.PRESETS[p].default, info=paths.PRESETS[p].unit), preset, amount,
-                      api_visibility="private")  # fmt: skip
-        preset_button.click(use_preset, [state, *path_ctl], path_out, api_name="preset_path")
-        stroke_button.click(use_stroke, [state, editor, frames, depth_fraction, look, color_by], path_out, api_name="stroke_path")
-        keyframe_button.click(use_keyframes, [state, table, frames, color_by], path_out, api_name="keyframe_path")
-        import_button.click(use_import, [state, path_file, frames, color_by], path_out, api_name="import_path")
+        private = dict(api_visibility="private")
+        # the page
+        examples.select(page_example_select, [state, depth_choice, long_side, *path_ctl], scene_ui, **private)
+        load_button.click(page_upload, [state, image_file, depth_file, depth_choice, fov, long_side, *path_ctl], scene_ui, **private)
+        long_side.input(page_size, [state, long_side, *path_ctl], scene_ui, **private)
+        preset.input(page_preset_choice, [state, preset, frames, color_by], path_ui, **private)
+        amount.focus(lambda a: a, amount, amount_before, **private)
+        for event in (amount.submit, amount.blur):
+            event(page_amount, [state, preset, amount, frames, color_by, amount_before], path_ui, **private).then(
+                lambda a: a, amount, amount_before, **private)
+        frames.input(page_frames, [state, frames, color_by], path_ui, trigger_mode="always_last", **private)
+        preset_button.click(page_preset, [state, *path_ctl], path_ui, **private)
+        stroke_button.click(page_stroke, [state, editor, frames, depth_fraction, look, color_by], path_ui, **private)
+        depth_fraction.release(page_stroke_setting, [state, depth_fraction, look, color_by], path_ui, **private)
+        look.input(page_stroke_setting, [state, depth_fraction, look, color_by], path_ui, **private)
+        keyframe_button.click(page_keyframes, [state, table, frames, color_by], path_ui, **private)
+        import_button.click(page_import, [state, path_file, frames, color_by], path_ui, **private)
         export_button.click(export_path, [state], export_files, api_name="export_path")
-        color_by.change(recolor, [state, color_by], [plot, growth_plot], api_visibility="private")
-        run_out = [state, latent_video, rgb_video, latent_input, rgb_input, latent_mask, rgb_mask, side_video, timing_plot, size_plot, growth_plot,
-                   downloads, caption]  # fmt: skip
-        conditioning.change(set_conditioning, conditioning, [steps, guidance, negative_prompt], api_visibility="private")
-        run_button.click(run, [state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by], run_out, api_name="run",
-                         concurrency_limit=1, concurrency_id="run")  # fmt: skip
-        demo.load(load_example_index, [gr.State(0), depth_choice, long_side, *path_ctl], scene_out, api_visibility="private")
+        color_by.input(recolor, [state, color_by], [plot, growth_plot], **private)
+        run_out = [state, latent_video, rgb_video, latent_input, rgb_input, latent_mask, rgb_mask, side_video, timing_plot,
+                   size_plot, growth_plot, downloads, caption]  # fmt: skip
+        run_in = [state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by]
+        conditioning.change(set_conditioning, conditioning, [steps, guidance, negative_prompt], **private)
+        run_button.click(page_run, run_in, [*run_out, run_status], concurrency_limit=1, concurrency_id="run", **private)
+        demo.load(page_example, [gr.State(0), state, depth_choice, long_side, *path_ctl], scene_ui, **private)
         demo.unload(end_session)
+        # the API (hidden triggers; a refusal raises with its message)
+        example_button.click(load_example, [example_name, depth_choice, long_side, *path_ctl], scene_api, api_name="load_example")
+        gr.Button(visible=False).click(load_upload, [image_file, depth_file, depth_choice, fov, long_side, *path_ctl], scene_api,
+                                       api_name="load_image")  # fmt: skip
+        gr.Button(visible=False).click(use_preset, [state, *path_ctl], path_api, api_name="preset_path")
+        gr.Button(visible=False).click(use_stroke, [state, editor, frames, depth_fraction, look, color_by], path_api, api_name="stroke_path")
+        gr.Button(visible=False).click(use_keyframes, [state, table, frames, color_by], path_api, api_name="keyframe_path")
+        gr.Button(visible=False).click(use_import, [state, path_file, frames, color_by], path_api, api_name="import_path")
+        run_api.click(run, run_in, run_out, api_name="run", concurrency_limit=1, concurrency_id="run")
     demo.queue(default_concurrency_limit=4)
     return demo
 
@@ -371,5 +536,4 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", default=None, help="public gradio link (default: $GRADIO_SHARE)")
     args = parser.parse_args()
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(ASSETS_DIR)],
-                theme=THEME, css=CSS)  # fmt: skip
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH)

@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirage import checkpoints, weights
+from mirage import checkpoints, paths, weights
 from mirage.codecs import WAN22_MODEL_ID
 from mirage.depth import weights_available
+from mirage.examples import EXAMPLES
 from mirage.frames import check_num_frames
 from mirage.images import image_to_uint8
 from mirage.pipeline import BRANCH_STRIDE, DEFAULTS, WAN22_LAYOUT
@@ -247,6 +248,66 @@ def check_frame_count(num_frames: Any, max_frames: int = MAX_FRAMES) -> int:
     if n > max_frames:
         raise ValueError(f"too many frames: {n} (at most {max_frames} in this mode, i.e. {(max_frames - 1) // 32} chunks)")
     return check_num_frames(n, min_latent_frames=2)
+
+
+# ----------------------------------------------------------------------------- what the page says
+def preset_description(preset: str) -> str:
+    """The line under the preset control: what it does and what its amount measures."""
+    info = paths.PRESETS[preset]
+    return f"*{preset}*: {info.description}. Amount in {info.unit} (default {info.default:g})."
+
+
+def active_path_line(state: SceneState | None) -> str:
+    """The line beside Generate: the path Generate runs, however it was made."""
+    if state is None or state.path is None:
+        return "**Active path:** none yet: make one with a preset, a stroke, keyframes or an import."
+    return f"**Active path** (Generate runs this): {state.path_label}, {len(state.path)} frames."
+
+
+@dataclass(frozen=True)
+class PathControls:
+    """The path controls' values that match the active path (None: leave that control as it is)."""
+
+    frames: int | None
+    preset: str | None
+    amount: float | None
+
+
+def path_controls(state: SceneState | None) -> PathControls:
+    """What the frames, preset and amount controls must show for the active path: after a refused
+    value they go back to these, so the controls always say what Generate runs."""
+    if state is None or state.path is None:
+        return PathControls(None, None, None)
+    r = state.recipe
+    if r is None or r.kind != "preset":
+        return PathControls(len(state.path), None, None)
+    amount = paths.PRESETS[r.preset].default if r.amount is None else r.amount
+    return PathControls(len(state.path), r.preset, float(amount))
+
+
+def example_captions(depth_pro: bool) -> list[str]:
+    """One short, honest caption per example: where its depth comes from on this machine."""
+    depth = {"motorcycle": "real photo, ground-truth depth", "synthetic-room": "rendered, exact depth",
+             "motorcycle-no-depth": "depth: Depth Pro" if depth_pro else "depth: planar prior (no Depth Pro weights)"}  # fmt: skip
+    return [f"{s.name} · {depth.get(s.name, s.description)}" for s in EXAMPLES]
+
+
+def example_notes(depth_pro: bool) -> str:
+    """Markdown under the examples: each one's description, and what runs without weights."""
+    lines = [f"- **{s.name}**: {s.description}." for s in EXAMPLES]
+    if not depth_pro:
+        lines.append("- Without Depth Pro weights, *motorcycle-no-depth* runs on the **planar prior**: a ground plane and a "
+                     "back wall, not the scene's depth; its memories and videos show that placeholder geometry.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def example_gallery(depth_pro: bool) -> list[tuple[np.ndarray, str]]:
+    """(thumbnail uint8 [h, w, 3], caption) per example: each thumbnail shows the image and the depth
+    it starts from, so the examples look as different as they are (shared by every session)."""
+    from mirage.examples import example_thumbnail
+
+    estimated = "Depth Pro" if depth_pro else "planar prior"
+    return [(example_thumbnail(s, estimated=estimated), caption) for s, caption in zip(EXAMPLES, example_captions(depth_pro))]
 
 
 # ------------------------------------------------------------------------------------ generation

@@ -34,6 +34,7 @@ __all__ = [
     "EXAMPLES",
     "ASSETS_DIR",
     "load_example",
+    "example_thumbnail",
 ]
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
@@ -185,7 +186,8 @@ EXAMPLES: list[ExampleScene] = [
     ),
     ExampleScene(
         name="motorcycle-no-depth",
-        description="The same photo without depth: the depth backend estimates it",
+        description="The same photo without depth: Depth Pro estimates it when its weights are present, otherwise "
+                    "the planar prior stands in (placeholder geometry, not an estimate)",
         image="motorcycle_left.png",
         depth=None,
         size=(_MOTO_W, _MOTO_H),
@@ -234,3 +236,33 @@ def load_example(name: str) -> tuple[Tensor, Tensor | None, Camera]:
         raise ValueError(f"example {name!r} must give exactly one of K and fov_x_deg")
     K = torch.tensor(scene.K) if scene.K is not None else intrinsics_from_fov(W, H, scene.fov_x_deg)
     return image, depth, Camera(K, torch.eye(4), W, H)
+
+
+def example_thumbnail(scene: ExampleScene, height: int = 112, estimated: str = "estimated") -> np.ndarray:  # -> uint8 [h, w, 3]
+    """The example's image beside the depth it starts from (near bright, far dark, no depth black),
+    or, for an example without depth, a panel saying where its depth will come from (``estimated``)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image, depth, _ = load_example(scene.name)  # [3, H, W] in [-1, 1], [H, W] | None
+    H, W = image.shape[1:]
+    w = round(W * height / H)
+    rgb = Image.fromarray(((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
+    left = rgb.resize((w, height), Image.Resampling.LANCZOS)
+    if depth is not None:
+        inv = np.where(np.isfinite(depth.numpy()) & (depth.numpy() > 0), 1.0 / np.maximum(depth.numpy(), 1e-6), np.nan)
+        lo, hi = np.nanpercentile(inv, [2, 98])
+        gray = np.nan_to_num(np.clip((inv - lo) / max(hi - lo, 1e-12), 0, 1), nan=0.0)  # [H, W] near = 1
+        right = Image.fromarray((gray * 255).astype(np.uint8)).convert("RGB").resize((w, height), Image.Resampling.BILINEAR)
+        label = "depth: ground truth" if scene.name.startswith("motorcycle") else "depth: exact"
+    else:
+        right = Image.new("RGB", (w, height), (48, 48, 56))
+        label = f"no depth: {estimated}"
+    out = Image.new("RGB", (2 * w, height))
+    out.paste(left, (0, 0))
+    out.paste(right, (w, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=13)
+    x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=font)
+    draw.rectangle((w, height - (y1 - y0) - 10, w + (x1 - x0) + 10, height), fill=(0, 0, 0))
+    draw.text((w + 5, height - (y1 - y0) - 6 - y0), label, fill=(255, 255, 255), font=font)
+    return np.asarray(out)

@@ -4,6 +4,8 @@ JSON-serialisable (``fig.to_json()``); point data is sent as float32 arrays (plo
 arrays as compact base64) and subsampled to at most ``max_points``.
 
 World axes are OpenCV (y down), so 3D scenes use ``up = (0, -1, 0)`` and ``aspectmode = "data"``.
+Chunks are numbered from 1 everywhere (``chunk_label``); what the memory held before the first chunk
+is "image" (initialized from the input image).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from .cameras import Cameras
 
 __all__ = [
     "STAGE_ORDER",
+    "chunk_label",
+    "auto_point_size",
     "pca_colors",
     "subsample_indices",
+    "frustum_indices",
     "frustum_segments",
     "cache_figure",
     "cache_growth_figure",
@@ -43,6 +48,18 @@ STAGE_COLORS = {  # readout stages in warm hues, generation in blues/greens
 SCENE_CAMERA = dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=-0.9, z=-1.9), center=dict(x=0, y=0, z=0))
 PATH_COLOR = "#1f77b4"
 SOURCE_COLOR = "#d62728"
+
+
+def chunk_label(step: int) -> str:
+    """The one name of a step in every figure: 0 is the input image (initialization), ``c >= 1`` is ``"chunk c"``."""
+    return "image" if step == 0 else f"chunk {step}"
+
+
+def auto_point_size(num_points: int, *, pixels_per_side: float = 240.0, lo: float = 2.0, hi: float = 12.0) -> float:
+    """Marker size (screen pixels) from the cache's density: about ``pixels_per_side / sqrt(N)``, so
+    that a few hundred cells of one image tile the view (a recognisable mosaic) and tens of thousands
+    stay distinct; clipped to ``[lo, hi]``."""
+    return float(np.clip(pixels_per_side / np.sqrt(max(int(num_points), 1)), lo, hi))
 
 
 def _numpy(x: Tensor | np.ndarray, dtype) -> np.ndarray:
@@ -156,18 +173,33 @@ def _auto_frustum_scale(points: np.ndarray, centers: np.ndarray) -> float:
     return 0.05 * diag if diag > 1e-9 else 0.1
 
 
-def _camera_traces(cameras: Cameras, source_index: int, scale: float) -> list[go.Scatter3d]:
+def frustum_indices(num_cameras: int, max_frusta: int) -> list[int]:
+    """Which cameras get a frustum: every ``k``-th (``k`` the smallest step giving at most
+    ``max_frusta``), and always the last."""
+    if max_frusta < 2:
+        raise ValueError(f"max_frusta must be at least 2, got {max_frusta}")
+    step = max(1, int(np.ceil((num_cameras - 1) / (max_frusta - 1)))) if num_cameras > 1 else 1
+    keep = list(range(0, num_cameras, step))
+    return keep if keep[-1] == num_cameras - 1 else keep + [num_cameras - 1]
+
+
+def _camera_traces(cameras: Cameras, source_index: int, scale: float, max_frusta: int = 12) -> list[go.Scatter3d]:
     if not (-len(cameras) <= source_index < len(cameras)):
         raise ValueError(f"source_index {source_index} out of range for {len(cameras)} cameras")
-    segments = frustum_segments(cameras, scale)  # [V, 8, 2, 3]
+    shown = frustum_indices(len(cameras), max_frusta)
+    segments = frustum_segments(cameras[torch.tensor(shown)], scale)  # [V', 8, 2, 3]
+    source = frustum_segments(cameras[source_index : source_index + 1 or None], scale)  # [1, 8, 2, 3]
     centers = cameras.centers.detach().cpu().float().numpy()  # [V, 3]
+    every = shown[1] - shown[0] if len(shown) > 1 else 1
+    name = f"frusta ({len(shown)} of {len(cameras)} frames{f', every {every}th' if every > 1 else ''})"
     return [
-        _segments_trace(segments, PATH_COLOR, 2, f"camera frusta ({len(cameras)})"),
-        _segments_trace(segments[source_index], SOURCE_COLOR, 6, "source camera"),
+        _segments_trace(segments, PATH_COLOR, 2, name),
+        _segments_trace(source, SOURCE_COLOR, 6, "source camera"),
         go.Scatter3d(
             x=centers[:, 0], y=centers[:, 1], z=centers[:, 2], mode="lines+markers",
-            line=dict(color=PATH_COLOR, width=4), marker=dict(size=2, color=PATH_COLOR),
-            name="trajectory", text=[f"frame {i}" for i in range(len(cameras))], hoverinfo="text",
+            line=dict(color=PATH_COLOR, width=4), marker=dict(size=3, color=PATH_COLOR),
+            name="trajectory", customdata=np.arange(len(cameras)),
+            hovertemplate="camera of frame %{customdata}<br>x %{x:.2f} m, y %{y:.2f} m, z %{z:.2f} m<extra></extra>",
         ),
     ]
 
@@ -186,11 +218,17 @@ def _scene_layout(title: str, uirevision: str) -> dict:
     )
 
 
-def _points_trace(points: np.ndarray, colors: np.ndarray, name: str, size: float, visible=True) -> go.Scatter3d:
+def _points_trace(points: np.ndarray, colors: np.ndarray, name: str, size: float, visible=True,
+                  frames: np.ndarray | None = None) -> go.Scatter3d:  # fmt: skip
+    """Points with hover: the frame each came from (when known) and its depth z in the world frame
+    (world = the source camera, so z is the depth seen from the source)."""
+    hover = "z (depth from the source) %{z:.2f} m<br>x %{x:.2f} m, y %{y:.2f} m"
+    if frames is not None:
+        hover = "from frame %{customdata}<br>" + hover
     return go.Scatter3d(
         x=points[:, 0], y=points[:, 1], z=points[:, 2], mode="markers",
         marker=dict(size=size, color=_hex_colors(colors), line=dict(width=0)),
-        name=name, hoverinfo="skip", visible=visible,
+        name=name, visible=visible, customdata=frames, hovertemplate=hover + "<extra></extra>",
     )
 
 
@@ -204,24 +242,31 @@ def cache_figure(
     frustum_scale: float | None = None,
     title: str = "Latent point cache",
     *,
-    point_size: float = 1.5,
+    point_size: float | None = None,
+    frames: Tensor | np.ndarray | None = None,
+    max_frusta: int = 12,
     uirevision: str = "mirage-cache",
 ) -> go.Figure:
     """The point cache ``points [N, 3]`` coloured by ``colors uint8 [N, 3]``, with the camera path.
 
-    Traces, in order: points; all frusta (one trace, 8 segments per camera); the source frustum
-    (thicker, red); the trajectory through the camera centres. Above ``max_points`` points a fixed
-    random subsample is shown and the title says how many of how many.
+    Traces, in order: points (hover: the frame each came from, ``frames [N]``, and its depth);
+    frusta of at most ``max_frusta`` cameras (``frustum_indices``, one trace); the source frustum
+    (thicker, red); the trajectory through every camera centre (hover: its frame). Above
+    ``max_points`` points a fixed random subsample is shown and the title says how many of how many.
+    ``point_size`` None: from the density (``auto_point_size``). Figures with the same ``uirevision``
+    keep the user's view when redrawn.
     """
     P, Cc = _check_points(points, colors)
     keep = subsample_indices(len(P), max_points)
+    F = None if frames is None else _numpy(frames, np.int64)[keep]
+    size = auto_point_size(len(keep)) if point_size is None else point_size
     full_title = f"{title} — {len(keep):,} of {len(P):,} points shown"
     fig = go.Figure(layout=_scene_layout(full_title, uirevision))
-    fig.add_trace(_points_trace(P[keep], Cc[keep], "points", point_size))
+    fig.add_trace(_points_trace(P[keep], Cc[keep], "points", size, frames=F))
     if cameras is not None:
         centers = cameras.centers.detach().cpu().float().numpy()
         scale = frustum_scale if frustum_scale is not None else _auto_frustum_scale(P[keep], centers)
-        for trace in _camera_traces(cameras, source_index, scale):
+        for trace in _camera_traces(cameras, source_index, scale, max_frusta):
             fig.add_trace(trace)
     return fig
 
@@ -236,11 +281,14 @@ def cache_growth_figure(
     frustum_scale: float | None = None,
     title: str = "Cache growth",
     *,
-    point_size: float = 1.5,
+    point_size: float | None = None,
+    frames: Tensor | np.ndarray | None = None,
+    max_frusta: int = 12,
     uirevision: str = "mirage-growth",
 ) -> go.Figure:
     """The cache as it grew: ``points [N, 3]`` / ``colors [N, 3]`` of an append-only cache and the
-    cumulative point ``counts`` after each step (``[s["num_points"] for s in memory.size_history]``).
+    cumulative point ``counts`` after each step (``[s["num_points"] for s in memory.size_history]``;
+    step 0 is the image, step ``c`` chunk ``c``: ``chunk_label``).
 
     One point trace per step holds the points that step added (subsampled once over the whole
     cache, so nothing is sent twice); slider step ``s`` shows traces ``0..s``. Camera traces, if
@@ -252,30 +300,34 @@ def cache_growth_figure(
         raise ValueError(f"counts must be non-decreasing and end at the number of points {len(P)}, got {counts}")
     keep = subsample_indices(len(P), max_points)  # [M] sorted
     bounds = np.searchsorted(keep, [0] + counts)  # [S + 1] subsample index range of each step
+    F = None if frames is None else _numpy(frames, np.int64)
+    size = auto_point_size(len(keep)) if point_size is None else point_size
     fig = go.Figure(layout=_scene_layout(title, uirevision))
     S = len(counts)
     for s in range(S):
         idx = keep[bounds[s] : bounds[s + 1]]
-        fig.add_trace(_points_trace(P[idx], Cc[idx], f"step {s}", point_size, visible=True))
+        name = f"{chunk_label(s)} (+{counts[s] - (counts[s - 1] if s else 0):,})"
+        fig.add_trace(_points_trace(P[idx], Cc[idx], name, size, visible=True, frames=None if F is None else F[idx]))
     camera_traces = []
     if cameras is not None:
         centers = cameras.centers.detach().cpu().float().numpy()
         scale = frustum_scale if frustum_scale is not None else _auto_frustum_scale(P[keep], centers)
-        camera_traces = _camera_traces(cameras, source_index, scale)
+        camera_traces = _camera_traces(cameras, source_index, scale, max_frusta)
         for trace in camera_traces:
             fig.add_trace(trace)
     steps = []
     for s in range(S):
         visible = [i <= s for i in range(S)] + [True] * len(camera_traces)
-        label = "init" if s == 0 else f"chunk {s}"
+        label = chunk_label(s)
         steps.append(dict(
             method="update", label=label,
-            args=[{"visible": visible}, {"title.text": f"{title} — {label}: {counts[s]:,} points ({len(keep):,} sampled in all)"}],
+            args=[{"visible": visible}, {"title.text": f"{title} after {label}: {counts[s]:,} points ({len(keep):,} sampled in all)"}],
         ))
     fig.update_layout(
-        sliders=[dict(active=S - 1, steps=steps, currentvalue=dict(prefix="after "), pad=dict(t=10))],
-        title=dict(text=steps[-1]["args"][1]["title.text"]),
-    )
+        sliders=[dict(active=S - 1, steps=steps, currentvalue=dict(prefix="after ", font=dict(size=13)),
+                      pad=dict(t=10, b=10, l=20, r=20), x=0.05, len=0.9, font=dict(size=12))],
+        title=dict(text=steps[-1]["args"][1]["title.text"]), margin=dict(l=0, r=0, t=50, b=90),
+    )  # fmt: skip
     return fig
 
 
@@ -318,7 +370,7 @@ def timing_figure(
     if aggregate == "per_chunk":
         chunks = max(len(v) for v in timings.values())
         bars = [(c, m) for c in range(chunks) for m in methods if c < len(timings[m])]
-        x = [[f"chunk {c}" for c, _ in bars], [m for _, m in bars]]  # two-level category axis
+        x = [[chunk_label(c + 1) for c, _ in bars], [m for _, m in bars]]  # two-level category axis, chunks from 1
         values = {s: [float(timings[m][c].get(s, 0.0)) for c, m in bars] for s in stages}
     else:
         x = methods
@@ -330,12 +382,16 @@ def timing_figure(
     totals = [sum(values[s][i] for s in stages) for i in range(len(values[stages[0]]) if stages else 0)]
     fig.add_trace(go.Scatter(
         x=x, y=totals, mode="text", text=[f"{t:.3g} s" for t in totals], textposition="top center",
-        name="total", showlegend=False, hoverinfo="skip",
+        name="total", showlegend=False, hoverinfo="skip", cliponaxis=False,
     ))
     unit = {"total": "seconds (sum over chunks)", "mean": "seconds per chunk", "per_chunk": "seconds"}[aggregate]
+    yaxis = dict(title=unit, type="log" if log_y else "linear")
+    top = max(totals, default=0.0)
+    if not log_y and top > 0:
+        yaxis["range"] = [0, 1.18 * top]  # room above the tallest bar for its total
     fig.update_layout(
-        barmode="stack", title=dict(text=title), yaxis=dict(title=unit, type="log" if log_y else "linear"),
-        template="plotly_white", legend=dict(title="stage"), margin=dict(t=50),
+        barmode="stack", title=dict(text=title), yaxis=yaxis, template="plotly_white", legend=dict(title="stage"),
+        margin=dict(t=60, b=60), xaxis=dict(automargin=True),
     )
     return fig
 
@@ -347,7 +403,7 @@ def cache_size_figure(
     log_y: bool = False,
     title: str = "Cache size",
 ) -> go.Figure:
-    """Cache size in MiB after each step (0 = initialisation) for each method.
+    """Cache size in MiB after each step (``chunk_label``: the image, then chunk 1, 2, ...) for each method.
 
     Every other method's size at the last step is annotated as a ratio to ``reference`` (default:
     the method with the smallest last size), e.g. ``"rgb = 36.2x latent"``; the ratios are also in
@@ -367,12 +423,13 @@ def cache_size_figure(
     elif reference not in sizes:
         raise ValueError(f"reference {reference!r} is not one of {list(sizes)}")
     fig = go.Figure()
+    labels = [chunk_label(s) for s in range(len(next(iter(sizes.values()))))]
     for m, v in sizes.items():
         fig.add_trace(go.Scatter(
-            x=list(range(len(v))), y=[int(b) / MiB for b in v], mode="lines+markers", name=m,
-            hovertemplate="step %{x}: %{y:.3f} MiB<extra>" + m + "</extra>",
+            x=labels, y=[int(b) / MiB for b in v], mode="lines+markers", name=m,
+            hovertemplate="after %{x}: %{y:.3f} MiB<extra>" + m + "</extra>",
         ))
-    step = len(next(iter(sizes.values()))) - 1
+    step = labels[-1]
     ratios = {}
     for m in sizes:
         if m == reference:
@@ -387,7 +444,7 @@ def cache_size_figure(
             y = float(np.log10(y)) if y > 0 else None
         fig.add_annotation(x=step, y=y, text=text, showarrow=True, arrowhead=2, ax=-60, ay=-30)
     fig.update_layout(
-        title=dict(text=title), xaxis=dict(title="step (0 = init, then chunks)", dtick=1),
+        title=dict(text=title), xaxis=dict(title="after", type="category", automargin=True),
         yaxis=dict(title="MiB", type="log" if log_y else "linear"), template="plotly_white",
         meta=dict(ratios=ratios, reference=reference),
     )

@@ -26,7 +26,7 @@ from torch import Tensor
 from . import plotting, video
 from .chunks import ChunkResult, identity_denoise, readout_depth, run_chunks
 from .codecs import OfflineCodec, VideoCodec
-from .frames import Chunking, stitch_chunks
+from .frames import TEMPORAL_STRIDE, Chunking, stitch_chunks
 from .memory import LatentSpatialMemory, Observation, RGBPointCloudMemory, SpatialMemory
 from .paths import CameraPath
 from .scene import ColorBy, SceneState, cell_colors, export_path, point_colors, require_scene
@@ -274,8 +274,8 @@ def result_figures(state: SceneState, result: RunResult, color_by: ColorBy = "la
     latent = result.methods["latent"]
     growth = plotting.cache_growth_figure(
         latent.memory.points, point_colors(latent.memory, latent.colors, color_by), latent.counts,
-        state.path, title="Latent cache as it grew",
-    ).update_layout(height=560)
+        state.path, title="Latent cache as it grew", frames=latent.memory.frame_ids * TEMPORAL_STRIDE,
+    ).update_layout(height=580)
     return timing, sizes, growth
 
 

@@ -11,7 +11,7 @@ for the 3D view. Paths come from presets, strokes, keyframes or files; every one
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from .cameras import Camera, Cameras, fov_from_intrinsics, intrinsics_from_fov
 from .codecs import OfflineCodec, VideoCodec
 from .depth import FileDepth, PlanarPriorBackend, make_depth_backend, weights_available
 from .examples import EXAMPLES, load_example
+from .frames import TEMPORAL_STRIDE
 from .geometry import valid_depth
 from .images import choose_resolution, fit_image_depth_camera, load_image, to_uint8
 from .memory import LatentSpatialMemory, Observation
@@ -171,6 +172,7 @@ class SceneState:
     scene_depth: float  # median valid depth, metres (scales presets, bounds the path)
     path: CameraPath | None = None  # current camera path (T = 4N + 1 frames at W x H, frame 0 = camera)
     path_label: str = ""  # how the path was made, for captions and file names
+    recipe: "PathRecipe | None" = None  # how to make the path again (another frame count, other stroke settings)
     result: Any = None  # last run on this path (mirage.preview.RunResult, without its videos)
     version: int = 0  # bumped when the path changes (stale results are not shown)
     workdir: Path | None = None  # this session's temporary folder (set by the app)
@@ -241,9 +243,42 @@ def require_scene(state: SceneState | None) -> SceneState:
     return state
 
 
-def set_path(state: SceneState, path: CameraPath, label: str, max_frames: int | None = None) -> SceneState:
+@dataclass(frozen=True)
+class PathRecipe:
+    """How the current path was made, to make it again with another frame count or other settings
+    (the app applies a control's change at once, whatever made the path)."""
+
+    kind: Literal["preset", "stroke", "keyframes", "import"]
+    preset: str = ""  # preset: its name
+    amount: float | None = None  # preset: its amount (None = the preset's default)
+    stroke: Tensor | None = None  # stroke: [16, 2] (u, v) pixels at the working size
+    depth_fraction: float = 0.5  # stroke: how far towards the surface under it
+    look: str = "source"  # stroke: keep the source view or look along the stroke
+    keyframes: tuple = ()  # keyframes: the parsed table (mirage.paths.Keyframe, the source first)
+    cameras: Cameras | None = None  # import: the file's cameras at the working size
+    name: str = ""  # import: the file's name
+
+
+def remake_path(state: SceneState, num_frames: int, max_frames: int | None = None, **changes: Any) -> SceneState:
+    """Make the current path again with ``num_frames`` frames and ``changes`` to its recipe (e.g.
+    ``depth_fraction`` of a stroke path); the path is unchanged when this raises."""
+    state = require_scene(state)
+    if state.recipe is None:
+        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
+    r = replace(state.recipe, **changes)
+    if r.kind == "preset":
+        return preset_path(state, r.preset, r.amount, num_frames, max_frames)
+    if r.kind == "stroke":
+        return _stroke_path(state, r.stroke, num_frames, r.depth_fraction, r.look, max_frames)
+    if r.kind == "keyframes":
+        return _keyframe_path(state, list(r.keyframes), num_frames, max_frames)
+    return _anchored_import(state, r.cameras, r.name, num_frames, max_frames)
+
+
+def set_path(state: SceneState, path: CameraPath, label: str, max_frames: int | None = None,
+             recipe: PathRecipe | None = None) -> SceneState:  # fmt: skip
     """Make ``path`` current after checking it belongs to this scene (its source is the scene's
-    camera), fits the frame limit and stays out of the scene."""
+    camera), fits the frame limit and stays out of the scene; nothing changes when it is refused."""
     state = require_scene(state)
     if not isinstance(path, CameraPath):
         raise ValueError(f"a scene's path must be a mirage.paths.CameraPath, got {type(path).__name__}")
@@ -254,7 +289,7 @@ def set_path(state: SceneState, path: CameraPath, label: str, max_frames: int | 
     if max_frames is not None and len(path) > max_frames:
         raise ValueError(f"too many frames: {len(path)} (at most {max_frames})")
     paths.path_bounds_check(path, state.scene_depth)
-    state.path, state.path_label = path, label
+    state.path, state.path_label, state.recipe = path, label, recipe
     state.result = None
     state.version += 1
     return state
@@ -265,7 +300,7 @@ def preset_path(state: SceneState, preset: str, amount: float | None, num_frames
     path = paths.make_preset_path(preset, state.camera, num_frames, amount, state.scene_depth)
     info = paths.PRESETS[preset]
     amount_text = f"{info.default if amount is None else amount:g} {info.unit}"
-    return set_path(state, path, f"preset {preset} ({amount_text})", max_frames)
+    return set_path(state, path, f"preset {preset} ({amount_text})", max_frames, PathRecipe("preset", preset=preset, amount=amount))
 
 
 def stroke_path(
@@ -281,9 +316,20 @@ def stroke_path(
     K = state.camera.K
     start = (float(K[0, 2]), float(K[1, 2]))  # the stroke starts at its end nearer the principal point
     pixels = strokes.stroke_pixels_from_layers(editor_layers, 16, target_size=(H, W), start_near=start)  # [16, 2] (u, v)
+    return _stroke_path(state, pixels, num_frames, depth_fraction, look, max_frames)
+
+
+def _stroke_path(state: SceneState, pixels: Tensor, num_frames: int, depth_fraction: float, look: str,
+                 max_frames: int | None) -> SceneState:  # fmt: skip
+    """The camera along stroke ``pixels [16, 2]`` (u, v at the working size) lifted to ``depth_fraction``."""
+    if not 0.0 < float(depth_fraction) < 1.0:
+        raise ValueError(f"the stroke's depth fraction must be between 0 and 1 (exclusive), got {depth_fraction!r}")
+    if look not in ("source", "forward"):
+        raise ValueError(f"look must be 'source' or 'forward', got {look!r}")
     points = strokes.lift_stroke(pixels, state.depth, state.camera, float(depth_fraction))  # [16, 3] world
     path = paths.path_from_points(state.camera, points, num_frames, look=look)
-    return set_path(state, path, f"stroke ({depth_fraction:.0%} of the depth, look {look})", max_frames)
+    recipe = PathRecipe("stroke", stroke=pixels, depth_fraction=float(depth_fraction), look=look)
+    return set_path(state, path, f"stroke ({depth_fraction:.0%} of the depth, look {look})", max_frames, recipe)
 
 
 def default_keyframe_rows(state: SceneState) -> list[list[float]]:
@@ -302,8 +348,12 @@ def keyframe_path(state: SceneState, rows: Any, num_frames: int, max_frames: int
     keys = paths.keyframes_from_table(rows)
     if len(keys) < 2:
         raise ValueError(f"the keyframe table needs at least 2 keyframes, got {len(keys)}")
+    return _keyframe_path(state, keys, num_frames, max_frames)
+
+
+def _keyframe_path(state: SceneState, keys: list, num_frames: int, max_frames: int | None) -> SceneState:
     path = paths.keyframe_path(state.camera, keys, num_frames)
-    return set_path(state, path, f"{len(keys)} keyframes", max_frames)
+    return set_path(state, path, f"{len(keys)} keyframes", max_frames, PathRecipe("keyframes", keyframes=tuple(keys)))
 
 
 def imported_path(state: SceneState, file: str | Path | None, num_frames: int, max_frames: int | None = None) -> SceneState:
@@ -319,8 +369,12 @@ def imported_path(state: SceneState, file: str | Path | None, num_frames: int, m
         raise _short_error(err, file) from None
     if len(cams) < 2:
         raise ValueError(f"{Path(file).name}: a path needs at least 2 cameras, the file has {len(cams)}")
+    return _anchored_import(state, cams, Path(file).name, num_frames, max_frames)
+
+
+def _anchored_import(state: SceneState, cams: Cameras, name: str, num_frames: int, max_frames: int | None) -> SceneState:
     path = paths.anchored_path(state.camera, cams, num_frames)
-    return set_path(state, path, f"imported {Path(file).name}", max_frames)
+    return set_path(state, path, f"imported {name}", max_frames, PathRecipe("import", cameras=cams, name=name))
 
 
 def export_path(state: SceneState, folder: Path, fps: float = 16) -> list[Path]:
@@ -347,6 +401,8 @@ def scene_figure(state: SceneState, color_by: ColorBy = "latent"):
     state = require_scene(state)
     cams = state.path if state.path is not None else state.camera.batch()
     how = "PCA of latent features" if color_by == "latent" else "image colours"
+    H, W = state.size
     fig = plotting.cache_figure(state.memory.points, point_colors(state.memory, state.colors, color_by), cams,
-                                title=f"Latent cache, {how}")  # fmt: skip
+                                title=f"Latent cache, {how}", frames=state.memory.frame_ids * TEMPORAL_STRIDE,
+                                uirevision=f"{state.raw.name}-{W}x{H}")  # fmt: skip  # the view stays while the scene does
     return fig.update_layout(height=460)

@@ -1,7 +1,8 @@
 """The app in a real browser: Playwright drives Debian's Chromium (headless, kept off the network)
-through the whole flow: pick an example, draw a stroke on the image, use it as the path, run,
-wait for both videos and the 3D plot, save a screenshot to ``artifacts/app_screenshot.png``, and
-check that closing the page removes the session's temporary files.
+as a person would: pick an example, change the path 50 times, draw a stroke on the image and use it
+as the path, run, wait for both videos and the charts; pick a preset, type refused values and see
+them refused beside the control with the 3D view unchanged, turn the 3D view and recolour it.
+Screenshots go to ``artifacts/``; closing the page removes the session's temporary files.
 
 Skipped only outside CI when Chromium or the playwright package is missing; with ``CI=true`` a
 missing browser is a failure (``bash run.sh test`` installs Debian's chromium).
@@ -49,11 +50,53 @@ def app(tmp_path_factory):
     stop_app(proc)
 
 
-def _status(page) -> str:
-    return page.inner_text("#status")
+def _text(page, selector: str) -> str:
+    return page.inner_text(selector)
 
 
-def test_example_stroke_run_in_chromium(app):
+def _wait_text(page, selector: str, text: str, timeout: int = 120_000) -> None:
+    page.wait_for_function(
+        "([sel, text]) => { const el = document.querySelector(sel); return el && el.innerText.includes(text); }",
+        arg=[selector, text], timeout=timeout,
+    )  # fmt: skip
+
+
+def _set_dropdown(page, selector: str, value: str) -> None:
+    box = page.locator(f"{selector} input")
+    box.click()
+    box.fill(value)
+    box.press("Enter")
+
+
+def _plot_ready(page, selector: str = "#cache-plot") -> None:
+    page.wait_for_function(
+        "sel => { const gd = document.querySelector(sel + ' .js-plotly-plot'); return gd && gd.data && gd.data.length >= 4"
+        " && gd._fullLayout && gd._fullLayout.scene && gd._fullLayout.scene._scene; }",
+        arg=selector, timeout=60_000,
+    )  # fmt: skip
+
+
+def _open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    log = {"errors": [], "external": [], "console": []}
+    page.on("pageerror", lambda e: log["errors"].append(str(e)))
+    page.on("console", lambda m: log["console"].append(m.text))
+    page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else log["external"].append(r.url))
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#examples button.thumbnail-item", timeout=180_000)
+    _wait_text(page, "#summary", "motorcycle", 180_000)
+    page.get_by_label("256").check()  # small working size: quick CPU runs
+    _wait_text(page, "#summary", "working size 256x", 180_000)
+    return page, log
+
+
+def _lost_contexts(log) -> list[str]:
+    return [m for m in log["console"] if "Too many active WebGL contexts" in m or "CONTEXT_LOST" in m]
+
+
+def test_fifty_path_changes_then_a_stroke_and_a_run(app):
+    """Point 1 and 3 of the issue as a person: 50 path changes, then a stroke drawn on the image becomes
+    the path (the editor still works), the run, and results numbered one way."""
     sync_playwright = _require_browser()
     url, tmp = app
     sessions = tmp / "sessions"
@@ -61,26 +104,24 @@ def test_example_stroke_run_in_chromium(app):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors: list[str] = []
-            external: list[str] = []  # the page must work with no network: everything comes from the app
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else external.append(r.url))
-            page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector("#examples button.gallery-item", timeout=180_000)
-            page.wait_for_function("document.querySelector('#summary').innerText.includes('motorcycle')", timeout=180_000)
-            page.get_by_label("256").check()  # small working size: a quick CPU run (rebuilds the first example)
-            page.wait_for_function(
-                "document.querySelector('#summary').innerText.includes('working size 256x')", timeout=180_000
-            )
-            page.locator("#examples button.gallery-item").nth(2).click()  # the synthetic room
-            page.wait_for_function(
-                "document.querySelector('#summary').innerText.includes('synthetic-room — working size 256x128')",
-                timeout=180_000,
-            )  # fmt: skip
+            page, log = _open_page(browser, url)
+            page.locator("#examples button.thumbnail-item").nth(2).click()  # the synthetic room
+            _wait_text(page, "#summary", "synthetic-room — working size 256x128")
+            assert "selected" in page.locator("#examples button.thumbnail-item").nth(2).get_attribute("class")
 
-            # draw a stroke on the scene image: from the centre to the right and a little up
-            page.wait_for_timeout(1000)  # the editor's canvas draws its background
+            # 50 path changes: every one redraws the 3D view (and takes a WebGL context if nothing gives it back)
+            t0 = time.time()
+            for i in range(50):
+                value = "65" if i % 2 == 0 else "33"
+                _set_dropdown(page, "#frames", value)
+                _wait_text(page, "#active-path", f"{value} frames")
+            print(f"50 path changes in {time.time() - t0:.1f} s")
+            _plot_ready(page)
+            assert not _lost_contexts(log), _lost_contexts(log)[:3]
+
+            # then a stroke on the scene image: from the centre to the right and a little up
+            page.wait_for_timeout(1000)
+            page.locator("#stroke-editor").scroll_into_view_if_needed()
             box = page.locator("#stroke-editor canvas").first.bounding_box()
             assert box and box["width"] > 100 and box["height"] > 100, box
             x0, y0 = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -91,24 +132,30 @@ def test_example_stroke_run_in_chromium(app):
             page.mouse.up()
             page.get_by_role("tab", name="Stroke").click()
             page.click("#use-stroke")
-            page.wait_for_function(
-                "document.querySelector('#status').innerText.startsWith('Path set: stroke')", timeout=180_000
-            )
-            assert "33 frames" in _status(page)
+            _wait_text(page, "#path-status", "Path set: stroke")
+            assert "33 frames" in _text(page, "#active-path") and "stroke" in _text(page, "#active-path")
+            _plot_ready(page)
+            page.screenshot(path=str(ARTIFACTS / "app_after_50_changes_and_a_stroke.png"), full_page=True)
 
             page.click("#run")
             for elem in ("#latent-video video", "#rgb-video video"):
                 page.wait_for_selector(elem, timeout=240_000)
                 assert page.get_attribute(elem, "src"), elem
-            page.wait_for_selector("#cache-plot .js-plotly-plot", timeout=90_000)
-            page.wait_for_function(
-                "document.querySelector('#cache-plot .js-plotly-plot').data.length >= 4", timeout=90_000
-            )  # points, frusta, source camera, trajectory
+            _wait_text(page, "#caption", "memory render, every frame")
+            _wait_text(page, "#run-status", "Done: stroke")
+            for plot in ("#timing-plot", "#size-plot", "#growth-plot"):
+                page.wait_for_selector(f"{plot} .js-plotly-plot", timeout=60_000)
+            ticks = page.evaluate("() => document.querySelector('#timing-plot .js-plotly-plot').data[0].x[0]")
+            assert set(ticks) == {"chunk 1"}, ticks  # one chunk numbering: from 1 in every chart
+            assert page.evaluate("() => document.querySelector('#size-plot .js-plotly-plot').data[0].x") == ["image", "chunk 1"]
+            labels = page.evaluate("() => document.querySelector('#growth-plot .js-plotly-plot').layout.sliders[0].steps.map(s => s.label)")
+            assert labels == ["image", "chunk 1"], labels
             page.wait_for_timeout(1500)  # let the videos show a frame
             page.screenshot(path=str(ARTIFACTS / "app_screenshot.png"), full_page=True)
             assert (ARTIFACTS / "app_screenshot.png").stat().st_size > 50_000
-            assert not errors, errors
-            assert not external, external
+            assert not log["errors"], log["errors"]
+            assert not log["external"], log["external"]
+            assert not _lost_contexts(log), _lost_contexts(log)[:3]
 
             # the session's files exist now, and go when the page closes
             assert [d for d in sessions.iterdir() if any(d.rglob("*.mp4"))], list(sessions.iterdir())
@@ -117,5 +164,53 @@ def test_example_stroke_run_in_chromium(app):
             while any(sessions.iterdir()) and time.time() < deadline:
                 time.sleep(0.5)
             assert not any(sessions.iterdir()), list(sessions.iterdir())
+        finally:
+            browser.close()
+
+
+def test_controls_apply_at_once_and_refusals_change_nothing(app):
+    """Point 2: a preset applies when picked; a refused amount or frame count goes back to the active
+    path's value with the message beside it, and the 3D view stays, with the camera the user chose."""
+    sync_playwright = _require_browser()
+    url, _ = app
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page, log = _open_page(browser, url)
+            _set_dropdown(page, "#preset", "dolly_in")  # no button: the path follows the control
+            _wait_text(page, "#active-path", "preset dolly_in (0.3")
+            _wait_text(page, "#preset-info", "move forward along the optical axis")
+            assert page.input_value("#amount input") == "0.3"
+
+            amount = page.locator("#amount input")
+            amount.fill("3")  # three times the scene depth forward: through the scene
+            amount.press("Enter")
+            _wait_text(page, "#path-status", "Not applied")
+            page.wait_for_function("() => document.querySelector('#amount input').value === '0.3'", timeout=30_000)
+            assert "preset dolly_in (0.3" in _text(page, "#active-path")
+            _plot_ready(page)  # the 3D view is still there, no error badge over it
+            assert page.locator("#cache-plot .error").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "app_refused_amount.png"), full_page=True)
+
+            _set_dropdown(page, "#frames", "64")
+            _wait_text(page, "#path-status", "4N+1")
+            page.wait_for_function("() => document.querySelector('#frames input').value === '33'", timeout=30_000)
+            assert "33 frames" in _text(page, "#active-path")
+
+            # the camera the user turned to stays when the points are recoloured
+            page.evaluate("() => Plotly.relayout(document.querySelector('#cache-plot .js-plotly-plot'),"
+                          " {'scene.camera.eye': {x: 1.7, y: -0.4, z: -0.6}})")  # fmt: skip
+            page.wait_for_timeout(300)
+            page.get_by_label("image colour").check()
+            page.wait_for_function(
+                "() => { const gd = document.querySelector('#cache-plot .js-plotly-plot');"
+                " return gd && gd.data && gd.layout.title.text.includes('image colours') && gd._fullLayout.scene._scene; }",
+                timeout=60_000,
+            )  # fmt: skip
+            page.wait_for_timeout(500)
+            eye = page.evaluate("() => document.querySelector('#cache-plot .js-plotly-plot')._fullLayout.scene._scene.getCamera().eye")
+            assert eye["x"] == pytest.approx(1.7, abs=1e-3) and eye["y"] == pytest.approx(-0.4, abs=1e-3), eye
+            assert not log["errors"], log["errors"]
         finally:
             browser.close()

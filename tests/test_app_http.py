@@ -116,11 +116,11 @@ def test_example_preset_run(client):
     editor, summary, plot, table, status = client.predict(*EXAMPLE, *PATH_CTL, api_name="/load_example")
     assert Path(editor["background"]).is_file() and "ground truth" in summary and status.startswith("Loaded")
     fig = plot_json(plot)
-    assert fig["data"][0]["name"] == "points" and any("frusta (33)" in t.get("name", "") for t in fig["data"])
+    assert fig["data"][0]["name"] == "points" and any("frusta (12 of 33 frames" in t.get("name", "") for t in fig["data"])
     assert table["headers"] == list(KEYFRAME_COLUMNS) and len(table["data"]) == 3
 
     summary, plot, status = client.predict("orbit_right", 15, 65, "image", api_name="/preset_path")
-    assert "65 frames" in status and any("frusta (65)" in t.get("name", "") for t in plot_json(plot)["data"])
+    assert "65 frames" in status and any("frusta (12 of 65 frames" in t.get("name", "") for t in plot_json(plot)["data"])
 
     job = client.submit(0, 20, 5.0, "", "", "replace", "latent", api_name="/run")
     progress = []
@@ -252,7 +252,8 @@ def test_readme_app_command_serves_the_full_ui(tmp_path):
         assert config is not None, (tmp_path / "app.log").read_text()
         text = json.dumps(config)
         for part in ("offline readout preview", "Generate (readout preview)", "Latent point cache and camera path",
-                     "Use stroke as path", "Keyframes", "Import path", "Time per stage", "Cache size per chunk"):
+                     "Use stroke as path", "Keyframes", "Import path", "Time per stage", "Cache size after the image",
+                     "Active path", "Preset (applies at once)"):
             assert part in text, part
         assert {d.get("api_name") for d in config["dependencies"]} >= {"load_example", "preset_path", "run", "export_path"}
     finally:

@@ -106,9 +106,13 @@ def test_cache_figure_traces_and_counts():
     points = torch.randn(1000, 3, generator=g) + torch.tensor([0, 0, 5.0])
     colors = pca_colors(torch.randn(1000, 48, generator=g))
     cams = path_cameras(5)
-    fig = cache_figure(points, colors, cams, source_index=0, max_points=300)
+    frames = torch.arange(1000) % 7
+    fig = cache_figure(points, colors, cams, source_index=0, max_points=300, frames=frames)
     names = [t.name for t in fig.data]
-    assert names == ["points", "camera frusta (5)", "source camera", "trajectory"]
+    assert names == ["points", "frusta (5 of 5 frames)", "source camera", "trajectory"]
+    assert "from frame %{customdata}" in fig.data[0].hovertemplate and "depth" in fig.data[0].hovertemplate
+    assert np.isin(np.asarray(fig.data[0].customdata), np.arange(7)).all()
+    assert "frame %{customdata}" in fig.data[3].hovertemplate and list(fig.data[3].customdata) == [0, 1, 2, 3, 4]
     pts = fig.data[0]
     assert len(pts.x) == 300 and len(pts.marker.color) == 300
     assert "300 of 1,000" in fig.layout.title.text
@@ -166,6 +170,8 @@ def test_cache_growth_figure_slider():
     assert len(steps) == 3
     assert steps[0].args[0]["visible"] == [True, False, False, True, True, True]
     assert steps[2].args[0]["visible"] == [True] * 6
+    assert [st.label for st in steps] == ["image", "chunk 1", "chunk 2"]
+    assert [t.name for t in fig.data[:3]] == ["image (+100)", "chunk 1 (+150)", "chunk 2 (+350)"]
     sub = cache_growth_figure(points, colors, counts, None, max_points=60)
     assert sum(len(t.x) for t in sub.data) == 60
     json.loads(sub.to_json())
@@ -196,6 +202,8 @@ def test_timing_figure_totals_and_stages():
     assert mean.data[-1].y == pytest.approx((0.0015, 0.54))
     per = timing_figure(timings, aggregate="per_chunk")
     assert len(per.data[0].x) == 2 and list(per.data[0].x[1]) == ["latent memory", "RGB point cloud"] * 2
+    assert list(per.data[0].x[0]) == ["chunk 1", "chunk 1", "chunk 2", "chunk 2"]  # chunks from 1, as everywhere
+    assert per.data[-1].cliponaxis is False and per.layout.yaxis.range[1] > max(per.data[-1].y)  # totals not cut
     json.loads(per.to_json())
     with pytest.raises(ValueError, match="denoise"):
         timing_figure({"m": [{"denoise": -1.0}]})
@@ -214,7 +222,8 @@ def test_cache_size_figure_ratio():
     assert fig.layout.meta["reference"] == "latent memory"
     (ann,) = fig.layout.annotations
     assert ann.text == f"RGB point cloud = {ratio:.1f}x latent memory" and ann.text.endswith("19.5x latent memory")
-    assert ann.x == 2 and ann.y == pytest.approx(sizes["RGB point cloud"][-1] / MiB)
+    assert ann.x == "chunk 2" and ann.y == pytest.approx(sizes["RGB point cloud"][-1] / MiB)
+    assert list(fig.data[0].x) == ["image", "chunk 1", "chunk 2"]  # the one chunk numbering of every figure
     log = cache_size_figure(sizes, log_y=True, reference="RGB point cloud")
     assert log.layout.annotations[0].y == pytest.approx(np.log10(2.25), abs=1e-3)
     assert log.layout.meta["ratios"]["latent memory"] == pytest.approx(1 / ratio)
@@ -223,3 +232,16 @@ def test_cache_size_figure_ratio():
         cache_size_figure({"a": [1, 2], "b": [1]})
     with pytest.raises(ValueError, match="reference"):
         cache_size_figure(sizes, reference="nope")
+
+
+def test_point_size_follows_density_and_frusta_are_subsampled():
+    from mirage.plotting import auto_point_size, frustum_indices
+
+    assert auto_point_size(576) == pytest.approx(10.0)  # one 512-px image's latent cells: a visible mosaic
+    assert auto_point_size(60_000) == 2.0 and auto_point_size(1) == 12.0  # clipped
+    assert auto_point_size(100) > auto_point_size(5000)
+    assert frustum_indices(65, 12) == [0, 6, 12, 18, 24, 30, 36, 42, 48, 54, 60, 64]
+    assert frustum_indices(5, 12) == [0, 1, 2, 3, 4] and frustum_indices(1, 12) == [0]
+    fig = cache_figure(np.zeros((10, 3), np.float32) + [0, 0, 5], np.zeros((10, 3), np.uint8), path_cameras(65))
+    assert fig.data[1].name == "frusta (12 of 65 frames, every 6th)" and len(segments_of(fig.data[1])) == 8 * 12
+    assert len(fig.data[3].x) == 65  # the trajectory keeps every camera

@@ -214,7 +214,7 @@ def test_scene_figure_colours(scene):
     assert fig.data[0].marker.color[0] == first
     preview.preset_path(scene, "orbit_left", None, 33)
     fig = preview.scene_figure(scene, "latent")
-    assert any("frusta (33)" in (t.name or "") for t in fig.data)
+    assert any("frusta (12 of 33 frames" in (t.name or "") for t in fig.data)
     with pytest.raises(ValueError, match="color_by"):
         preview.scene_figure(scene, "depth")
 
@@ -229,3 +229,31 @@ def test_rebuild_at_another_size_keeps_the_path_motion():
     torch.testing.assert_close(big.path.cam_from_world, small.path.cam_from_world, atol=1e-6, rtol=0)  # same motion
     zoom = big.path.K[:, 0, 0] / small.path.K[:, 0, 0]
     torch.testing.assert_close(zoom, torch.full_like(zoom, 2.0), atol=1e-4, rtol=0)
+
+
+def test_the_active_path_is_made_again_from_its_recipe(scene):
+    """A control's change (frames, a stroke's depth) re-makes whatever path is active; a refused
+    change leaves the path, its label and its recipe as they were."""
+    from mirage.scene import remake_path
+
+    preview.preset_path(scene, "pan_right", 10.0, 33)
+    remake_path(scene, 65)
+    assert len(scene.path) == 65 and scene.recipe.kind == "preset" and scene.recipe.amount == 10.0
+    again = preview.preset_path(scene, "pan_right", 10.0, 65).path
+    assert torch.equal(scene.path.cam_from_world, again.cam_from_world)
+
+    editor = {"background": None, "layers": [np.zeros((scene.size[0], scene.size[1], 4), np.uint8)], "composite": None}
+    H, W = scene.size
+    editor["layers"][0][H // 2, W // 2 : W // 2 + W // 4] = (255, 0, 0, 255)  # a horizontal stroke to the right
+    preview.stroke_path(scene, editor, 33, 0.3)
+    near = scene.path.centers[-1].clone()
+    remake_path(scene, 33, depth_fraction=0.6)
+    assert scene.recipe.kind == "stroke" and scene.recipe.depth_fraction == 0.6
+    assert float(scene.path.centers[-1].norm()) > float(near.norm())  # farther along the same stroke
+
+    version, path, label, recipe = scene.version, scene.path, scene.path_label, scene.recipe
+    with pytest.raises(ValueError, match="4N\\+1"):
+        remake_path(scene, 64)
+    with pytest.raises(ValueError, match="depth fraction"):
+        remake_path(scene, 33, depth_fraction=1.5)
+    assert (scene.version, scene.path, scene.path_label, scene.recipe) == (version, path, label, recipe)

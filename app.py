@@ -12,10 +12,15 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import shutil
+import threading
+import time
+import types
+from pathlib import Path
 
 import gradio as gr
+from gradio.utils import NamedString
+from gradio_client.utils import is_valid_file
 
 import app_runtime as rt
 from mirage import paths, preview, scene
@@ -31,7 +36,7 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
 
 LOG = logging.getLogger("mirage.app")
 MODE = rt.detect_mode()
-DIRS = rt.SessionDirs(os.environ.get("MIRAGE_APP_TMP") or None)
+DIRS = rt.SessionDirs(Path(gr.utils.get_upload_folder()) / "mirage-sessions")  # in Gradio's cache: results served in place
 LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
 PRESETS = list(paths.PRESETS)
 GEN = rt.generation_defaults()
@@ -45,7 +50,8 @@ if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @
 
 
 def ui_errors(fn):
-    """Turn the library's ValueError / FileNotFoundError into a message in the page (the app keeps serving)."""
+    """Turn the library's ValueError / FileNotFoundError (a refused input) into the client's error
+    message, logged as one line; the app keeps serving."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -54,7 +60,8 @@ def ui_errors(fn):
         except gr.Error:
             raise
         except (ValueError, FileNotFoundError) as err:
-            raise gr.Error(str(err), duration=None) from None
+            LOG.info("refused (%s): %s", fn.__name__, err)
+            raise gr.Error(str(err), duration=None, print_exception=False) from None
 
     return wrapper
 
@@ -62,6 +69,11 @@ def ui_errors(fn):
 def _workdir(state, request: gr.Request):
     state.workdir = DIRS.get(request.session_hash)
     return state.workdir
+
+
+def _track(request: gr.Request, *files) -> None:
+    """Uploads this session handed in: removed with the session (``end_session``)."""
+    DIRS.track(request.session_hash, *files)
 
 
 def _drop_state(state) -> None:  # gr.State delete_callback: the session's files go with its state
@@ -120,9 +132,9 @@ def _amount(amount):
     return None if amount is None or amount == "" else float(amount)
 
 
-def _scene_view(state, preset, amount, frames, color_by, note):  # SCENE_UI outputs after a load
+def _scene_view(state, request, preset, amount, frames, color_by, note):  # SCENE_UI outputs after a load
     path_note = _new_scene(state, preset, amount, frames)
-    return (state, rt.editor_value(state), scene.scene_summary(state), scene.scene_figure(state, color_by),
+    return (state, rt.editor_value(state, _workdir(state, request)), scene.scene_summary(state), scene.scene_figure(state, color_by),
             scene.default_keyframe_rows(state), note, path_note, rt.active_path_line(state), *_controls(state),
             max(state.size))  # fmt: skip
 
@@ -132,28 +144,35 @@ def _scene_refused(state, err):  # SCENE_UI outputs after a refused load: the pr
     return (gr.skip(),) * 5 + (_refused(err), gr.skip(), gr.skip(), *_controls(state), long_side)
 
 
+def _build(raw, long_side):
+    """The scene at ``long_side``, keeping of the input only what the largest working size needs."""
+    return scene.build_scene(scene.compact_raw(raw, max(LONG_SIDES)), int(long_side))
+
+
 def _load_example(name, depth_choice, long_side, progress):
     progress(0.1, desc=f"loading {name}")
-    return scene.build_scene(scene.raw_from_example(name, depth_choice), int(long_side))
+    return _build(scene.raw_from_example(name, depth_choice), long_side)
 
 
-def _load_upload(image_file, depth_file, depth_choice, fov, long_side, progress):
+def _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress):
+    _track(request, image_file, depth_file)
     progress(0.1, desc="reading the image and its depth")
-    return scene.build_scene(scene.raw_from_upload(image_file, depth_file, depth_choice, float(fov)), int(long_side))
+    return _build(scene.raw_from_upload(image_file, depth_file, depth_choice, float(fov)), long_side)
 
 
 # The API (gradio_client, curl): errors raise with the message.
 @ui_errors
-def load_example(name, depth_choice, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
-    out = _scene_view(_load_example(name, depth_choice, long_side, progress), preset, amount, frames, color_by, "Loaded.")
+def load_example(name, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request,
+                 progress=gr.Progress()):  # fmt: skip
+    out = _scene_view(_load_example(name, depth_choice, long_side, progress), request, preset, amount, frames, color_by, "Loaded.")
     return (*out[:5], f"{out[5]} {out[6]}")
 
 
 @ui_errors
-def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
+def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by, request: gr.Request,
                 progress=gr.Progress()):  # fmt: skip
-    state = _load_upload(image_file, depth_file, depth_choice, fov, long_side, progress)
-    out = _scene_view(state, preset, amount, frames, color_by, "Loaded.")
+    state = _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress)
+    out = _scene_view(state, request, preset, amount, frames, color_by, "Loaded.")
     return (*out[:5], f"{out[5]} {out[6]}")
 
 
@@ -163,7 +182,8 @@ def use_preset(state, preset, amount, frames, color_by):
 
 
 @ui_errors
-def use_stroke(state, editor, frames, depth_fraction, look, color_by):
+def use_stroke(state, editor, frames, depth_fraction, look, color_by, request: gr.Request):
+    _track(request, *(editor or {}).get("files", ()))
     return _path_view(scene.stroke_path(state, editor, _frames(frames), float(depth_fraction), look), color_by)[:4]
 
 
@@ -173,34 +193,36 @@ def use_keyframes(state, table, frames, color_by):
 
 
 @ui_errors
-def use_import(state, file, frames, color_by):
+def use_import(state, file, frames, color_by, request: gr.Request):
+    _track(request, file)
     return _path_view(scene.imported_path(state, file, _frames(frames)), color_by)[:4]
 
 
 # The page: a refused value changes nothing and says so beside the control.
-def page_example(index, state, depth_choice, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
+def page_example(index, state, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request,
+                 progress=gr.Progress()):  # fmt: skip
     try:
         new = _load_example(EXAMPLES[int(index)].name, depth_choice, long_side, progress)
     except (ValueError, FileNotFoundError) as err:
         return _scene_refused(state, err)
-    return _scene_view(new, preset, amount, frames, color_by, f"Loaded example **{new.raw.name}**.")
+    return _scene_view(new, request, preset, amount, frames, color_by, f"Loaded example **{new.raw.name}**.")
 
 
 def page_example_select(state, depth_choice, long_side, preset, amount, frames, color_by, evt: gr.SelectData,
-                        progress=gr.Progress()):  # fmt: skip
-    return page_example(evt.index, state, depth_choice, long_side, preset, amount, frames, color_by, progress)
+                        request: gr.Request, progress=gr.Progress()):  # fmt: skip
+    return page_example(evt.index, state, depth_choice, long_side, preset, amount, frames, color_by, request, progress)
 
 
 def page_upload(state, image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
-                progress=gr.Progress()):  # fmt: skip
+                request: gr.Request, progress=gr.Progress()):  # fmt: skip
     try:
-        new = _load_upload(image_file, depth_file, depth_choice, fov, long_side, progress)
+        new = _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress)
     except (ValueError, FileNotFoundError) as err:
         return _scene_refused(state, err)
-    return _scene_view(new, preset, amount, frames, color_by, f"Loaded **{new.raw.name}**.")
+    return _scene_view(new, request, preset, amount, frames, color_by, f"Loaded **{new.raw.name}**.")
 
 
-def page_size(state, long_side, preset, amount, frames, color_by, progress=gr.Progress()):
+def page_size(state, long_side, preset, amount, frames, color_by, request: gr.Request, progress=gr.Progress()):
     """A new working size: the same input, the same path motion from the new source camera."""
     if state is None:
         return (gr.skip(),) * 13
@@ -209,7 +231,7 @@ def page_size(state, long_side, preset, amount, frames, color_by, progress=gr.Pr
         new = scene.rebuild_at(state, int(long_side))
     except ValueError as err:
         return _scene_refused(state, err)
-    out = list(_scene_view(new, preset, amount, frames, color_by, f"Working size {new.size[1]}x{new.size[0]}."))
+    out = list(_scene_view(new, request, preset, amount, frames, color_by, f"Working size {new.size[1]}x{new.size[0]}."))
     out[6] = f"Path kept: {new.path_label}, {len(new.path)} frames." if new.path is not None else out[6]
     return tuple(out)
 
@@ -228,9 +250,18 @@ def _page_path(make):
 
 
 page_preset = _page_path(lambda state, preset, amount, frames: scene.preset_path(state, preset, _amount(amount), _frames(frames)))
-page_stroke = _page_path(lambda state, editor, frames, fraction, look: scene.stroke_path(state, editor, _frames(frames), float(fraction), look))
 page_keyframes = _page_path(lambda state, table, frames: scene.keyframe_path(state, table, _frames(frames)))
-page_import = _page_path(lambda state, file, frames: scene.imported_path(state, file, _frames(frames)))
+
+
+def page_stroke(state, editor, frames, fraction, look, color_by, request: gr.Request):
+    _track(request, *(editor or {}).get("files", ()))
+    make = lambda st, ed, f, fr, lk: scene.stroke_path(st, ed, _frames(f), float(fr), lk)  # noqa: E731
+    return _page_path(make)(state, editor, frames, fraction, look, color_by)
+
+
+def page_import(state, file, frames, color_by, request: gr.Request):
+    _track(request, file)
+    return _page_path(lambda st, fl, f: scene.imported_path(st, fl, _frames(f)))(state, file, frames, color_by)
 page_frames = _page_path(lambda state, frames: scene.remake_path(state, _frames(frames)))
 
 
@@ -337,7 +368,45 @@ def page_run(state, seed, steps, guidance, prompt, negative_prompt, conditioning
 
 
 def end_session(request: gr.Request) -> None:
+    """The page closed: its files go now, and so does its state (Gradio would keep it an hour)."""
     DIRS.remove(request.session_hash)
+    holder = getattr(demo, "state_holder", None)
+    if holder is not None:
+        holder.delete_state(request.session_hash)  # runs _drop_state on the session's values
+        holder.session_data.pop(request.session_hash, None)
+        holder.time_last_used.pop(request.session_hash, None)
+    rt.trim_memory()
+
+
+# Two behaviours of Gradio 6.31's components changed per instance (a subclass would make Gradio write
+# an app.pyi stub beside this file at import).
+def _upload_file(component: gr.File) -> gr.File:
+    """``gr.File(type="filepath")`` without the empty temporary file Gradio creates (and never
+    removes) in its cache for every file it hands to a handler; the same check and value."""
+
+    def process(self, f):
+        if self.file_types and not is_valid_file(f.path, self.file_types):
+            raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {self.file_types}")
+        return NamedString(f.path)
+
+    assert component.type == "filepath"
+    component._process_single_file = types.MethodType(process, component)
+    return component
+
+
+def _editor_listing_files(component: gr.ImageEditor) -> gr.ImageEditor:
+    """``gr.ImageEditor`` whose value also lists the uploaded files it arrived in (``"files"``), so
+    that the session that drew them can remove them when it ends."""
+
+    def preprocess(self, payload):
+        value = type(self).preprocess(self, payload)
+        if value is not None and payload is not None:
+            parts = (payload.background, payload.composite, *(payload.layers or ()))
+            value["files"] = [p.path for p in parts if getattr(p, "path", None)]
+        return value
+
+    component.preprocess = types.MethodType(preprocess, component)
+    return component
 
 
 # --------------------------------------------------------------------------------------- layout
@@ -348,7 +417,8 @@ CSS = """
 """
 THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts
 PLOTS_JS = (ASSETS_DIR / "plots.js").read_text()  # WebGL contexts of old plots released; the 3D view keeps its camera
-LAUNCH = dict(allowed_paths=[str(ASSETS_DIR)], theme=THEME, css=CSS, js=PLOTS_JS)  # demo.launch(**LAUNCH)
+MAX_UPLOAD = "100mb"  # Gradio refuses larger uploads before they reach a handler
+LAUNCH = dict(allowed_paths=[str(ASSETS_DIR)], theme=THEME, css=CSS, js=PLOTS_JS, max_file_size=MAX_UPLOAD)  # demo.launch(**LAUNCH)
 
 
 def build_demo() -> gr.Blocks:
@@ -376,18 +446,18 @@ def build_demo() -> gr.Blocks:
                 status = gr.Markdown("Loading the first example…", elem_id="status")
                 example_name = gr.Textbox(visible=False)
                 example_button = gr.Button(visible=False)
-                editor = gr.ImageEditor(
+                editor = _editor_listing_files(gr.ImageEditor(
                     label="Scene (draw a stroke here for a stroke path)", type="numpy", image_mode="RGBA", sources=(),
                     transforms=(), layers=False, fixed_canvas=False, format="png", elem_id="stroke-editor", height=380,
                     brush=gr.Brush(colors=["#ff2d2d"], default_color="#ff2d2d", color_mode="fixed", default_size=6),
                     eraser=gr.Eraser(default_size=12),
-                )
+                ))
                 summary = gr.Markdown(elem_id="summary")
                 with gr.Accordion("Upload your own image", open=False):
-                    image_file = gr.File(label="Image (PNG/JPEG/WebP/TIFF; RGB, RGBA, gray, 16-bit)",
-                                         file_types=["image"], type="filepath")
-                    depth_file = gr.File(label="Depth map (optional): .npy in metres or 16-bit PNG in mm",
-                                         file_types=[".npy", ".png"], type="filepath")
+                    image_file = _upload_file(gr.File(label="Image (PNG/JPEG/WebP/TIFF; RGB, RGBA, gray, 16-bit)",
+                                                      file_types=["image"], type="filepath"))
+                    depth_file = _upload_file(gr.File(label="Depth map (optional): .npy in metres or 16-bit PNG in mm",
+                                                      file_types=[".npy", ".png"], type="filepath"))
                     fov = gr.Slider(20, 120, value=60, step=1, label="Horizontal field of view (°)",
                                     info="Used when the depth source gives none (planar prior, uploaded depth map).")
                     load_button = gr.Button("Load image", variant="secondary", elem_id="load-image")
@@ -420,12 +490,12 @@ def build_demo() -> gr.Blocks:
                         look = gr.Radio(["source", "forward"], value="source", label="Look", info="keep the source view or look along the stroke")
                         stroke_button = gr.Button("Use stroke as path", variant="primary", elem_id="use-stroke")
                     with gr.Tab("Keyframes"):
-                        table = gr.Dataframe(headers=list(paths.KEYFRAME_COLUMNS), datatype="number", column_count=7,
+                        table = gr.Dataframe(headers=list(paths.KEYFRAME_COLUMNS), datatype="number", column_count=7, type="array",
                                              row_count=3, interactive=True, label="Keyframes (world = source camera; metres, degrees)")
                         keyframe_button = gr.Button("Use keyframes", variant="primary")
                     with gr.Tab("Import / export"):
-                        path_file = gr.File(label="RealEstate10K .txt, nerfstudio transforms.json or mirage .json",
-                                            file_types=[".txt", ".json"], type="filepath")
+                        path_file = _upload_file(gr.File(label="RealEstate10K .txt, nerfstudio transforms.json or mirage .json",
+                                                         file_types=[".txt", ".json"], type="filepath"))
                         import_button = gr.Button("Import path", variant="primary")
                         export_button = gr.Button("Export current path (3 formats)")
                         export_files = gr.File(label="Path files", file_count="multiple", interactive=False)
@@ -530,10 +600,27 @@ def build_demo() -> gr.Blocks:
 
 demo = build_demo()
 
+
+def _sweep_uploads() -> None:  # a daemon thread: what browsers upload by themselves does not pile up
+    ttl = rt.upload_ttl()
+    while True:
+        time.sleep(min(60.0, ttl / 2))
+        gone = DIRS.sweep(getattr(demo, "upload_file_set", ()), ttl)
+        for f in gone:
+            demo.upload_file_set.discard(str(f))
+        if gone:
+            LOG.info("removed %d unclaimed uploads older than %g s", len(gone), ttl)
+
+
+threading.Thread(target=_sweep_uploads, name="mirage-upload-sweep", daemon=True).start()
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=None, help="server name (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", default=None, help="public gradio link (default: $GRADIO_SHARE)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3"):  # one line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH)

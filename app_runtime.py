@@ -15,18 +15,21 @@ Settings (environment variables):
 * ``MIRAGE_DEVICE``: ``cuda`` or ``cpu`` for generation (default: ``cuda`` when available; ``cpu`` runs
   the same code, which is practical with small checkpoints only);
 * ``MIRAGE_OFFLINE=1``: offline readout preview even when weights are present;
-* ``MIRAGE_APP_TMP``: where session folders go (default: a fresh temporary folder);
-* ``MIRAGE_ZEROGPU_MAX_SECONDS``: the longest GPU call a ZeroGPU Space may request (default 120).
+* ``MIRAGE_ZEROGPU_MAX_SECONDS``: the longest GPU call a ZeroGPU Space may request (default 120);
+* ``MIRAGE_UPLOAD_TTL``: seconds after which an upload that no session handed to a handler is removed
+  (default 600; what a browser's image editor uploads by itself, or a file chosen but never loaded).
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import math
 import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,29 +197,46 @@ def detect_mode(cache_dir: str | Path | None = None) -> AppMode:
 
 # ----------------------------------------------------------------------------- session temp dirs
 class SessionDirs:
-    """One temporary folder per session under ``root``, created on first use and removed when the
-    session ends. Without ``root`` a fresh temp folder is made (and removed at exit); a given root
-    is kept, only the session folders made in it are removed."""
+    """Everything a session leaves on disk, removed when the session ends: its folder under ``root``
+    (created on first use) and the uploads it handed in (``track``). An upload that several sessions
+    handed in (Gradio stores uploads by content) goes with the last of them. Without ``root`` a
+    fresh temp folder is made (and removed at exit); a given root is kept, only the session folders
+    made in it are removed. Put ``root`` inside Gradio's cache folder: results returned from there are
+    served in place, not copied into the cache (where nothing would remove them with the session)."""
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.owned = root is None  # True: root was made here and goes at exit
         self.root = Path(tempfile.mkdtemp(prefix="mirage-app-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._sessions: set[str] = set()
+        self._uploads: dict[Path, set[str]] = {}  # upload -> the sessions that handed it in
         self._lock = threading.Lock()
         atexit.register(self.remove_all)
 
-    def get(self, session: str) -> Path:
+    @staticmethod
+    def _check(session: str) -> str:
         if not session or any(c in session for c in "/\\."):
             raise ValueError(f"session id must be a plain name, got {session!r}")
+        return session
+
+    def get(self, session: str) -> Path:
         with self._lock:
-            folder = self.root / session
+            folder = self.root / self._check(session)
             folder.mkdir(parents=True, exist_ok=True)
             self._sessions.add(session)
             return folder
 
+    def track(self, session: str, *files: str | Path | None) -> None:
+        """Note uploads (paths in Gradio's cache) that ``session`` handed in; ``None`` is skipped."""
+        with self._lock:
+            self._check(session)
+            self._sessions.add(session)
+            for f in files:
+                if f is not None:
+                    self._uploads.setdefault(Path(f).resolve(), set()).add(session)
+
     def remove(self, session: str | None) -> bool:
-        """Delete the session's folder; True if it existed."""
+        """Delete the session's folder and the uploads no other session handed in; True if it had any."""
         if not session or session not in self._sessions:
             return False
         with self._lock:
@@ -224,7 +244,39 @@ class SessionDirs:
             existed = folder.is_dir()
             shutil.rmtree(folder, ignore_errors=True)
             self._sessions.discard(session)
+            for upload, holders in list(self._uploads.items()):
+                holders.discard(session)
+                if holders:
+                    continue
+                del self._uploads[upload]
+                upload.unlink(missing_ok=True)
+                try:
+                    upload.parent.rmdir()  # Gradio keeps each upload in a folder of its own
+                except OSError:
+                    pass
+                existed = True
         return existed
+
+    def sweep(self, uploads, max_age_s: float) -> list[Path]:
+        """Delete ``uploads`` (paths in Gradio's cache) that no live session handed in and that are
+        older than ``max_age_s``: what a browser uploads by itself (the image editor sends its
+        background whenever it shows a new one) and no handler ever sees. Returns what went."""
+        now, gone = time.time(), []
+        with self._lock:
+            claimed = set(self._uploads)
+            for f in map(Path, list(uploads)):
+                try:
+                    if f.resolve() in claimed or self.root in f.resolve().parents or now - f.stat().st_mtime < max_age_s:
+                        continue
+                    f.unlink()
+                except OSError:  # gone already
+                    continue
+                gone.append(f)
+                try:
+                    f.parent.rmdir()
+                except OSError:
+                    pass
+        return gone
 
     def remove_all(self) -> None:
         for session in list(self._sessions):
@@ -233,10 +285,45 @@ class SessionDirs:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+UPLOAD_TTL_ENV = "MIRAGE_UPLOAD_TTL"
+
+
+def upload_ttl() -> float:
+    """``$MIRAGE_UPLOAD_TTL`` in seconds (default 600): how long an unclaimed upload is kept."""
+    raw = os.environ.get(UPLOAD_TTL_ENV, "").strip() or "600"
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = math.nan
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"${UPLOAD_TTL_ENV} must be a positive number of seconds, got {raw!r}")
+    return ttl
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the operating system (glibc keeps freed pages of large frees in
+    its arenas; a closed session's tensors would otherwise stay in the server's resident size)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 # ----------------------------------------------------------------------------------- UI formats
-def editor_value(state: SceneState) -> dict:
-    """The ``gr.ImageEditor`` value showing the working image with no stroke."""
-    return {"background": image_to_uint8(state.image), "layers": [], "composite": None}
+def editor_value(state: SceneState, folder: Path) -> dict:
+    """The ``gr.ImageEditor`` value showing the working image with no stroke, its background written
+    as a PNG into the session's ``folder`` (so it goes with the session)."""
+    from PIL import Image
+
+    pixels = image_to_uint8(state.image)  # [H, W, 3]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"scene_{hashlib.sha1(pixels.tobytes()).hexdigest()[:12]}.png"  # a new name per image: no stale cache
+    Image.fromarray(pixels).save(path)
+    return {"background": str(path), "layers": [], "composite": None}
 
 
 def check_frame_count(num_frames: Any, max_frames: int = MAX_FRAMES) -> int:

@@ -18,7 +18,11 @@ Every format round-trips a float32 :class:`~mirage.cameras.Cameras` bitwise: num
 * mirage: ``{"format": "mirage-path", "version": 1, "width", "height", "fps",
   "frames": [{"K": 3x3, "cam_from_world": 4x4}]}``.
 
-Malformed files raise ``ValueError`` naming the file, the line or frame and what is wrong.
+Malformed files raise ``ValueError`` naming the file (by its name only, never its folder: an
+upload's temporary path is not the user's business), the line or frame and what is wrong. Hostile
+files are refused before they cost memory or time: more than ``MAX_PATH_FILE_BYTES`` (checked from
+the file system before reading), not UTF-8 text, JSON nested too deeply, more than
+``MAX_PATH_CAMERAS`` cameras, or a camera translation that is absurd (``> MAX_TRANSLATION`` metres).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -35,6 +40,9 @@ import torch
 from mirage.cameras import Camera, Cameras
 
 __all__ = [
+    "MAX_PATH_CAMERAS",
+    "MAX_PATH_FILE_BYTES",
+    "MAX_TRANSLATION",
     "PathFormat",
     "export_path_files",
     "load_nerfstudio",
@@ -52,6 +60,11 @@ _RE10K_COLUMNS = 19  # timestamp, fx fy cx cy, two zeros, 12 matrix entries
 _NS_INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 _NS_DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
 _NS_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
+MAX_PATH_FILE_BYTES = 2 * 2**20  # largest path file read (2 MiB: ~14k RealEstate10K lines of ~150 bytes)
+MAX_PATH_CAMERAS = 10_000  # most cameras in a path file (a 10-minute video at 16 fps is 9600 frames)
+MAX_TRANSLATION = 1e6  # metres; a larger |t| in cam_from_world is a unit or file error, not a camera path
+_show = reprlib.Repr()  # reprs of file content in messages: bounded in length and nesting (no RecursionError)
+_show.maxlevel, _show.maxstring, _show.maxother, _show.maxlist, _show.maxdict = 3, 40, 40, 6, 6
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -71,6 +84,11 @@ def _check_no_skew(K: np.ndarray, fmt: str) -> None:  # K [N, 3, 3]
 def _cameras(Ks: list, Ts: list, width: int, height: int, where: list[str]) -> Cameras:
     """Validate frame by frame (so errors name the frame), then batch. Ks [3, 3] / Ts [4, 4] float64 arrays."""
     for K, T, w in zip(Ks, Ts, where):
+        if not (np.isfinite(K).all() and np.isfinite(T).all()):
+            raise ValueError(f"{w}: the camera has non-finite values (K {K.tolist()}, cam_from_world {T.tolist()})")
+        t = math.hypot(*T[:3, 3].tolist())  # metres (no overflow); the centre's distance from the world origin
+        if t > MAX_TRANSLATION:
+            raise ValueError(f"{w}: camera translation |t| = {t:.4g} m is absurd (more than {MAX_TRANSLATION:.0e} m)")
         try:
             Camera(torch.from_numpy(K).float(), torch.from_numpy(T).float(), width, height)
         except ValueError as e:
@@ -83,41 +101,72 @@ def _cameras(Ks: list, Ts: list, width: int, height: int, where: list[str]) -> C
 def _size(width, height, where: str) -> tuple[int, int]:
     ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (width, height))
     if not ok:
-        raise ValueError(f"{where}: image size must be positive integers, got width={width!r} height={height!r}")
+        got = f"width={_show.repr(width)} height={_show.repr(height)}"
+        raise ValueError(f"{where}: image size must be positive integers, got {got}")
     return int(width), int(height)
 
 
 def _number(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: {value!r} is not a number")
+        raise ValueError(f"{where}: {_show.repr(value)} is not a number")
     if not math.isfinite(value):
-        raise ValueError(f"{where}: {value!r} is not finite")
+        raise ValueError(f"{where}: {_show.repr(value)} is not finite")
     return float(value)
 
 
 def _matrix(value, rows: int, cols: int, where: str) -> np.ndarray:  # nested lists -> [rows, cols]
     ok = isinstance(value, list) and len(value) == rows and all(isinstance(r, list) and len(r) == cols for r in value)
     if not ok:
-        raise ValueError(f"{where}: expected a {rows}x{cols} list of lists, got {value!r}")
+        raise ValueError(f"{where}: expected a {rows}x{cols} list of lists, got {_show.repr(value)}")
     return np.array([[_number(v, f"{where}[{i}][{j}]") for j, v in enumerate(r)] for i, r in enumerate(value)])
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, refused (``ValueError`` naming the file) when larger than ``MAX_PATH_FILE_BYTES``
+    (checked before reading, and the read stops there) or not UTF-8 text."""
+    if not path.is_file():
+        raise FileNotFoundError(f"camera path file not found: {path.name}")
+    size = path.stat().st_size
+    if size > MAX_PATH_FILE_BYTES:
+        raise ValueError(
+            f"{path.name}: the file is {size} bytes, more than the limit of {MAX_PATH_FILE_BYTES} bytes "
+            f"({MAX_PATH_FILE_BYTES / 2**20:g} MiB) for a camera path"
+        )
+    with open(path, "rb") as f:
+        data = f.read(MAX_PATH_FILE_BYTES + 1)  # a file that grew after the check is still bounded
+    if len(data) > MAX_PATH_FILE_BYTES:
+        raise ValueError(f"{path.name}: the file is larger than the limit of {MAX_PATH_FILE_BYTES} bytes for a camera path")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path.name} is not a text file (UTF-8): byte {e.start} is {data[e.start:e.start + 1]!r}") from None
+    if "\x00" in text:
+        raise ValueError(f"{path.name} is not a text file (UTF-8): it contains NUL bytes (binary data)")
+    return text
+
+
 def _read_json(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if not text.strip():
-        raise ValueError(f"{path}: empty file")
+        raise ValueError(f"{path.name}: empty file")
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+        raise ValueError(f"{path.name}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path.name}: JSON nested too deeply (a camera path needs a few levels)") from None
+    except ValueError as e:  # e.g. an integer literal over Python's 4300-digit limit
+        raise ValueError(f"{path.name}: not valid JSON: {e}") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top level, got {type(meta).__name__}")
+        raise ValueError(f"{path.name}: expected a JSON object at the top level, got {type(meta).__name__}")
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
-        raise ValueError(f"{path}: missing or empty 'frames' list")
+        raise ValueError(f"{path.name}: missing or empty 'frames' list")
+    if len(frames) > MAX_PATH_CAMERAS:
+        raise ValueError(f"{path.name}: {len(frames)} frames, more than the limit of {MAX_PATH_CAMERAS} cameras")
     for i, f in enumerate(frames):
         if not isinstance(f, dict):
-            raise ValueError(f"{path}: frames[{i}] must be a JSON object, got {f!r}")
+            raise ValueError(f"{path.name}: frames[{i}] must be a JSON object, got {_show.repr(f)}")
     return meta
 
 
@@ -170,27 +219,30 @@ def load_re10k(path: str | os.PathLike, width: int, height: int) -> tuple[Camera
     Line 1 (URL/comment) is skipped, blank lines are ignored; integer timestamps stay ``int``.
     """
     path = Path(path)
-    W, H = _size(width, height, str(path))
-    lines = path.read_text(encoding="utf-8").splitlines()
+    name = path.name
+    W, H = _size(width, height, name)
+    lines = _read_text(path).splitlines()
     if not any(line.strip() for line in lines):
-        raise ValueError(f"{path}: empty file")
+        raise ValueError(f"{name}: empty file")
     first = lines[0].split()
     if len(first) == _RE10K_COLUMNS and all(_is_float(t) for t in first):
-        raise ValueError(f"{path}: line 1 looks like a camera line; RealEstate10K files start with a URL/comment line")
+        raise ValueError(f"{name}: line 1 looks like a camera line; RealEstate10K files start with a URL/comment line")
     Ks, Ts, stamps, where = [], [], [], []
     for lineno, line in enumerate(lines[1:], start=2):
         tokens = line.split()
         if not tokens:
             continue
+        if len(Ts) == MAX_PATH_CAMERAS:
+            raise ValueError(f"{name}: line {lineno}: more than the limit of {MAX_PATH_CAMERAS} cameras")
         if len(tokens) != _RE10K_COLUMNS:
             raise ValueError(
-                f"{path}: line {lineno}: expected {_RE10K_COLUMNS} columns (timestamp fx fy cx cy 0 0 and a "
+                f"{name}: line {lineno}: expected {_RE10K_COLUMNS} columns (timestamp fx fy cx cy 0 0 and a "
                 f"row-major 3x4 world-to-camera matrix), got {len(tokens)}"
             )
         values = []
         for col, tok in enumerate(tokens, start=1):
             if not _is_float(tok) or not math.isfinite(float(tok)):
-                raise ValueError(f"{path}: line {lineno}, column {col}: {tok!r} is not a finite number")
+                raise ValueError(f"{name}: line {lineno}, column {col}: {_show.repr(tok)} is not a finite number")
             values.append(float(tok))
         stamps.append(int(tokens[0]) if _is_int(tokens[0]) else values[0])
         fx, fy, cx, cy = values[1:5]
@@ -198,9 +250,9 @@ def load_re10k(path: str | os.PathLike, width: int, height: int) -> tuple[Camera
         T = np.eye(4)
         T[:3, :4] = np.array(values[7:]).reshape(3, 4)  # row-major 3x4
         Ts.append(T)
-        where.append(f"{path}: line {lineno} (frame {len(Ts) - 1})")
+        where.append(f"{name}: line {lineno} (frame {len(Ts) - 1})")
     if not Ts:
-        raise ValueError(f"{path}: no camera lines after the header line")
+        raise ValueError(f"{name}: no camera lines after the header line")
     return _cameras(Ks, Ts, W, H, where), stamps
 
 
@@ -261,10 +313,10 @@ def load_nerfstudio(path: str | os.PathLike) -> Cameras:
     meta = _read_json(path)
     model = meta.get("camera_model", "OPENCV")
     if model not in _NS_MODELS:
-        raise ValueError(f"{path}: camera_model {model!r} is not supported (pinhole only: {_NS_MODELS})")
+        raise ValueError(f"{path.name}: camera_model {_show.repr(model)} is not supported (pinhole only: {_NS_MODELS})")
     Ks, Ts, where, sizes = [], [], [], set()
     for i, frame in enumerate(meta["frames"]):
-        w = f"{path}: frames[{i}]"
+        w = f"{path.name}: frames[{i}]"
         for key in _NS_DISTORTION:
             value = frame.get(key, meta.get(key, 0.0))
             if _number(value, f"{w} '{key}'") != 0.0:
@@ -288,11 +340,11 @@ def load_nerfstudio(path: str | os.PathLike) -> Cameras:
         where.append(w)
         sizes.add((intr["w"], intr["h"]))
     if len(sizes) != 1:
-        raise ValueError(f"{path}: frames have different image sizes {sorted(sizes)}; a path needs one size")
+        raise ValueError(f"{path.name}: frames have different image sizes {_show.repr(sorted(sizes))}; a path needs one size")
     (w_, h_) = sizes.pop()
     if w_ != int(w_) or h_ != int(h_):
-        raise ValueError(f"{path}: image size must be integers, got w={w_} h={h_}")
-    W, H = _size(int(w_), int(h_), str(path))
+        raise ValueError(f"{path.name}: image size must be integers, got w={w_} h={h_}")
+    W, H = _size(int(w_), int(h_), path.name)
     return _cameras(Ks, Ts, W, H, where)
 
 
@@ -313,18 +365,18 @@ def load_path_json(path: str | os.PathLike) -> Cameras:
     path = Path(path)
     meta = _read_json(path)
     if meta.get("format") != "mirage-path":
-        raise ValueError(f"{path}: 'format' must be 'mirage-path', got {meta.get('format')!r}")
+        raise ValueError(f"{path.name}: 'format' must be 'mirage-path', got {_show.repr(meta.get('format'))}")
     if meta.get("version") != 1:
-        raise ValueError(f"{path}: unsupported version {meta.get('version')!r} (this reader knows version 1)")
+        raise ValueError(f"{path.name}: unsupported version {_show.repr(meta.get('version'))} (this reader knows version 1)")
     for key in ("width", "height", "fps"):
         if key not in meta:
-            raise ValueError(f"{path}: missing '{key}'")
-    W, H = _size(meta["width"], meta["height"], str(path))
-    if _number(meta["fps"], f"{path}: 'fps'") <= 0:
-        raise ValueError(f"{path}: 'fps' must be positive, got {meta['fps']!r}")
+            raise ValueError(f"{path.name}: missing '{key}'")
+    W, H = _size(meta["width"], meta["height"], path.name)
+    if _number(meta["fps"], f"{path.name}: 'fps'") <= 0:
+        raise ValueError(f"{path.name}: 'fps' must be positive, got {meta['fps']!r}")
     Ks, Ts, where = [], [], []
     for i, frame in enumerate(meta["frames"]):
-        w = f"{path}: frames[{i}]"
+        w = f"{path.name}: frames[{i}]"
         for key in ("K", "cam_from_world"):
             if key not in frame:
                 raise ValueError(f"{w}: missing '{key}'")
@@ -344,26 +396,26 @@ def load_path_file(path: str | os.PathLike, width: int, height: int) -> Cameras:
     aspect ratio raises ``ValueError``.
     """
     path = Path(path)
-    W, H = _size(width, height, str(path))
+    W, H = _size(width, height, path.name)
     if not path.is_file():
-        raise FileNotFoundError(f"camera path file not found: {path}")
+        raise FileNotFoundError(f"camera path file not found: {path.name}")
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return load_re10k(path, W, H)[0]
     if suffix != ".json":
-        raise ValueError(f"{path}: unknown camera path format {suffix!r}; expected .txt (RealEstate10K) or .json")
+        raise ValueError(f"{path.name}: unknown camera path format {_show.repr(suffix)}; expected .txt (RealEstate10K) or .json")
     meta = _read_json(path)
     if "format" in meta:
         cams = load_path_json(path)
     elif "transform_matrix" in meta["frames"][0]:
         cams = load_nerfstudio(path)
     else:
-        raise ValueError(f"{path}: JSON is neither a mirage-path (no 'format') nor nerfstudio (no 'transform_matrix')")
+        raise ValueError(f"{path.name}: JSON is neither a mirage-path (no 'format') nor nerfstudio (no 'transform_matrix')")
     if (cams.width, cams.height) == (W, H):
         return cams
     if abs((cams.width / cams.height) / (W / H) - 1.0) > 0.01:
         raise ValueError(
-            f"{path}: stored for {cams.width}x{cams.height}, which has another aspect ratio than the requested {W}x{H}"
+            f"{path.name}: stored for {cams.width}x{cams.height}, which has another aspect ratio than the requested {W}x{H}"
         )
     return cams.rescaled(W, H)
 

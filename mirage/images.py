@@ -33,6 +33,7 @@ from torch import Tensor
 __all__ = [
     "MAX_SIDE",
     "MAX_PIXELS",
+    "reduction_factor",
     "FitPlan",
     "load_image",
     "to_uint8",
@@ -103,7 +104,16 @@ def _unit_to_rgb(unit: np.ndarray, alpha: AlphaMode, name: str) -> np.ndarray:  
     return color
 
 
-def _open_pil(path: Path) -> PIL.Image.Image:
+def reduction_factor(height: int, width: int, cover: tuple[int, int] | None) -> int:
+    """The largest whole factor ``k >= 1`` by which a ``height x width`` image can shrink and still
+    cover ``cover = (short, long)`` sides (its short side >= ``short`` and long side >= ``long``)."""
+    if cover is None:
+        return 1
+    short, long = sorted((height, width))
+    return max(1, min(long // cover[1], short // cover[0]))
+
+
+def _open_pil(path: Path, cover: tuple[int, int] | None = None) -> PIL.Image.Image:
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
@@ -113,6 +123,9 @@ def _open_pil(path: Path) -> PIL.Image.Image:
     try:
         image = PIL.Image.open(path)
         _check_size(image.height, image.width, str(path))  # before decoding any pixels
+        k = reduction_factor(image.height, image.width, cover)
+        if k > 1 and image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale: less memory and time
+            image.draft(image.mode, (image.width // k, image.height // k))
         image.load()
     except PIL.UnidentifiedImageError as err:
         raise ValueError(f"not an image file (PIL cannot identify it): {path}") from err
@@ -123,8 +136,16 @@ def _open_pil(path: Path) -> PIL.Image.Image:
     return image
 
 
-def _pil_to_array(image: PIL.Image.Image, name: str) -> np.ndarray:
-    image = PIL.ImageOps.exif_transpose(image)
+def _pil_to_array(image: PIL.Image.Image, name: str, cover: tuple[int, int] | None = None) -> np.ndarray:
+    k = reduction_factor(image.height, image.width, cover)  # the same in either orientation
+    if k > 1:  # box-average k x k blocks before any float copy of the full image exists
+        if image.mode in ("1", "P", "PA"):  # modes PIL cannot reduce: to the mode they are read in below
+            alpha = image.mode == "PA" or "transparency" in image.info
+            image = image.convert("L" if image.mode == "1" else "RGBA" if alpha else "RGB")
+        elif image.mode.startswith("I;16"):
+            image = image.convert("I")  # 32-bit, same 0..65535 values
+        image = image.reduce(k)
+    image = PIL.ImageOps.exif_transpose(image)  # after the reduction: it copies the image
     mode = image.mode
     if mode == "P":  # palette: keep transparency if the palette has any
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -147,6 +168,7 @@ def load_image(
     source: str | Path | np.ndarray | PIL.Image.Image | Tensor,
     *,
     alpha: AlphaMode = "white",
+    cover: tuple[int, int] | None = None,
 ) -> Tensor:  # -> [3, H, W] float32 in [-1, 1]
     """Load an image file, numpy array, PIL image or tensor into ``[3, H, W]`` in ``[-1, 1]``.
 
@@ -155,6 +177,10 @@ def load_image(
         ``[0, 1]``; or a float tensor ``[3, H, W]`` already in ``[-1, 1]`` (validated, copied).
     alpha: ``"white"`` composites a transparent image on white (what a viewer shows);
         ``"drop"`` ignores the alpha channel (keeps the stored colours).
+    cover: ``(short, long)``: a file or PIL image larger than needed to cover these sides is shrunk
+        while it is decoded, by the largest whole factor that still covers them (``reduction_factor``;
+        a k x k box average, JPEGs decoded at reduced scale), so a large upload never exists as a
+        full-size float image. ``None`` keeps the full size.
     """
     if isinstance(source, Tensor):
         if source.dim() != 3 or source.shape[0] != 3 or not source.is_floating_point():
@@ -165,11 +191,11 @@ def load_image(
         return source.detach().float().clone()
     if isinstance(source, (str, Path)):
         name = str(source)
-        array = _pil_to_array(_open_pil(Path(source)), name)
+        array = _pil_to_array(_open_pil(Path(source), cover), name, cover)
     elif isinstance(source, PIL.Image.Image):
         name = "PIL image"
         _check_size(source.height, source.width, name)
-        array = _pil_to_array(source, name)
+        array = _pil_to_array(source, name, cover)
     elif isinstance(source, np.ndarray):
         name = "array image"
         array = source

@@ -19,21 +19,26 @@ world coordinates. All arithmetic is float64 (numpy/scipy); results are cast to 
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation, Slerp
 from torch import Tensor
 
 from mirage.cameras import Camera, Cameras, invert_rigid
 from mirage.frames import check_num_frames
+from mirage.geometry import project_points, valid_depth
 
 __all__ = [
     "CameraPath",
     "KEYFRAME_COLUMNS",
+    "MAX_KEYFRAMES",
+    "MAX_PATH_DISTANCE",
     "PRESETS",
     "Keyframe",
     "PathPreset",
@@ -63,35 +68,60 @@ class PresetInfo:
     description: str  # one line for the UI
     unit: str  # what `amount` measures
     default: float  # amount used when none is given
+    max: float  # largest accepted amount (inclusive), a physical bound in `unit`
+    why_max: str  # what happens at `max`, said when an amount above it is refused
+    min: float = 0.0  # smallest accepted amount (inclusive): no motion (1 for a zoom factor)
 
 
+# Amounts are magnitudes in [min, max]: the direction is in the preset's name. The translations'
+# max of 10 scene depths is half of MAX_PATH_DISTANCE; path_bounds_check still judges every path
+# (an orbit past ~84 degrees crosses the median depth, so it needs a depth map showing room behind).
 _DEG, _FRAC, _FACTOR = "degrees", "fraction of the scene depth", "focal-length factor (>= 1)"
+_TURN = "360 degrees is a full turn; more only repeats the views"
+_THROUGH = "at 1 the camera reaches the scene at its median depth; past it the camera would go through the scene"
+_FAR = "10 scene depths away the scene is a tenth of its size or out of view"
+_TILT = "at 90 degrees the camera looks straight {}; past it the view turns upside down"
+_ZOOM = "a 10x zoom already magnifies every source pixel 10 times (a 60 degree view becomes 6.6 degrees)"
 PRESETS: dict[str, PresetInfo] = {
-    "orbit_left": PresetInfo("circle left around the point at the scene depth, keeping it centred", _DEG, 20.0),
-    "orbit_right": PresetInfo("circle right around the point at the scene depth, keeping it centred", _DEG, 20.0),
-    "pan_left": PresetInfo("turn left in place", _DEG, 20.0),
-    "pan_right": PresetInfo("turn right in place", _DEG, 20.0),
-    "pan_up": PresetInfo("tilt up in place", _DEG, 15.0),
-    "pan_down": PresetInfo("tilt down in place", _DEG, 15.0),
-    "dolly_in": PresetInfo("move forward along the optical axis", _FRAC, 0.3),
-    "dolly_out": PresetInfo("move backward along the optical axis", _FRAC, 0.3),
-    "zoom_in": PresetInfo("increase the focal length, camera fixed", _FACTOR, 1.5),
-    "zoom_out": PresetInfo("decrease the focal length (divide by amount), camera fixed", _FACTOR, 1.5),
-    "truck_left": PresetInfo("slide left, same orientation", _FRAC, 0.3),
-    "truck_right": PresetInfo("slide right, same orientation", _FRAC, 0.3),
-    "pedestal_up": PresetInfo("rise vertically, same orientation", _FRAC, 0.2),
-    "pedestal_down": PresetInfo("sink vertically, same orientation", _FRAC, 0.2),
-    "look_around": PresetInfo(
-        "figure-eight of yaw (+-amount) and pitch (+-amount/2) in place, back to the start view", _DEG, 20.0
+    "orbit_left": PresetInfo(
+        "circle left around the point at the scene depth, keeping it centred", _DEG, 20.0, 360.0, _TURN
     ),
+    "orbit_right": PresetInfo(
+        "circle right around the point at the scene depth, keeping it centred", _DEG, 20.0, 360.0, _TURN
+    ),
+    "pan_left": PresetInfo("turn left in place", _DEG, 20.0, 360.0, _TURN),
+    "pan_right": PresetInfo("turn right in place", _DEG, 20.0, 360.0, _TURN),
+    "pan_up": PresetInfo("tilt up in place", _DEG, 15.0, 90.0, _TILT.format("up")),
+    "pan_down": PresetInfo("tilt down in place", _DEG, 15.0, 90.0, _TILT.format("down")),
+    "dolly_in": PresetInfo("move forward along the optical axis", _FRAC, 0.3, 1.0, _THROUGH),
+    "dolly_out": PresetInfo("move backward along the optical axis", _FRAC, 0.3, 10.0, _FAR),
+    "zoom_in": PresetInfo("increase the focal length, camera fixed", _FACTOR, 1.5, 10.0, _ZOOM, min=1.0),
+    "zoom_out": PresetInfo("decrease the focal length (divide by amount), camera fixed", _FACTOR, 1.5, 10.0,
+                           "a 10x zoom out already shows the source image at a tenth of its size", min=1.0),  # fmt: skip
+    "truck_left": PresetInfo("slide left, same orientation", _FRAC, 0.3, 10.0, _FAR),
+    "truck_right": PresetInfo("slide right, same orientation", _FRAC, 0.3, 10.0, _FAR),
+    "pedestal_up": PresetInfo("rise vertically, same orientation", _FRAC, 0.2, 10.0, _FAR),
+    "pedestal_down": PresetInfo("sink vertically, same orientation", _FRAC, 0.2, 10.0, _FAR),
+    "look_around": PresetInfo(
+        "figure-eight of yaw (+-amount) and pitch (+-amount/2) in place, back to the start view", _DEG, 20.0, 180.0,
+        "at 180 degrees the camera looks behind and straight up and down; past it the view flips over",
+    ),  # fmt: skip
     "detour_revisit": PresetInfo(
         "out along a circle of diameter scene_depth/2 to the right (ahead), turning right by amount, "
         "back behind it to the exact start pose",
         _DEG,
         60.0,
+        180.0,
+        "at 180 degrees the camera looks back; past it the turn only continues round",
     ),
 }
 assert set(PRESETS) == set(get_args(PathPreset))
+assert all(i.min <= i.default <= i.max for i in PRESETS.values())
+_OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "in": "out", "out": "in"}
+MAX_PATH_DISTANCE = 20.0  # farthest a path camera may be from the first camera, in scene depths
+MAX_KEYFRAMES = 64  # most keyframes a table may hold
+_show = reprlib.Repr()  # reprs of user input in messages: bounded in length and nesting
+_show.maxlevel, _show.maxstring, _show.maxother, _show.maxlist = 3, 40, 40, 8
 
 KEYFRAME_COLUMNS = ("x", "y", "z", "yaw", "pitch", "roll", "fov_x")  # the UI table's column order
 _LOOK = ("forward", "source")
@@ -267,12 +297,18 @@ def make_preset_path(
     num_frames: int = 33,
     amount: float | None = None,
     scene_depth: float = 2.0,
+    depth: Tensor | np.ndarray | None = None,  # [H, W] metres seen by the source, NaN invalid
 ) -> CameraPath:
     """A named camera motion starting exactly at ``source``, with a cosine ease-in-out profile.
 
-    amount: in the unit listed in ``PRESETS[preset].unit`` (default ``PRESETS[preset].default``).
+    amount: in the unit listed in ``PRESETS[preset].unit`` (default ``PRESETS[preset].default``), a
+    magnitude in ``[PRESETS[preset].min, PRESETS[preset].max]`` (the bounds are explained beside
+    ``PRESETS``; the refusal says why): the direction is in the preset's name, so a negative amount
+    (a zoom factor below 1) is refused and names the opposite preset; NaN and inf are refused.
     scene_depth: median scene depth in metres (pass the median of the estimated depth map); orbits
     circle the point at this depth on the source's optical axis and translations scale with it.
+    depth: the source's depth map at its size; when given, the bounds check judges each camera
+    against the surface it would cross rather than the median depth.
     The result passes :func:`path_bounds_check` (``ValueError`` otherwise).
     """
     if preset not in PRESETS:
@@ -281,15 +317,30 @@ def make_preset_path(
         raise TypeError(f"source must be a mirage.cameras.Camera, got {type(source).__name__}")
     T = check_num_frames(num_frames, min_latent_frames=2)
     d = _check_depth(scene_depth)
-    amount = PRESETS[preset].default if amount is None else amount
-    amount_f = float(amount)
-    low = 1.0 if preset.startswith("zoom") else 0.0
-    if not (math.isfinite(amount_f) and amount_f >= low):
-        raise ValueError(f"amount for {preset!r} must be finite and >= {low} ({PRESETS[preset].unit}), got {amount!r}")
+    info = PRESETS[preset]
+    amount = info.default if amount is None else amount
+    bounds = f"[{info.min:g}, {info.max:g}] ({info.unit})"
+    try:
+        if isinstance(amount, bool):
+            raise TypeError
+        amount_f = float(amount)
+    except (TypeError, ValueError):
+        raise ValueError(f"amount for {preset!r} must be a number in {bounds}, got {_show.repr(amount)}") from None
+    if not (math.isfinite(amount_f) and info.min <= amount_f <= info.max):
+        if amount_f > info.max:
+            why = f": {info.why_max}"
+        elif amount_f < info.min:
+            head, _, way = preset.rpartition("_")
+            other = f"{head}_{_OPPOSITE[way]}" if way in _OPPOSITE else None
+            kind = "zoom factors are at least 1" if preset.startswith("zoom") else "amounts are magnitudes"
+            why = f": {kind}" + (f"; for the other direction use {other!r}" if other else "")
+        else:
+            why = ""
+        raise ValueError(f"amount for {preset!r} must be finite and in {bounds}, got {_show.repr(amount)}{why}")
     s = _ease(np.linspace(0.0, 1.0, T))  # [T]
     src_from_new, focal = _preset_motion(preset, s, amount_f, d)
     path = _compose(source, src_from_new, focal)
-    path_bounds_check(path, d)
+    path_bounds_check(path, d, depth=depth)
     return path
 
 
@@ -469,35 +520,45 @@ def _is_blank(v) -> bool:
 def keyframes_from_table(rows) -> list[Keyframe]:
     """Keyframes from UI table rows ``[x, y, z, yaw, pitch, roll, fov_x]`` (numbers or numeric strings).
 
-    rows: a list of rows or a pandas DataFrame. Entirely blank rows (as a UI table leaves them) are
-    skipped; anything else malformed raises ``ValueError`` naming the 1-based row and the column.
+    rows: a list of rows (lists or tuples), an array or a pandas DataFrame. Entirely blank rows (as
+    a UI table leaves them) are skipped; anything else malformed (a row of another length, a row that
+    is not a list, a cell that is not a number: text, None, a dict, a nested list), or more than
+    ``MAX_KEYFRAMES`` keyframes, raises ``ValueError`` naming the 1-based row and the column.
     """
     if hasattr(rows, "to_numpy"):  # a pandas DataFrame from a UI table
         rows = rows.to_numpy().tolist()
+    if isinstance(rows, np.ndarray):  # [K, 7]
+        rows = rows.tolist()
+    if not isinstance(rows, (list, tuple)):
+        raise ValueError(f"the keyframe table must be a list of rows, got {type(rows).__name__}: {_show.repr(rows)}")
     out = []
     for r, row in enumerate(rows, start=1):
-        if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
-            raise ValueError(f"keyframe table row {r} must be a list of {len(KEYFRAME_COLUMNS)} numbers, got {row!r}")
+        if not isinstance(row, (list, tuple, np.ndarray)):
+            raise ValueError(
+                f"keyframe table row {r} must be a list of {len(KEYFRAME_COLUMNS)} numbers, got {_show.repr(row)}"
+            )
         if all(_is_blank(v) for v in row):
             continue
         if len(row) != len(KEYFRAME_COLUMNS):
             raise ValueError(
                 f"keyframe table row {r} has {len(row)} values, expected {len(KEYFRAME_COLUMNS)} "
-                f"({', '.join(KEYFRAME_COLUMNS)}): {list(row)!r}"
+                f"({', '.join(KEYFRAME_COLUMNS)}): {_show.repr(list(row))}"
             )
+        if len(out) == MAX_KEYFRAMES:
+            raise ValueError(f"keyframe table row {r}: the table holds at most {MAX_KEYFRAMES} keyframes")
         vals = []
         for name, v in zip(KEYFRAME_COLUMNS, row):
             try:
                 if isinstance(v, bool):
                     raise TypeError
                 f = float(v.strip() if isinstance(v, str) else v)
-            except (TypeError, ValueError):
-                raise ValueError(f"keyframe table row {r}, column {name!r}: {v!r} is not a number") from None
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError(f"keyframe table row {r}, column {name!r}: {_show.repr(v)} is not a number") from None
             if not math.isfinite(f):
-                raise ValueError(f"keyframe table row {r}, column {name!r}: {v!r} is not finite")
+                raise ValueError(f"keyframe table row {r}, column {name!r}: {_show.repr(v)} is not finite")
             vals.append(f)
         if not 0.0 < vals[6] < 180.0:
-            raise ValueError(f"keyframe table row {r}, column 'fov_x': {row[6]!r} is not in (0, 180) degrees")
+            raise ValueError(f"keyframe table row {r}, column 'fov_x': {_show.repr(row[6])} is not in (0, 180) degrees")
         out.append(Keyframe(tuple(vals[:3]), *vals[3:]))
     if not out:
         raise ValueError("the keyframe table is empty")
@@ -663,22 +724,89 @@ def anchored_path(source: Camera, cameras: Cameras, num_frames: int) -> CameraPa
     return CameraPath.starting_at(source.to("cpu"), resampled).to(source.K.device)
 
 
-def path_bounds_check(cameras: Cameras, scene_depth: float, margin: float = 0.1) -> None:
-    """``ValueError`` if a camera reaches the scene: its centre, in the first camera's frame, lies at
-    ``z >= (1 - margin) * scene_depth`` along the first camera's optical axis (the scene is taken to
-    sit at the median depth ``scene_depth`` in front of the first camera)."""
+def _surface_window_radius(height: int, width: int) -> int:
+    """Half-size ``r`` of the ``(2r+1) x (2r+1)`` depth window of ``path_bounds_check``: about 1% of
+    the longer image side (a fixed angle at any resolution), at least 2 (a 5 x 5 window)."""
+    return max(2, round(max(height, width) / 100))
+
+
+def _nearest_surface(depth, height: int, width: int) -> Tensor:  # -> [H, W] float64, inf where unknown
+    """The smallest valid depth in the window around every pixel (``_surface_window_radius``)."""
+    d = torch.as_tensor(depth.detach().cpu() if isinstance(depth, Tensor) else np.asarray(depth, dtype=np.float64))
+    if tuple(d.shape) != (height, width):
+        raise ValueError(
+            f"depth must be [H, W] = [{height}, {width}] (the first camera's image size), got shape {tuple(d.shape)}"
+        )
+    d = d.double()
+    d = torch.where(valid_depth(d), d, torch.full_like(d, math.inf))  # [H, W] invalid -> inf (never the nearest)
+    r = _surface_window_radius(height, width)
+    # Min filter as -max_pool(-d); the padding is -inf in -d, so the border windows are just smaller.
+    return -F.max_pool2d(-d[None, None], kernel_size=2 * r + 1, stride=1, padding=r)[0, 0]  # [1, 1, H, W] -> [H, W]
+
+
+def path_bounds_check(
+    cameras: Cameras,
+    scene_depth: float,
+    margin: float = 0.1,
+    depth: Tensor | np.ndarray | None = None,  # [H, W] metres seen by cameras[0], NaN/inf/<= 0 invalid
+) -> None:
+    """``ValueError`` if the path leaves the scene or a camera reaches its surface. Centres are taken
+    in the first camera's frame (``cameras[0]``, a path's source), ``p = (x, y, z)``.
+
+    * Distance: every centre must lie within ``MAX_PATH_DISTANCE * scene_depth`` (20x) of the first
+      one. This bounds imported files with absurd translations, with or without ``depth``.
+    * Surface, without ``depth``: the scene is taken to sit at the median depth ``scene_depth`` in
+      front of the first camera; a centre with ``z >= (1 - margin) * scene_depth`` goes through it.
+    * Surface, with ``depth`` (the first camera's depth map at its ``height x width``): a centre in
+      front of the first camera (``z > 0``) that projects inside its image, at pixel
+      ``(floor(u), floor(v))``, goes through the surface when ``z >= (1 - margin) * d_min``, ``d_min``
+      the smallest valid depth in the ``(2r+1) x (2r+1)`` window around that pixel,
+      ``r = max(2, round(max(H, W) / 100))`` (about 1% of the image either side: a fixed angle at any
+      resolution, so a centre beside a depth edge counts the nearer side). A window with no valid
+      depth falls back to the median rule. A centre behind the first camera or outside its image is
+      not judged against the surface (no geometry is known there); the distance rule still holds.
+    """
     d = _check_depth(scene_depth)
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must be in [0, 1), got {margin!r}")
-    centres, _ = _world_poses(cameras)
+    centres, _ = _world_poses(cameras)  # [N, 3] world
     first = _np(cameras.cam_from_world[0])  # [4, 4]
-    z = centres @ first[2, :3] + first[2, 3]  # [N] depth of each centre in the first camera
-    limit = (1.0 - margin) * d
-    bad = np.nonzero(z >= limit)[0]
+    p = centres @ first[:3, :3].T + first[:3, 3]  # [N, 3] centres in the first camera's frame
+    dist = np.linalg.norm(p, axis=-1)  # [N] metres from the first centre
+    far = np.nonzero(dist > MAX_PATH_DISTANCE * d)[0]
+    if far.size:
+        i = int(far[0])
+        raise ValueError(
+            f"the path leaves the scene: frame {i} is {dist[i]:.4g} m from the source, more than "
+            f"{MAX_PATH_DISTANCE:g}x the scene depth {d:.4g} m; reduce the motion"
+        )
+    z = p[:, 2]  # [N] depth of each centre in the first camera
+    N = z.shape[0]
+    surface = np.full(N, d)  # [N] depth of the surface each centre is judged against
+    judged = np.ones(N, dtype=bool)  # [N]
+    pixel: list[tuple[int, int] | None] = [None] * N  # (col, row) where the depth map judged it
+    if depth is not None:
+        W, H = cameras.width, cameras.height
+        near = _nearest_surface(depth, H, W)  # [H, W]
+        uv, _ = project_points(torch.from_numpy(centres), cameras.K[:1].cpu(), cameras.cam_from_world[:1].cpu())
+        uv = uv[0].double().numpy()  # [1, N, 2] -> [N, 2] continuous coordinates
+        inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)  # [N]
+        judged = inside
+        for i in np.nonzero(inside)[0]:
+            col, row = int(uv[i, 0]), int(uv[i, 1])  # floor: both are >= 0
+            d_min = float(near[row, col])
+            if math.isfinite(d_min):
+                surface[i], pixel[i] = d_min, (col, row)
+    limit = (1.0 - margin) * surface  # [N]
+    bad = np.nonzero(judged & (z >= limit))[0]
     if bad.size:
         i = int(bad[0])
+        if pixel[i] is None:
+            what = f"{1 - margin:.0%} of the scene depth {d:.4g} m"
+        else:
+            where = f"around pixel {pixel[i]}, {surface[i]:.4g} m"
+            what = f"{1 - margin:.0%} of the nearest surface the first camera sees {where}"
         raise ValueError(
             f"frame {i} of the path is {z[i]:.4g} m along the first camera's optical axis, at or past "
-            f"{limit:.4g} m ({1 - margin:.0%} of the scene depth {d:.4g} m): the camera would go through "
-            f"the scene; reduce the motion"
+            f"{limit[i]:.4g} m ({what}): the camera would go through the scene; reduce the motion"
         )

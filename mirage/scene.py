@@ -40,6 +40,8 @@ __all__ = [
     "raw_from_example",
     "raw_from_upload",
     "build_scene",
+    "usable_depth",
+    "compact_raw",
     "rebuild_at",
     "cell_colors",
     "require_scene",
@@ -59,6 +61,9 @@ DepthChoice = Literal["auto", "depth-pro", "upload", "ground-truth", "planar-pri
 DEPTH_CHOICE_KEYS = ("auto", "depth-pro", "upload", "ground-truth", "planar-prior")
 LONG_SIDES = (256, 384, 512)  # preview working sizes (long side); 1280 (704x1280) for the GPU pipeline
 FULL_LONG_SIDE = 1280
+FULL_SIZE = (704, 1280)  # (short, long) sides of the model resolution: no input needs more than covers it
+DEPTH_RANGE_M = (1e-3, 1e5)  # plausible metric depth (1 mm .. 100 km); values outside are invalid
+MIN_DEPTH_COVERAGE = 0.1  # fraction of the source view that needs valid depth for a usable scene
 ColorBy = Literal["latent", "image"]
 PLANAR_PRIOR_LABEL = "planar prior (placeholder geometry, not a depth estimate)"
 
@@ -137,7 +142,7 @@ def raw_from_upload(
     if image_file is None:
         raise ValueError("no image uploaded: upload an image or click an example")
     try:
-        image = load_image(image_file)  # [3, H0, W0]
+        image = load_image(image_file, cover=FULL_SIZE)  # [3, H0, W0], shrunk while decoding to what 704x1280 needs
     except (ValueError, FileNotFoundError) as err:
         raise _short_error(err, image_file) from None
     _, H0, W0 = image.shape
@@ -198,14 +203,42 @@ def build_scene(raw: RawScene, long_side: int = 512, codec: VideoCodec | None = 
     codec = codec or OfflineCodec()
     H, W = choose_resolution(raw.image.shape[1], raw.image.shape[2], long_side=long_side)
     image, depth, K = fit_image_depth_camera(raw.image, raw.depth, raw.K, W, H)  # [3, H, W], [H, W], [3, 3]
-    if not valid_depth(depth).any():
-        raise ValueError(f"the depth of {raw.name!r} has no valid pixel after fitting to {W}x{H}")
+    depth = usable_depth(depth, raw)  # [H, W]
     camera = Camera(K, torch.eye(4), W, H)
     latent = codec.encode(image[None, :, None])[0].float()  # [1, 3, 1, H, W] -> [C, 1, h, w]
     memory = LatentSpatialMemory(codec=codec).initialize(Observation.single(camera, depth, latent, image))
     colors = cell_colors(image[:, None], memory.last_added, codec.spatial_stride)  # [N, 3]
     scene_depth = float(depth[valid_depth(depth)].median())
     return SceneState(raw, image, depth, camera, latent, memory, colors, scene_depth)
+
+
+def usable_depth(depth: Tensor, raw: RawScene) -> Tensor:  # [H, W] metres -> [H, W], NaN outside DEPTH_RANGE_M
+    """The depth of a scene's source view with implausible values (outside ``DEPTH_RANGE_M``) made
+    invalid; ``ValueError`` when less than ``MIN_DEPTH_COVERAGE`` of the view is left, since a memory
+    built from it would hold almost nothing (a map of 1e-30 m, or a single valid pixel)."""
+    lo, hi = DEPTH_RANGE_M
+    valid = valid_depth(depth)  # [H, W]
+    plausible = valid & (depth >= lo) & (depth <= hi)
+    coverage = float(plausible.float().mean())
+    if coverage < MIN_DEPTH_COVERAGE:
+        seen = f"its valid values span {float(depth[valid].min()):.3g} to {float(depth[valid].max()):.3g} m" if valid.any() else "it has no valid value"
+        raise ValueError(
+            f"the depth of {raw.name!r} ({raw.depth_source}) leaves the source view without usable geometry: "
+            f"{coverage:.2%} of it has a depth between {lo:g} and {hi:g} m (at least {MIN_DEPTH_COVERAGE:.0%} is needed; "
+            f"{seen})"
+        )  # fmt: skip
+    return torch.where(plausible, depth, torch.full_like(depth, float("nan")))
+
+
+def compact_raw(raw: RawScene, long_side: int) -> RawScene:
+    """``raw`` fitted to the model aspect at ``long_side``, the largest working size it will be built
+    at, when it is larger than that: a session keeps no more of its input than it can use."""
+    _, H0, W0 = raw.image.shape
+    H, W = choose_resolution(H0, W0, long_side=long_side)
+    if H0 * W0 <= H * W:
+        return raw
+    image, depth, K = fit_image_depth_camera(raw.image, raw.depth, raw.K, W, H)  # [3, H, W], [H, W], [3, 3]
+    return replace(raw, image=image.contiguous(), depth=depth.contiguous(), K=K)
 
 
 def rebuild_at(state: SceneState, long_side: int) -> SceneState:
@@ -288,7 +321,7 @@ def set_path(state: SceneState, path: CameraPath, label: str, max_frames: int | 
     CameraPath.starting_at(state.camera, path)  # frame 0 must be this scene's camera
     if max_frames is not None and len(path) > max_frames:
         raise ValueError(f"too many frames: {len(path)} (at most {max_frames})")
-    paths.path_bounds_check(path, state.scene_depth)
+    paths.path_bounds_check(path, state.scene_depth, depth=state.depth)  # against the surface each camera crosses
     state.path, state.path_label, state.recipe = path, label, recipe
     state.result = None
     state.version += 1
@@ -297,7 +330,7 @@ def set_path(state: SceneState, path: CameraPath, label: str, max_frames: int | 
 
 def preset_path(state: SceneState, preset: str, amount: float | None, num_frames: int, max_frames: int | None = None) -> SceneState:
     state = require_scene(state)
-    path = paths.make_preset_path(preset, state.camera, num_frames, amount, state.scene_depth)
+    path = paths.make_preset_path(preset, state.camera, num_frames, amount, state.scene_depth, depth=state.depth)
     info = paths.PRESETS[preset]
     amount_text = f"{info.default if amount is None else amount:g} {info.unit}"
     return set_path(state, path, f"preset {preset} ({amount_text})", max_frames, PathRecipe("preset", preset=preset, amount=amount))

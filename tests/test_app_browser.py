@@ -45,7 +45,7 @@ def _require_browser():
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app_browser")
-    proc, url = launch_app(tmp, free_port(), flags=True)  # python app.py --host --port
+    proc, url = launch_app(tmp, free_port(), flags=True, env={"MIRAGE_UPLOAD_TTL": "20"})  # python app.py --host --port
     yield url, tmp
     stop_app(proc)
 
@@ -99,7 +99,13 @@ def test_fifty_path_changes_then_a_stroke_and_a_run(app):
     the path (the editor still works), the run, and results numbered one way."""
     sync_playwright = _require_browser()
     url, tmp = app
-    sessions = tmp / "sessions"
+    cache = tmp / "gradio"  # Gradio's cache: uploads (the stroke layers), and the session folders
+    sessions = cache / "mirage-sessions"
+
+    def cached_files() -> set[Path]:
+        return {f for f in cache.rglob("*") if f.is_file()}
+
+    before = cached_files()  # the example thumbnails, made at start
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -157,12 +163,14 @@ def test_fifty_path_changes_then_a_stroke_and_a_run(app):
             assert not log["external"], log["external"]
             assert not _lost_contexts(log), _lost_contexts(log)[:3]
 
-            # the session's files exist now, and go when the page closes
+            # the session's files exist now, and go when the page closes: its folder and its uploads
             assert [d for d in sessions.iterdir() if any(d.rglob("*.mp4"))], list(sessions.iterdir())
+            assert any(f.suffix == ".png" and sessions not in f.parents for f in cached_files() - before)  # the stroke
             page.close()
-            deadline = time.time() + 30
-            while any(sessions.iterdir()) and time.time() < deadline:
+            deadline = time.time() + 60
+            while cached_files() - before and time.time() < deadline:
                 time.sleep(0.5)
+            assert not cached_files() - before, sorted(cached_files() - before)
             assert not any(sessions.iterdir()), list(sessions.iterdir())
         finally:
             browser.close()

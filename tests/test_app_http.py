@@ -43,7 +43,7 @@ def launch_app(tmp: Path, port: int, *, flags: bool, generation: Path | None = N
     args = ["--host", "127.0.0.1", "--port", str(port)] if flags else []
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MIRAGE_")},
-        "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "MIRAGE_APP_TMP": str(tmp / "sessions"),
+        "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
         "GRADIO_TEMP_DIR": str(tmp / "gradio"), "NO_PROXY": "127.0.0.1,localhost",
     }  # fmt: skip
     if generation is None:
@@ -233,7 +233,7 @@ def test_readme_app_command_serves_the_full_ui(tmp_path):
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("MIRAGE_OFFLINE", "MIRAGE_MODEL_PATH")},
         "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False", "MIRAGE_APP_TMP": str(tmp_path / "sessions"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
         "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "NO_PROXY": "127.0.0.1,localhost",
     }  # fmt: skip
     log = open(tmp_path / "app.log", "w")

@@ -165,3 +165,44 @@ def test_session_dirs_are_created_lazily_and_removed(tmp_path):
     own.get("s1")
     own.remove_all()
     assert not own.root.exists()  # a root made here goes at exit
+
+
+def test_uploads_go_with_the_last_session_that_handed_them_in(tmp_path):
+    """Gradio stores an upload once per content (``<cache>/<hash>/<name>``): it goes with the last
+    session that used it, together with its folder."""
+    dirs = rt.SessionDirs(tmp_path / "cache" / "mirage-sessions")
+    shared = tmp_path / "cache" / "h1" / "photo.png"
+    own = tmp_path / "cache" / "h2" / "depth.npy"
+    for f in (shared, own):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+    dirs.track("a", shared, own, None)
+    dirs.track("b", shared)
+    assert dirs.remove("a")
+    assert not own.exists() and not own.parent.exists() and shared.exists()  # b still holds the photo
+    assert dirs.remove("b") and not shared.exists() and not shared.parent.exists()
+    with pytest.raises(ValueError, match="plain name"):
+        dirs.track("../x", shared)
+
+
+def test_sweep_removes_old_unclaimed_uploads_only(tmp_path, monkeypatch):
+    import os
+    import time
+
+    dirs = rt.SessionDirs(tmp_path / "cache" / "mirage-sessions")
+    old_free, new_free, old_claimed = (tmp_path / "cache" / h / "x.png" for h in ("h1", "h2", "h3"))
+    for f in (old_free, new_free, old_claimed):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    for f in (old_free, old_claimed):
+        os.utime(f, (hour_ago, hour_ago))
+    dirs.track("live", old_claimed)
+    gone = dirs.sweep([str(old_free), str(new_free), str(old_claimed), str(tmp_path / "cache" / "h4" / "gone.png")], 600)
+    assert gone == [old_free] and not old_free.parent.exists()
+    assert new_free.exists() and old_claimed.exists()  # too young; handed in by a live session
+    monkeypatch.setenv("MIRAGE_UPLOAD_TTL", "20")
+    assert rt.upload_ttl() == 20.0
+    monkeypatch.setenv("MIRAGE_UPLOAD_TTL", "-1")
+    with pytest.raises(ValueError, match="MIRAGE_UPLOAD_TTL must be a positive number of seconds, got '-1'"):
+        rt.upload_ttl()

@@ -8,6 +8,9 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from mirage.camera_io import (
+    MAX_PATH_CAMERAS,
+    MAX_PATH_FILE_BYTES,
+    MAX_TRANSLATION,
     export_path_files,
     load_nerfstudio,
     load_path_file,
@@ -165,6 +168,7 @@ def test_re10k_malformed(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as info:
         load_re10k(path, W, H)
     assert "bad.txt" in str(info.value)
+    assert str(tmp_path) not in str(info.value)  # the file's name only, never its folder
 
 
 def ns_meta(**override) -> dict:
@@ -204,6 +208,7 @@ def test_nerfstudio_malformed(tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as info:
         load_nerfstudio(path)
     assert "transforms.json" in str(info.value)
+    assert str(tmp_path) not in str(info.value)  # the file's name only, never its folder
 
 
 def mirage_meta(**override) -> dict:
@@ -232,6 +237,7 @@ def test_mirage_json_malformed(tmp_path, meta, message):
     with pytest.raises(ValueError, match=message) as info:
         load_path_json(path)
     assert "mine.json" in str(info.value)
+    assert str(tmp_path) not in str(info.value)  # the file's name only, never its folder
 
 
 def test_save_argument_errors(tmp_path):
@@ -247,3 +253,145 @@ def test_save_argument_errors(tmp_path):
         save_re10k(tmp_path / "c.txt", cams, url="a\nb")
     with pytest.raises(ValueError, match="stem"):
         export_path_files(cams, tmp_path, "a/b")
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+def refused(load, path, match) -> str:
+    """``load(path)`` raises ValueError matching ``match``, naming the file but not its folder."""
+    with pytest.raises(ValueError, match=match) as info:
+        load(path)
+    message = str(info.value)
+    assert path.name in message and str(path.parent) not in message
+    return message
+
+
+def upload_folder(tmp_path):  # a folder like the server's upload temp folders
+    folder = tmp_path / "gradio" / "abc123"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_limits_are_the_documented_ones():
+    assert MAX_PATH_FILE_BYTES == 2 * 1024 * 1024 and MAX_PATH_CAMERAS == 10_000 and MAX_TRANSLATION == 1e6
+
+
+@pytest.mark.parametrize("name", ["big.txt", "big.json"])
+def test_file_over_the_size_limit_refused_before_reading(tmp_path, name):
+    path = upload_folder(tmp_path) / name
+    with open(path, "wb") as f:
+        f.truncate(2**30)  # a sparse 1 GiB file: reading it would take seconds and a GiB of memory
+    refused(lambda p: load_path_file(p, W, H), path,
+            rf"^{name}: the file is 1073741824 bytes, more than the limit of 2097152 bytes \(2 MiB\) for a camera path")  # fmt: skip
+    path.write_bytes(b"#" * (MAX_PATH_FILE_BYTES + 1))  # one byte over
+    refused(lambda p: load_path_file(p, W, H), path, rf"^{name}: the file is 2097153 bytes, more than the limit")
+
+
+def test_file_at_the_size_limit_is_read(tmp_path):
+    path = save_re10k(tmp_path / "p.txt", random_cameras(3), url="https://x")
+    text = path.read_text()
+    path.write_text(text + " " * (MAX_PATH_FILE_BYTES - len(text)))  # exactly the limit, padded with blanks
+    assert path.stat().st_size == MAX_PATH_FILE_BYTES
+    assert_bitwise(load_path_file(path, W, H), random_cameras(3))
+
+
+@pytest.mark.parametrize("name", ["bin.txt", "bin.json", "transforms.json"])
+def test_binary_files_refused(tmp_path, name):
+    folder = upload_folder(tmp_path)
+    (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    refused(lambda p: load_path_file(p, W, H), folder / name, rf"^{name} is not a text file \(UTF-8\): byte 0 is b'\\x89'")
+    (folder / name).write_bytes(b'{"frames": []}\x00\x00')  # valid UTF-8 but NUL bytes
+    refused(lambda p: load_path_file(p, W, H), folder / name, rf"^{name} is not a text file \(UTF-8\): it contains NUL")
+
+
+@pytest.mark.parametrize("load", [lambda p: load_path_file(p, W, H), load_nerfstudio, load_path_json])
+def test_json_nested_too_deeply_refused(tmp_path, load):
+    path = upload_folder(tmp_path) / "deep.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    refused(load, path, r"^deep\.json: JSON nested too deeply")
+    path.write_text('{"frames": [' + "[" * 100000 + "]" * 100000 + "]}")
+    refused(load, path, r"^deep\.json: JSON nested too deeply")
+    path.write_text('{"w": ' + "1" * 5000 + "}")  # an integer over Python's 4300-digit limit
+    refused(load, path, r"^deep\.json: not valid JSON: Exceeds the limit")
+
+
+def test_nested_values_in_messages_are_bounded(tmp_path):
+    deep = 1
+    for _ in range(900):  # parses (json's limit is ~1000 levels), but a full repr would be 1800 characters
+        deep = [deep]
+    path = tmp_path / "transforms.json"
+    path.write_text(json.dumps(ns_meta(frames=[{"transform_matrix": deep}])))
+    message = refused(load_nerfstudio, path, r"frames\[0\] transform_matrix: expected a 4x4 list of lists, got \[\[\[\[\.\.\.\]\]\]\]$")
+    assert len(message) < 200
+    path.write_text(json.dumps(ns_meta(frames=[{"transform_matrix": [list(range(10000))] * 4}])))
+    message = refused(load_nerfstudio, path, r"expected a 4x4 list of lists, got \[\[0, 1, 2, 3, 4, 5, \.\.\.\], ")
+    assert len(message) < 300
+
+
+def test_too_many_cameras_refused(tmp_path):
+    folder = upload_folder(tmp_path)
+    lines = "\n".join(good_re10k_line(i) for i in range(MAX_PATH_CAMERAS + 1))
+    (folder / "many.txt").write_text("https://x\n" + lines + "\n")
+    refused(lambda p: load_re10k(p, W, H), folder / "many.txt", r"^many\.txt: line 10002: more than the limit of 10000 cameras$")
+    frame = {"transform_matrix": np.eye(4).tolist()}
+    (folder / "many.json").write_text(json.dumps(ns_meta(frames=[frame] * (MAX_PATH_CAMERAS + 1))))
+    refused(load_nerfstudio, folder / "many.json", r"^many\.json: 10001 frames, more than the limit of 10000 cameras$")
+    (folder / "many.json").write_text(json.dumps(mirage_meta(frames=[{}] * (MAX_PATH_CAMERAS + 1))))
+    refused(load_path_json, folder / "many.json", r"^many\.json: 10001 frames, more than the limit")
+
+
+def test_the_camera_limit_is_inclusive(tmp_path):
+    lines = "\n".join(good_re10k_line(i) for i in range(MAX_PATH_CAMERAS))
+    (tmp_path / "limit.txt").write_text("https://x\n" + lines + "\n")
+    cams, stamps = load_re10k(tmp_path / "limit.txt", W, H)
+    assert len(cams) == MAX_PATH_CAMERAS and stamps[-1] == MAX_PATH_CAMERAS - 1
+
+
+def translated(t: float) -> list:  # a 4x4 identity rotation with translation (t, 0, 0)
+    m = np.eye(4)
+    m[0, 3] = t
+    return m.tolist()
+
+
+def test_absurd_translations_refused(tmp_path):
+    folder = upload_folder(tmp_path)
+    line = good_re10k_line().split()
+    line[10] = "2e6"  # t_x of the 3x4 matrix (columns 8..19 hold it row-major)
+    (folder / "far.txt").write_text("https://x\n" + good_re10k_line() + "\n" + " ".join(line) + "\n")
+    refused(lambda p: load_re10k(p, W, H), folder / "far.txt",
+            r"^far\.txt: line 3 \(frame 1\): camera translation \|t\| = 2e\+06 m is absurd \(more than 1e\+06 m\)")  # fmt: skip
+    frame = {"K": [[50.0, 0, 48], [0, 50, 32], [0, 0, 1]], "cam_from_world": translated(-3e7)}
+    (folder / "far.json").write_text(json.dumps(mirage_meta(frames=[frame])))
+    refused(load_path_json, folder / "far.json", r"^far\.json: frames\[0\]: camera translation \|t\| = 3e\+07 m is absurd")
+    (folder / "transforms.json").write_text(json.dumps(ns_meta(frames=[{"transform_matrix": translated(1.5e6)}])))
+    refused(load_nerfstudio, folder / "transforms.json", r"^transforms\.json: frames\[0\]: camera translation \|t\| = 1\.5e\+06 m")
+    (folder / "transforms.json").write_text(json.dumps(ns_meta(frames=[{"transform_matrix": translated(1e308)}])))
+    refused(load_nerfstudio, folder / "transforms.json", r"frames\[0\]: camera translation \|t\| = 1e\+308 m is absurd")
+    (folder / "inf.json").write_text(json.dumps(ns_meta(frames=[{"transform_matrix": translated(1e300)}])).replace("1e+300", "1e999"))
+    refused(load_nerfstudio, folder / "inf.json", r"^inf\.json: frames\[0\] transform_matrix\[0\]\[3\]: inf is not finite")
+
+
+def test_large_but_plausible_translations_load(tmp_path):
+    frames = [{"K": [[50.0, 0, 48], [0, 50, 32], [0, 0, 1]], "cam_from_world": translated(t)} for t in (0.0, 1e6, -1e6)]
+    (tmp_path / "edge.json").write_text(json.dumps(mirage_meta(frames=frames)))
+    cams = load_path_json(tmp_path / "edge.json")
+    assert cams.cam_from_world[:, 0, 3].tolist() == [0.0, 1e6, -1e6]
+
+
+def test_every_path_file_message_names_the_file_not_its_folder(tmp_path):
+    folder = upload_folder(tmp_path)
+    (folder / "bad.txt").write_text("https://x\n0 0.5 0.75\n")
+    refused(lambda p: load_path_file(p, W, H), folder / "bad.txt", r"^bad\.txt: line 2: expected 19 columns")
+    (folder / "bad.json").write_text(json.dumps({"frames": [{"pose": 1}]}))
+    refused(lambda p: load_path_file(p, W, H), folder / "bad.json", r"^bad\.json: JSON is neither")
+    (folder / "bad.json").write_text(json.dumps(mirage_meta(version=2)))
+    refused(lambda p: load_path_file(p, W, H), folder / "bad.json", r"^bad\.json: unsupported version 2")
+    (folder / "p.csv").write_text("1,2")
+    refused(lambda p: load_path_file(p, W, H), folder / "p.csv", r"^p\.csv: unknown camera path format '\.csv'")
+    save_path_json(folder / "square.json", random_cameras(2))
+    refused(lambda p: load_path_file(p, W, W), folder / "square.json", r"^square\.json: stored for 96x64, which has another aspect")
+    with pytest.raises(FileNotFoundError, match=r"^camera path file not found: nope\.json$"):
+        load_path_file(folder / "nope.json", W, H)
+    with pytest.raises(FileNotFoundError, match=r"^camera path file not found: nope\.txt$"):
+        load_re10k(folder / "nope.txt", W, H)

@@ -304,6 +304,163 @@ def test_depth_file_errors(tmp_path):
         save_depth_png16(torch.ones(H, W), tmp_path / "d.jpg")
 
 
+def _npy_header(shape, descr="<f4", version=(1, 0)) -> bytes:  # an .npy header with no data after it
+    import io
+
+    buf = io.BytesIO()
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    if version == (1, 0):
+        np.lib.format.write_array_header_1_0(buf, header)
+    else:
+        np.lib.format.write_array_header_2_0(buf, header)
+    return buf.getvalue()
+
+
+def _png_header(width, height, bit_depth=16, color_type=0) -> bytes:  # a PNG signature, IHDR, empty IDAT, IEND
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+class _RunsOnUnpickle:  # a pickle payload that creates a marker file if it is ever unpickled
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _assert_refused(path, match):
+    """load_depth_file(path) raises ValueError matching ``match``, naming the file but not its folder."""
+    with pytest.raises(ValueError, match=match) as info:
+        load_depth_file(path)
+    assert path.name in str(info.value)
+    assert str(path.parent) not in str(info.value)
+    return str(info.value)
+
+
+def test_npy_not_an_npy_file_refused(tmp_path):
+    np.savez(tmp_path / "arch.npz", a=np.ones((H, W), np.float32))
+    (tmp_path / "renamed.npy").write_bytes((tmp_path / "arch.npz").read_bytes())  # a zip archive named .npy
+    _assert_refused(tmp_path / "renamed.npy", r"^renamed\.npy is a \.npz archive .*save one \[H, W\] array in metres with np\.save")
+    (tmp_path / "text.npy").write_bytes(b"1 2 3\n4 5 6\n")
+    _assert_refused(tmp_path / "text.npy", r"^text\.npy is not a NumPy \.npy file \(it does not start with the \.npy magic")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    _assert_refused(tmp_path / "empty.npy", r"^empty\.npy is not a NumPy \.npy file \(it is empty \(0 bytes\)\)")
+    (tmp_path / "v3.npy").write_bytes(b"\x93NUMPY\x03\x00" + _npy_header((H, W))[8:])
+    _assert_refused(tmp_path / "v3.npy", r"^v3\.npy: unsupported \.npy format version \(3, 0\)")
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': [[[[[\n")
+    _assert_refused(tmp_path / "junk.npy", r"^junk\.npy: corrupt \.npy header")
+
+
+def test_npy_pickles_and_non_real_dtypes_refused_without_loading(tmp_path):
+    marker = tmp_path / "pickle_ran"
+    payload = np.empty((2, 2), dtype=object)
+    payload[0, 0] = _RunsOnUnpickle(marker)
+    np.save(tmp_path / "pickle.npy", payload, allow_pickle=True)
+    _assert_refused(tmp_path / "pickle.npy", r"^pickle\.npy: depth \.npy must hold real numbers \(metres\), got dtype object")
+    assert not marker.exists()  # the pickle was never executed
+    np.save(tmp_path / "struct.npy", np.zeros((H, W), dtype=[("a", "<f4"), ("b", "<f4")]))
+    _assert_refused(tmp_path / "struct.npy", r"^struct\.npy: depth \.npy must hold real numbers .*got dtype \[\('a', '<f4'\)")
+    np.save(tmp_path / "complex.npy", np.ones((H, W), np.complex64))
+    _assert_refused(tmp_path / "complex.npy", r"got dtype complex64")
+    np.save(tmp_path / "bool.npy", np.ones((H, W), bool))
+    _assert_refused(tmp_path / "bool.npy", r"got dtype bool")
+
+
+def test_npy_huge_header_refused_in_milliseconds(tmp_path):
+    import time
+
+    (tmp_path / "huge.npy").write_bytes(_npy_header((200000, 200000)))  # claims 149 GiB of float32
+    start = time.perf_counter()
+    _assert_refused(tmp_path / "huge.npy", r"^huge\.npy: depth map size 200000x200000 \(WxH\) is too large \(max side 16384, max 134217728 pixels\)")
+    assert time.perf_counter() - start < 0.5
+    (tmp_path / "long.npy").write_bytes(_npy_header((1, 16385)))  # few pixels, but one side too long
+    _assert_refused(tmp_path / "long.npy", r"^long\.npy: depth map size 16385x1 \(WxH\) is too large")
+    (tmp_path / "pixels.npy").write_bytes(_npy_header((16384, 8193)))  # 134 225 920 pixels: 8192 over
+    _assert_refused(tmp_path / "pixels.npy", r"^pixels\.npy: depth map size 8193x16384 \(WxH\) is too large")
+    (tmp_path / "zero.npy").write_bytes(_npy_header((0, W)))
+    _assert_refused(tmp_path / "zero.npy", r"^zero\.npy: depth map is empty \(40x0 pixels, WxH\)")
+
+
+def test_npy_data_size_must_match_the_header(tmp_path):
+    np.save(tmp_path / "full.npy", np.ones((H, W), np.float32))
+    data = (tmp_path / "full.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:-10])
+    _assert_refused(
+        tmp_path / "cut.npy",
+        r"^cut\.npy: the \.npy file is truncated: its header says 40x24 \(WxH\) float32 \(3840 bytes of data\) "
+        r"but the file holds 3830 bytes after the header",
+    )
+    (tmp_path / "long.npy").write_bytes(data + b"\x00" * 4)
+    _assert_refused(tmp_path / "long.npy", r"^long\.npy: the \.npy file is longer than its header says: .*holds 3844 bytes")
+    (tmp_path / "header_only.npy").write_bytes(_npy_header((H, W), version=(2, 0)))
+    _assert_refused(tmp_path / "header_only.npy", r"truncated: .*holds 0 bytes after the header")
+
+
+def test_npy_accepted_dtypes_layouts_and_versions(tmp_path):
+    d = np.arange(1, H * W + 1, dtype=np.float64).reshape(H, W) / 100  # [H, W] metres, all valid
+    cases = {
+        "f8.npy": d,
+        "fortran.npy": np.asfortranarray(d),
+        "big_endian.npy": d.astype(">f4"),
+        "half.npy": d.astype(np.float16),
+        "int.npy": np.arange(1, H * W + 1, dtype=np.int16).reshape(H, W),
+    }
+    for name, arr in cases.items():
+        np.save(tmp_path / name, arr)
+        loaded = load_depth_file(tmp_path / name)
+        assert loaded.dtype == torch.float32 and loaded.shape == (H, W)
+        assert torch.equal(loaded, torch.from_numpy(arr.astype(np.float32))), name
+    with open(tmp_path / "v2.npy", "wb") as f:  # format 2.0 (a 4-byte header length)
+        np.lib.format.write_array(f, d.astype(np.float32), version=(2, 0))
+    assert torch.equal(load_depth_file(tmp_path / "v2.npy"), torch.from_numpy(d.astype(np.float32)))
+
+
+def test_png_hostile_files_refused(tmp_path):
+    (tmp_path / "long.png").write_bytes(_png_header(16385, 1))
+    _assert_refused(tmp_path / "long.png", r"^long\.png: depth map size 16385x1 \(WxH\) is too large")
+    (tmp_path / "pixels.png").write_bytes(_png_header(12000, 12000))  # 144 MP: over MAX_PIXELS, under PIL's bomb limit
+    with pytest.warns(Image.DecompressionBombWarning):
+        _assert_refused(tmp_path / "pixels.png", r"^pixels\.png: depth map size 12000x12000 \(WxH\) is too large")
+    (tmp_path / "bomb.png").write_bytes(_png_header(20000, 20000))  # 400 MP: PIL's own limit refuses it first
+    _assert_refused(tmp_path / "bomb.png", r"^bomb\.png: depth map size is too large: .*400000000 pixels")
+    (tmp_path / "text.png").write_bytes(b"not an image")
+    _assert_refused(tmp_path / "text.png", r"^text\.png is not an image PIL can read")
+    Image.fromarray(np.full((H, W), 7, np.uint8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "photo.png").write_bytes((tmp_path / "photo.jpg").read_bytes())
+    _assert_refused(tmp_path / "photo.png", r"^photo\.png is not a PNG \(it holds JPEG data\)")
+    g = np.random.default_rng(0)
+    save_depth_png16(torch.from_numpy(g.uniform(0.5, 60.0, (H, W))), tmp_path / "full.png")  # incompressible
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    _assert_refused(tmp_path / "cut.png", r"^cut\.png: cannot decode the PNG \(truncated or corrupt\)")
+
+
+def test_depth_file_messages_name_the_file_not_its_folder(tmp_path):
+    folder = tmp_path / "gradio" / "abc123"
+    folder.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="^depth file not found: missing.npy$"):
+        load_depth_file(folder / "missing.npy")
+    np.save(folder / "3d.npy", np.ones((2, H, W), np.float32))
+    _assert_refused(folder / "3d.npy", r"^3d\.npy: depth must be 2-D \[H, W\], got shape \(2, 24, 40\)$")
+    np.save(folder / "empty.npy", np.zeros((H, W), np.float32))
+    _assert_refused(folder / "empty.npy", r"^empty\.npy: depth map \(24, 40\) has no valid pixel")
+    (folder / "d.txt").write_text("1 2 3")
+    _assert_refused(folder / "d.txt", r"^unsupported depth file extension '\.txt' for d\.txt:")
+    Image.fromarray(np.full((H, W, 3), 7, np.uint8)).save(folder / "rgb.png")
+    _assert_refused(folder / "rgb.png", r"^rgb\.png is a 'RGB' PNG")
+    (folder / "huge.npy").write_bytes(_npy_header((200000, 200000)))
+    with pytest.raises(ValueError, match=r"^huge\.npy: depth map size 200000x200000") as info:
+        FileDepth(str(folder / "huge.npy"))  # the backend loads paths through load_depth_file
+    assert str(folder) not in str(info.value)
+
+
 def test_file_depth_sizes_and_intrinsics(tmp_path):
     d = _depth_with_holes()
     np.save(tmp_path / "d.npy", d.numpy())

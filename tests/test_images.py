@@ -134,6 +134,52 @@ def test_load_applies_exif_orientation(tmp_path):
     assert load_image(path).shape == (3, 4, 2)  # displayed portrait
 
 
+def test_reduction_factor_keeps_the_cover():
+    from mirage.images import reduction_factor
+
+    assert reduction_factor(8192, 16384, (704, 1280)) == 11  # long 16384 // 1280 = 12, short 8192 // 704 = 11
+    assert reduction_factor(16384, 8192, (704, 1280)) == 11  # the same for portrait
+    assert reduction_factor(4200, 4200, (704, 1280)) == 3
+    assert reduction_factor(700, 1300, (704, 1280)) == 1 and reduction_factor(100, 100, (704, 1280)) == 1
+    assert reduction_factor(8192, 16384, None) == 1
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "I;16", "P", "1"])
+def test_load_with_cover_box_averages_while_decoding(tmp_path, mode):
+    """A file larger than the cover is shrunk by a whole factor (k x k box average, here k = 3) and
+    still covers it; its values are the block means of the full-size load."""
+    rng = np.random.default_rng(1)
+    H, W = 3 * 40, 3 * 70
+    arr = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    img = PIL.Image.fromarray(arr)
+    if mode == "I;16":
+        img = PIL.Image.fromarray((arr[..., 0].astype(np.uint16) * 257), "I;16")
+    elif mode != "RGB":
+        img = img.convert(mode)
+    path = tmp_path / f"big_{mode.replace(';', '')}.png"
+    img.save(path)
+    full = load_image(path)  # [3, H, W]
+    small = load_image(path, cover=(40, 64))
+    assert small.shape == (3, H // 3, W // 3)
+    if mode not in ("P", "1"):  # palettes and bilevel are converted before averaging: no exact block mean
+        blocks = full.reshape(3, H // 3, 3, W // 3, 3).mean(dim=(2, 4))  # [3, H/3, W/3]
+        torch.testing.assert_close(small, blocks, atol=2.5 / 127.5, rtol=0)  # PIL rounds to the stored integers
+    assert load_image(path, cover=(H, W)).shape == full.shape  # a cover it just meets: not shrunk
+
+
+def test_load_with_cover_keeps_exif_orientation(tmp_path):
+    arr = np.zeros((40, 80, 3), np.uint8)  # stored landscape 80x40
+    arr[:20, :40] = 255  # top-left quarter white
+    img = PIL.Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 CW for display
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif, quality=100)
+    small = load_image(path, cover=(20, 40))  # reduced by 2 (JPEG draft scale), then turned
+    assert small.shape == (3, 40, 20)  # displayed portrait
+    assert float(small[:, :10, 10:].mean()) > 0.9 and float(small[:, 30:, :10].mean()) < -0.9  # white top-right
+
+
 # ------------------------------------------------------------------------------------ resolution
 def test_choose_resolution():
     assert choose_resolution(1080, 1920) == (704, 1280)

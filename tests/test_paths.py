@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,8 @@ from mirage.cameras import Camera, Cameras, look_at
 from mirage.frames import check_num_frames
 from mirage.paths import (
     KEYFRAME_COLUMNS,
+    MAX_KEYFRAMES,
+    MAX_PATH_DISTANCE,
     PRESETS,
     CameraPath,
     Keyframe,
@@ -113,6 +116,73 @@ def test_preset_argument_errors():
         make_preset_path("pan_left", src.batch())
 
 
+# Each preset's accepted amounts [min, max], as documented beside PRESETS.
+AMOUNT_BOUNDS = {
+    "orbit_left": (0, 360), "orbit_right": (0, 360), "pan_left": (0, 360), "pan_right": (0, 360),
+    "pan_up": (0, 90), "pan_down": (0, 90), "dolly_in": (0, 1), "dolly_out": (0, 10), "zoom_in": (1, 10),
+    "zoom_out": (1, 10), "truck_left": (0, 10), "truck_right": (0, 10), "pedestal_up": (0, 10),
+    "pedestal_down": (0, 10), "look_around": (0, 180), "detour_revisit": (0, 180),
+}  # fmt: skip
+
+
+def test_preset_bounds_are_the_documented_ones():
+    assert {p: (i.min, i.max) for p, i in PRESETS.items()} == AMOUNT_BOUNDS
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_amount_outside_its_bounds_refused(preset):
+    src, (low, high), unit = identity_source(), AMOUNT_BOUNDS[preset], PRESETS[preset].unit
+    for bad in (high * 1.001, low - 0.001, -high, float("nan"), float("inf"), float("-inf")):
+        expected = rf"amount for '{preset}' must be finite and in \[{low}, {high}\] \({unit}\), got {bad!r}"
+        with pytest.raises(ValueError, match=expected.replace("(>= 1)", r"\(>= 1\)")):
+            make_preset_path(preset, src, 9, amount=bad, scene_depth=D)
+    for bad in ("abc", [1.0], True, {"a": 1}):
+        with pytest.raises(ValueError, match=rf"amount for '{preset}' must be a number in \[{low}, {high}\]"):
+            make_preset_path(preset, src, 9, amount=bad, scene_depth=D)
+
+
+def test_preset_amount_refusals_say_why():
+    src = identity_source()
+    cases = [
+        ("dolly_in", 2.0, r"\[0, 1\] \(fraction of the scene depth\), got 2.0: at 1 the camera reaches the scene at its "
+                          r"median depth; past it the camera would go through the scene$"),
+        ("pan_up", 91, r"got 91: at 90 degrees the camera looks straight up; past it the view turns upside down$"),
+        ("orbit_left", -5, r"got -5: amounts are magnitudes; for the other direction use 'orbit_right'$"),
+        ("dolly_out", -0.1, r"got -0.1: amounts are magnitudes; for the other direction use 'dolly_in'$"),
+        ("zoom_in", 0.5, r"got 0.5: zoom factors are at least 1; for the other direction use 'zoom_out'$"),
+        ("look_around", -1, r"got -1: amounts are magnitudes$"),
+        ("truck_left", float("nan"), r"got nan$"),
+    ]  # fmt: skip
+    for preset, amount, message in cases:
+        with pytest.raises(ValueError, match=rf"^amount for '{preset}' must be finite and in .*{message}"):
+            make_preset_path(preset, src, 9, amount=amount, scene_depth=D)
+
+
+@pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"dolly_in"}))
+def test_preset_amount_at_its_bounds_accepted(preset):
+    src, (low, high) = tilted_source(), AMOUNT_BOUNDS[preset]
+    # An orbit circles the point at the median depth: past ~84 degrees it crosses the median plane
+    # (z = D (1 - cos a) >= 0.9 D), so a full orbit needs a depth map showing the background far behind.
+    far = torch.full((H, W), 10.0) if preset.startswith("orbit") else None  # [H, W] metres
+    for amount in (low, high):
+        cams = make_preset_path(preset, src, 9, amount=amount, scene_depth=D, depth=far)
+        assert torch.equal(cams.cam_from_world[0], src.cam_from_world)
+    if preset.startswith("orbit"):
+        with pytest.raises(ValueError, match=r"scene depth 2 m\): the camera would go through the scene"):
+            make_preset_path(preset, src, 9, amount=high, scene_depth=D)
+    if preset in ("dolly_out", "truck_left", "pedestal_down"):  # 10 scene depths away, within the 20x bound
+        assert float((cams.centers[-1] - src.center).norm()) == pytest.approx(10 * D, rel=1e-6)
+    if preset == "zoom_in":
+        assert float(cams.K[-1, 0, 0] / src.K[0, 0]) == pytest.approx(10.0, rel=1e-6)
+
+
+def test_dolly_in_up_to_the_surface_is_left_to_the_bounds_check():
+    src = identity_source()
+    with pytest.raises(ValueError, match="the camera would go through the scene"):  # within [0, 1], but at the surface
+        make_preset_path("dolly_in", src, 9, amount=1.0, scene_depth=D)
+    assert len(make_preset_path("dolly_in", src, 9, amount=0.89, scene_depth=D)) == 9
+
+
 # ----------------------------------------------------------------------------- presets: analytic
 @pytest.mark.parametrize("preset", ["orbit_left", "orbit_right"])
 def test_orbit_keeps_target_centred_at_constant_distance(preset):
@@ -189,7 +259,7 @@ def test_loops_end_exactly_at_start_and_detour_goes_far():
 def test_path_bounds_check_names_the_frame():
     src = tilted_source()
     with pytest.raises(ValueError, match=r"frame \d+ .*scene depth 2"):
-        make_preset_path("dolly_in", src, 33, amount=1.2, scene_depth=D)
+        make_preset_path("dolly_in", src, 33, amount=0.95, scene_depth=D)
     cams = make_preset_path("dolly_in", src, 33, amount=0.85, scene_depth=D)  # within the 10% margin
     path_bounds_check(cams, scene_depth=D)
     first = next(i for i in range(33) if 1.7 * ease(i / 32) >= 0.9 * 1.5)  # first frame past 90% of 1.5 m
@@ -197,6 +267,97 @@ def test_path_bounds_check_names_the_frame():
         path_bounds_check(cams, scene_depth=1.5)
     with pytest.raises(ValueError, match="scene_depth"):
         path_bounds_check(cams, scene_depth=float("nan"))
+
+
+def box_depth(inside: float) -> torch.Tensor:  # -> [H, W] metres
+    """A fronto-parallel plane at 2 m with a 16 x 16 box at ``inside`` metres in the image centre
+    (rows 16..31, columns 24..39; 256 of 3072 pixels, so the median stays 2 m)."""
+    depth = torch.full((H, W), 2.0)
+    depth[16:32, 24:40] = inside
+    return depth
+
+
+def cameras_at(*centres) -> Cameras:
+    """Cameras with the source's intrinsics and orientation (identity) at the given world centres."""
+    T = torch.eye(4).repeat(len(centres), 1, 1)  # [N, 4, 4]
+    T[:, :3, 3] = -torch.tensor(centres, dtype=torch.float32)  # t = -R c with R = I
+    return Cameras(identity_source().K, T, W, H)
+
+
+def test_bounds_check_judges_the_surface_the_camera_crosses():
+    src, box = identity_source(), box_depth(1.0)
+    assert float(box.median()) == D
+    cams = make_preset_path("dolly_in", src, 33, amount=0.475, scene_depth=D)  # ends at z = 0.95 m
+    assert float(cams.centers[-1, 2]) == pytest.approx(0.95, abs=1e-6)
+    path_bounds_check(cams, scene_depth=D)  # the median rule: 0.95 m < 0.9 x 2 m
+    first = next(i for i in range(33) if 0.95 * ease(i / 32) >= 0.9)  # first frame at 90% of the box's 1 m
+    message = (
+        rf"frame {first} of the path is {0.95 * ease(first / 32):.4g} m along the first camera's optical axis, "
+        r"at or past 0.9 m \(90% of the nearest surface the first camera sees around pixel \(32, 24\), 1 m\): "
+        r"the camera would go through the scene"
+    )
+    with pytest.raises(ValueError, match=message):
+        path_bounds_check(cams, scene_depth=D, depth=box)
+    with pytest.raises(ValueError, match=message):  # the preset passes its depth map through
+        make_preset_path("dolly_in", src, 33, amount=0.475, scene_depth=D, depth=box)
+    with pytest.raises(ValueError, match=message):  # numpy depth maps too
+        path_bounds_check(cams, scene_depth=D, depth=box.numpy())
+    short = make_preset_path("dolly_in", src, 33, amount=0.425, scene_depth=D, depth=box)  # ends at 0.85 m
+    assert float(short.centers[-1, 2]) == pytest.approx(0.85, abs=1e-6)
+    # Before a far surface the depth map allows more than the median rule: 1.85 m < 0.9 x 3 m.
+    far = make_preset_path("dolly_in", src, 9, amount=0.925, scene_depth=D, depth=box_depth(3.0))
+    assert float(far.centers[-1, 2]) == pytest.approx(1.85, abs=1e-6)
+    with pytest.raises(ValueError, match=r"scene depth 2 m\)"):
+        path_bounds_check(far, scene_depth=D)
+
+
+def test_bounds_check_window_is_five_pixels_wide_at_this_size():
+    fx = float(identity_source().K[0, 0])
+    x_at = lambda u: (u + 0.5 - 32) * 0.95 / fx  # noqa: E731  centre at z = 0.95 m projecting to column u
+    box = box_depth(1.0)  # the box starts at column 24: a 5 x 5 window reaches it from column 22
+    with pytest.raises(ValueError, match=r"around pixel \(22, 24\), 1 m"):
+        path_bounds_check(cameras_at((0, 0, 0), (x_at(22), 0, 0.95)), scene_depth=D, depth=box)
+    path_bounds_check(cameras_at((0, 0, 0), (x_at(21), 0, 0.95)), scene_depth=D, depth=box)  # sees 2 m only
+
+
+def test_bounds_check_judges_only_where_the_first_camera_sees():
+    plane = torch.full((H, W), D)  # [H, W] a wall at 2 m
+    fx = float(identity_source().K[0, 0])
+    visible = cameras_at((0, 0, 0), (0.5, 0, 1.85))  # u = 32 + fx 0.5 / 1.85 = 47.0: inside the image
+    assert 0 <= 32 + fx * 0.5 / 1.85 < W
+    with pytest.raises(ValueError, match=r"frame 1 of the path is 1.85 m .*around pixel \(46, 24\), 2 m"):
+        path_bounds_check(visible, scene_depth=D, depth=plane)
+    aside = cameras_at((0, 0, 0), (1.5, 0, 0.5), (3.0, 0, 1.85))  # u = 32 + fx 3 / 1.85 = 121.9: off the image
+    assert 32 + fx * 3.0 / 1.85 >= W
+    path_bounds_check(aside, scene_depth=D, depth=plane)  # no known geometry there: not judged
+    with pytest.raises(ValueError, match=r"frame 2 of the path is 1.85 m .*scene depth 2 m\)"):
+        path_bounds_check(aside, scene_depth=D)  # the median rule judges it
+    behind = cameras_at((0, 0, 0), (0, 0, -5.0))
+    path_bounds_check(behind, scene_depth=D, depth=plane)
+
+
+def test_bounds_check_falls_back_to_the_median_without_valid_depth():
+    holes = box_depth(float("nan"))  # no valid depth in the window around the image centre
+    holes[16:32, 24:26] = 0.0  # <= 0 is invalid too
+    path_bounds_check(make_preset_path("dolly_in", identity_source(), 9, amount=0.85, scene_depth=D), D, depth=holes)
+    with pytest.raises(ValueError, match=r"frame 1 of the path is 1.85 m .*\(90% of the scene depth 2 m\)"):
+        path_bounds_check(cameras_at((0, 0, 0), (0, 0, 1.85)), scene_depth=D, depth=holes)
+    with pytest.raises(ValueError, match=r"depth must be \[H, W\] = \[48, 64\] \(the first camera's image size\), got shape \(64, 48\)"):
+        path_bounds_check(cameras_at((0, 0, 0), (0, 0, 1.0)), scene_depth=D, depth=torch.ones(W, H))
+
+
+def test_bounds_check_refuses_leaving_the_scene():
+    assert MAX_PATH_DISTANCE == 20.0
+    path_bounds_check(cameras_at((0, 0, 0), (0, -39.9, 0)), scene_depth=D)  # 19.95 x the scene depth
+    for depth in (None, box_depth(1.0)):
+        with pytest.raises(ValueError, match=r"the path leaves the scene: frame 1 is 40.1 m from the source, more than 20x the scene depth 2 m"):
+            path_bounds_check(cameras_at((0, 0, 0), (0, -40.1, 0)), scene_depth=D, depth=depth)
+        with pytest.raises(ValueError, match=r"the path leaves the scene: frame 2 is 200 m from the source"):
+            path_bounds_check(cameras_at((0, 0, 0), (0, 0, -1.0), (0, -200.0, 0)), scene_depth=D, depth=depth)
+    # An imported path with an absurd translation, re-anchored to the source, is refused the same way.
+    imported = anchored_path(identity_source(), cameras_at((5.0, 0, 0), (5.0, 0, -1e4)), 9)
+    with pytest.raises(ValueError, match=r"the path leaves the scene: frame \d+ is \d+ m from the source"):
+        path_bounds_check(imported, scene_depth=D)
 
 
 # ----------------------------------------------------------------------------- keyframes
@@ -303,6 +464,43 @@ def test_keyframe_table_round_trip_and_errors():
     for table, message in cases:
         with pytest.raises(ValueError, match=message):
             keyframes_from_table(table)
+
+
+def test_keyframe_table_refuses_malformed_rows_and_cells():
+    ok = [0, 0, 0, 0, 0, 0, 60]
+    cases = [
+        ([ok, [0, 0, 0, 0, 0, 60]], r"^keyframe table row 2 has 6 values, expected 7 \(x, y, z, yaw, pitch, roll, fov_x\): \[0, 0, 0, 0, 0, 60\]$"),
+        ([[0, 0, 0, 0, 0, 0, 60, 1]], r"^keyframe table row 1 has 8 values, expected 7 \(x, y, z, yaw, pitch, roll, fov_x\): "),
+        ([ok, {"x": 0, "y": 0, "z": 0, "yaw": 0, "pitch": 0, "roll": 0, "fov_x": 60}], r"^keyframe table row 2 must be a list of 7 numbers, got \{'fov_x': 60, 'pitch': 0, .*\.\.\.\}$"),
+        ([None], r"^keyframe table row 1 must be a list of 7 numbers, got None$"),
+        ([42], r"^keyframe table row 1 must be a list of 7 numbers, got 42$"),
+        ([[0, 0, 0, "ten", 0, 0, 60]], r"^keyframe table row 1, column 'yaw': 'ten' is not a number$"),
+        ([[0, 0, 0, 0, 0, {"a": 1}, 60]], r"^keyframe table row 1, column 'roll': \{'a': 1\} is not a number$"),
+        ([[0, [1, [2, [3, [4]]]], 0, 0, 0, 0, 60]], r"^keyframe table row 1, column 'y': \[1, \[2, \[3, \[\.\.\.\]\]\]\] is not a number$"),
+        ([[0, 0, 0, 0, 0, 0, 10**400]], r"^keyframe table row 1, column 'fov_x': 1000.*0000 is not a number$"),
+        ([[0, 0, "1e999", 0, 0, 0, 60]], r"^keyframe table row 1, column 'z': '1e999' is not finite$"),
+        (None, r"^the keyframe table must be a list of rows, got NoneType: None$"),
+        ("0 0 0 0 0 0 60", r"^the keyframe table must be a list of rows, got str: '0 0 0 0 0 0 60'$"),
+        ({"rows": []}, r"^the keyframe table must be a list of rows, got dict"),
+    ]  # fmt: skip
+    for table, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            keyframes_from_table(table)
+        assert len(str(info.value)) < 250  # reprs of what was sent are bounded
+    huge_cell = [0, 0, 0, 0, 0, 0, "x" * 100000]
+    with pytest.raises(ValueError, match=r"column 'fov_x': 'xxx.*xxx' is not a number$") as info:
+        keyframes_from_table([huge_cell])
+    assert len(str(info.value)) < 200
+
+
+def test_keyframe_table_holds_at_most_64_keyframes():
+    assert MAX_KEYFRAMES == 64
+    row = lambda i: [0.01 * i, 0, 0, 0, 0, 0, 60]  # noqa: E731
+    blank = [None] * 7
+    assert len(keyframes_from_table([row(i) for i in range(64)] + [blank] * 100)) == 64  # blank rows do not count
+    with pytest.raises(ValueError, match=r"^keyframe table row 66: the table holds at most 64 keyframes$"):
+        keyframes_from_table([row(i) for i in range(32)] + [blank] + [row(i) for i in range(33)])
+    assert keyframes_from_table(np.array([row(0), row(1)])) == [Keyframe((0, 0, 0)), Keyframe((0.01, 0, 0))]
 
 
 # ----------------------------------------------------------------------------- strokes

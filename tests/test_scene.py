@@ -257,3 +257,35 @@ def test_the_active_path_is_made_again_from_its_recipe(scene):
     with pytest.raises(ValueError, match="depth fraction"):
         remake_path(scene, 33, depth_fraction=1.5)
     assert (scene.version, scene.path, scene.path_label, scene.recipe) == (version, path, label, recipe)
+
+
+def test_a_source_view_without_usable_geometry_is_refused(room):
+    """Depth outside 1 mm .. 100 km counts as invalid; a scene needs 10% of its view valid."""
+    tiny = preview.RawScene("tiny.png", room.image, torch.full_like(room.depth, 1e-30), room.K, "uploaded depth map (tiny.npy)")
+    with pytest.raises(ValueError, match=r"'tiny\.png' \(uploaded depth map \(tiny\.npy\)\) leaves the source view without "
+                                         r"usable geometry: 0\.00% .* values span 1e-30 to 1e-30 m"):  # fmt: skip
+        preview.build_scene(tiny, 256)
+    one = torch.full_like(room.depth, float("nan"))
+    one[80, 128] = 2.0
+    with pytest.raises(ValueError, match="without usable geometry"):
+        preview.build_scene(preview.RawScene("one.png", room.image, one, room.K, "file"), 256)
+    # 15% of the view at plausible depth: built, with the implausible rest made invalid (no point from it)
+    mixed = torch.full_like(room.depth, 1e9)
+    mixed[:, : int(0.15 * mixed.shape[1]) + 8] = 3.0
+    state = preview.build_scene(preview.RawScene("mixed.png", room.image, mixed, room.K, "file"), 256)
+    assert torch.isnan(state.depth[:, -1]).all() and (state.depth[:, 0] == 3.0).all()
+    assert float(state.memory.points[:, 2].max()) <= 3.0 + 1e-4
+
+
+def test_compact_raw_keeps_only_what_the_largest_working_size_needs(room):
+    big = preview.RawScene("big", torch.nn.functional.interpolate(room.image[None], scale_factor=4, mode="bilinear")[0],
+                           torch.nn.functional.interpolate(room.depth[None, None], scale_factor=4)[0, 0], room.K * 4,
+                           "ground truth")  # fmt: skip
+    big.K[2, 2] = 1.0
+    small = preview.compact_raw(big, 512)
+    assert small.image.shape == (3, 288, 512) and small.depth.shape == (288, 512)  # the 512-px working size
+    assert preview.compact_raw(small, 512) is small and preview.compact_raw(room, 512) is room  # nothing larger kept
+    a, b = preview.build_scene(small, 256), preview.build_scene(big, 256)
+    assert a.size == b.size
+    torch.testing.assert_close(a.camera.K, b.camera.K, atol=1e-3, rtol=0)  # the same camera either way
+    torch.testing.assert_close(a.image, b.image, atol=0.05, rtol=0)  # and the same picture, up to resampling

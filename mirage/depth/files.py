@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from ..cameras import intrinsics_from_fov
 from ..geometry import valid_depth
+from ..images import MAX_PIXELS, MAX_SIDE
 from .base import DepthEstimate, _check_fov, _check_image, _check_K, _resolve_K, nan_invalid
 
 __all__ = ["load_depth_file", "save_depth_png16", "FileDepth"]
@@ -18,34 +20,112 @@ __all__ = ["load_depth_file", "save_depth_png16", "FileDepth"]
 _PNG16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def load_depth_file(path) -> Tensor:  # -> [H, W] float32 metres, NaN where invalid
-    """Read ``.npy`` (float metres) or a 16-bit grayscale PNG (millimetres); NaN/inf/<= 0 become NaN."""
-    from PIL import Image
+def _check_depth_size(height: int, width: int, name: str) -> None:
+    """Refuse an empty or huge depth map from its header, before any pixel is read (the image limits)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"{name}: depth map is empty ({width}x{height} pixels, WxH)")
+    if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
+        raise ValueError(
+            f"{name}: depth map size {width}x{height} (WxH) is too large (max side {MAX_SIDE}, max {MAX_PIXELS} pixels)"
+        )
 
+
+def _read_npy(p: Path) -> np.ndarray:  # -> [H, W] real numbers as stored
+    """An ``.npy`` file checked from its header before any data is read: magic, version, dtype (no
+    objects: pickles are never executed), 2-D, size limits and a data size that matches the file."""
+    name = p.name
+    with open(p, "rb") as f:
+        magic = f.read(6)
+        if magic.startswith(b"PK\x03\x04"):
+            raise ValueError(
+                f"{name} is a .npz archive (several arrays in a zip file), not a .npy file; save one [H, W] "
+                f"array in metres with np.save"
+            )
+        if magic != b"\x93NUMPY":
+            what = "it is empty (0 bytes)" if not magic else "it does not start with the .npy magic bytes"
+            raise ValueError(f"{name} is not a NumPy .npy file ({what}); save one [H, W] array in metres with np.save")
+        version = tuple(f.read(2))  # (major, minor)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{name}: unsupported .npy format version {version} (this reader knows 1.0 and 2.0)")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        try:  # parses a dict literal of at most 10000 characters; never unpickles
+            shape, _, dtype = read_header(f)
+        except Exception as err:  # ValueError, SyntaxError, tokenize.TokenError, RecursionError, ... on junk
+            raise ValueError(f"{name}: corrupt .npy header ({type(err).__name__})") from None
+        data_start = f.tell()
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "fiu":
+            raise ValueError(f"{name}: depth .npy must hold real numbers (metres), got dtype {dtype}")
+        if len(shape) != 2:
+            raise ValueError(f"{name}: depth must be 2-D [H, W], got shape {shape}")
+        _check_depth_size(shape[0], shape[1], name)
+        expected = shape[0] * shape[1] * dtype.itemsize  # bytes of data the header promises
+        held = os.fstat(f.fileno()).st_size - data_start
+        if held != expected:
+            state = "truncated" if held < expected else "longer than its header says"
+            raise ValueError(
+                f"{name}: the .npy file is {state}: its header says {shape[1]}x{shape[0]} (WxH) {dtype} "
+                f"({expected} bytes of data) but the file holds {held} bytes after the header"
+            )
+        f.seek(0)
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_png16(p: Path) -> np.ndarray:  # -> [H, W] float32 metres
+    """A 16-bit grayscale PNG in millimetres; its size is checked from the header before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = p.name
+    try:
+        im = Image.open(p)
+    except UnidentifiedImageError:
+        raise ValueError(f"{name} is not an image PIL can read; save a 16-bit grayscale PNG in mm") from None
+    except Image.DecompressionBombError as err:  # PIL's own limit, checked when it reads the header
+        raise ValueError(f"{name}: depth map size is too large: {err}") from None
+    except OSError as err:
+        raise ValueError(f"{name}: cannot read the file ({type(err).__name__})") from None
+    with im:
+        if im.format != "PNG":
+            raise ValueError(f"{name} is not a PNG (it holds {im.format} data); save a 16-bit grayscale PNG in mm")
+        width, height = im.size
+        _check_depth_size(height, width, name)  # before decoding any pixel
+        if im.mode not in _PNG16_MODES:
+            raise ValueError(
+                f"{name} is a {im.mode!r} PNG (8-bit or colour), which cannot hold depth in millimetres; "
+                f"save a 16-bit grayscale PNG in mm (save_depth_png16) or a .npy in metres"
+            )
+        try:
+            im.load()
+        except Image.DecompressionBombError as err:
+            raise ValueError(f"{name}: depth map size is too large: {err}") from None
+        except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt compressed data
+            detail = str(err).replace(str(p), name)
+            raise ValueError(f"{name}: cannot decode the PNG (truncated or corrupt): {detail}") from None
+        return np.array(im).astype(np.float32) / 1000.0  # mm -> m
+
+
+def load_depth_file(path) -> Tensor:  # -> [H, W] float32 metres, NaN where invalid
+    """Read ``.npy`` (float metres) or a 16-bit grayscale PNG (millimetres); NaN/inf/<= 0 become NaN.
+
+    Hostile files are refused with a ``ValueError`` naming the file by its name only (never its
+    folder): not an ``.npy``/PNG (a ``.npz`` archive is recognised), object or structured dtypes
+    (never unpickled), anything but 2-D, more than ``mirage.images.MAX_SIDE`` per side or
+    ``MAX_PIXELS`` pixels (checked from the header, before any data is read), a truncated file.
+    """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"depth file not found: {p}")
+        raise FileNotFoundError(f"depth file not found: {p.name}")
     ext = p.suffix.lower()
     if ext == ".npy":
-        arr = np.load(p, allow_pickle=False)
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"{p}: depth .npy must hold real numbers (metres), got dtype {arr.dtype}")
-        arr = arr.astype(np.float32)
+        arr = _read_npy(p).astype(np.float32)  # [H, W]
     elif ext == ".png":
-        with Image.open(p) as im:
-            if im.mode not in _PNG16_MODES:
-                raise ValueError(
-                    f"{p} is a {im.mode!r} PNG (8-bit or colour), which cannot hold depth in millimetres; "
-                    f"save a 16-bit grayscale PNG in mm (save_depth_png16) or a .npy in metres"
-                )
-            arr = np.array(im).astype(np.float32) / 1000.0  # mm -> m
+        arr = _read_png16(p)  # [H, W]
     else:
-        raise ValueError(f"unsupported depth file extension {ext!r} for {p}: use .npy (metres) or .png (16-bit, mm)")
+        raise ValueError(f"unsupported depth file extension {ext!r} for {p.name}: use .npy (metres) or .png (16-bit, mm)")
     if arr.ndim != 2:
-        raise ValueError(f"{p}: depth must be 2-D [H, W], got shape {arr.shape}")
+        raise ValueError(f"{p.name}: depth must be 2-D [H, W], got shape {arr.shape}")
     depth = nan_invalid(torch.from_numpy(arr))
     if not valid_depth(depth).any():
-        raise ValueError(f"{p}: depth map {arr.shape} has no valid pixel (all NaN, inf or <= 0)")
+        raise ValueError(f"{p.name}: depth map {arr.shape} has no valid pixel (all NaN, inf or <= 0)")
     return depth
 
 

@@ -191,7 +191,7 @@ def _camera_traces(cameras: Cameras, source_index: int, scale: float, max_frusta
     source = frustum_segments(cameras[source_index : source_index + 1 or None], scale)  # [1, 8, 2, 3]
     centers = cameras.centers.detach().cpu().float().numpy()  # [V, 3]
     every = shown[1] - shown[0] if len(shown) > 1 else 1
-    name = f"frusta ({len(shown)} of {len(cameras)} frames{f', every {every}th' if every > 1 else ''})"
+    name = f"frusta ({len(shown)} of {len(cameras)} frames{f', one every {every}' if every > 1 else ''})"
     return [
         _segments_trace(segments, PATH_COLOR, 2, name),
         _segments_trace(source, SOURCE_COLOR, 6, "source camera"),

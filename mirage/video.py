@@ -122,15 +122,35 @@ def read_video(path: str | Path) -> Tensor:  # -> [3, T, H, W] float in [-1, 1]
 
 
 # ----------------------------------------------------------------------------------- composition
+def _wrap(draw: PIL.ImageDraw.ImageDraw, text: str, font, width: float) -> str:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels where words allow."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
 def _label_overlay(text: str, height: int, width: int) -> Tensor:  # -> [4, H, W] rgb in [-1, 1] + alpha
-    """A label (white text on a translucent black box) at the top-left of a frame."""
-    font = PIL.ImageFont.load_default(size=max(10, round(height / 18)))
+    """A label (white text on a translucent black box) at the top-left of a frame, wrapped onto more
+    lines (and, for a word wider than the frame, a smaller font) so that none of it is cut off."""
     canvas = PIL.Image.new("RGBA", (width, height), (0, 0, 0, 0))
     draw = PIL.ImageDraw.Draw(canvas)
     margin = max(2, height // 60)
-    left, top, right, bottom = draw.textbbox((2 * margin, 2 * margin), text, font=font)
+    room = width - 4 * margin  # text width that leaves the box inside the frame
+    size = max(10, round(height / 18))
+    while True:
+        font = PIL.ImageFont.load_default(size=size)
+        lines = _wrap(draw, text, font, room)
+        widest = max(draw.textlength(line, font=font) for line in lines.split("\n"))
+        if widest <= room or size <= 6:
+            break
+        size -= 1
+    left, top, right, bottom = draw.multiline_textbbox((2 * margin, 2 * margin), lines, font=font)
     draw.rectangle((left - margin, top - margin, right + margin, bottom + margin), fill=(0, 0, 0, 150))
-    draw.text((2 * margin, 2 * margin), text, font=font, fill=(255, 255, 255, 255))
+    draw.multiline_text((2 * margin, 2 * margin), lines, font=font, fill=(255, 255, 255, 255))
     rgba = torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255.0  # [H, W, 4] -> [4, H, W]
     rgba[:3] = rgba[:3] * 2.0 - 1.0
     return rgba

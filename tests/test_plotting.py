@@ -243,5 +243,5 @@ def test_point_size_follows_density_and_frusta_are_subsampled():
     assert frustum_indices(65, 12) == [0, 6, 12, 18, 24, 30, 36, 42, 48, 54, 60, 64]
     assert frustum_indices(5, 12) == [0, 1, 2, 3, 4] and frustum_indices(1, 12) == [0]
     fig = cache_figure(np.zeros((10, 3), np.float32) + [0, 0, 5], np.zeros((10, 3), np.uint8), path_cameras(65))
-    assert fig.data[1].name == "frusta (12 of 65 frames, every 6th)" and len(segments_of(fig.data[1])) == 8 * 12
+    assert fig.data[1].name == "frusta (12 of 65 frames, one every 6)" and len(segments_of(fig.data[1])) == 8 * 12
     assert len(fig.data[3].x) == 65  # the trajectory keeps every camera

@@ -71,11 +71,13 @@ def test_side_by_side_layout_and_labels():
     assert out.shape == (3, 5, 40, 60 + 6 + 30)
     assert torch.equal(out[:, :, :, :60], a) and torch.equal(out[:, :, :, 66:], b)
     assert (out[:, :, :, 60:66] == -1).all()
+    a, b = torch.full((3, 5, 120, 60), 0.5), torch.full((3, 5, 120, 30), -0.5)  # tall enough for wrapped labels
+    out = side_by_side([a, b], gap=6)
     labelled = side_by_side([a, b], ["latent memory", "RGB point cloud"], gap=6)
     assert labelled.shape == out.shape
     changed = (labelled != out).any(0).any(0)  # [H, W]
     assert changed[:15, :40].any() and changed[:15, 66:90].any()  # labels at the top-left of each
-    assert not changed[25:].any()  # nothing burned in the lower part
+    assert not changed[60:].any()  # nothing burned in the lower half
     assert torch.equal(labelled[:, 0], labelled[:, 4])  # same label on every frame
     with pytest.raises(ValueError, match="frame count and height"):
         side_by_side([a, torch.zeros(3, 4, 40, 60)])
@@ -115,3 +117,19 @@ def test_mask_to_video_and_overlay():
     assert torch.allclose(over[:, 0, :, 4:], 0.5 * torch.tensor(HIDDEN_COLOR).view(3, 1, 1))
     with pytest.raises(ValueError, match="frames"):
         overlay_mask(torch.zeros(3, 3, 4, 8), mask)
+
+
+def test_a_long_label_wraps_instead_of_being_cut():
+    """The side-by-side video's labels at a 256-px preview: every word stays inside its frame."""
+    from mirage.video import _label_overlay
+
+    text = "Pixel point cloud (baseline): memory render, every frame"
+    H, W = 128, 256
+    overlay = _label_overlay(text, H, W)  # [4, H, W]
+    ink = overlay[3] > 0.8  # [H, W] the text itself (the box is 150/255 opaque)
+    cols = torch.nonzero(ink.any(0)).flatten()
+    assert int(cols.max()) < W - 2 * max(2, H // 60)  # the text ends before the right margin
+    rows = torch.nonzero(ink.any(1)).flatten()
+    assert int(rows.max()) > 2 * (H // 18)  # on more than one line
+    wide = _label_overlay("latent", 128, 1024)[3] > 0.8
+    assert int(torch.nonzero(wide.any(1)).flatten().max()) < H // 18 + 2 * max(2, H // 60) + 4  # a short label: one line

@@ -10,6 +10,7 @@ see ``app_runtime``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import logging
 import shutil
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
 
 LOG = logging.getLogger("mirage.app")
 MODE = rt.detect_mode()
+UPLOAD_TTL_S = rt.upload_ttl()  # checked at start: a bad $MIRAGE_UPLOAD_TTL stops the app with its message
 DIRS = rt.SessionDirs(Path(gr.utils.get_upload_folder()) / "mirage-sessions")  # in Gradio's cache: results served in place
 LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
 PRESETS = list(paths.PRESETS)
@@ -72,8 +74,10 @@ def _workdir(state, request: gr.Request):
 
 
 def _track(request: gr.Request, *files) -> None:
-    """Uploads this session handed in: removed with the session (``end_session``)."""
-    DIRS.track(request.session_hash, *files)
+    """Uploads this session handed in (files that came through Gradio's upload route, nothing else a
+    client names): removed with the session (``end_session``)."""
+    uploaded = getattr(demo, "upload_file_set", set())
+    DIRS.track(request.session_hash, *(f for f in files if f is not None and str(f) in uploaded))
 
 
 def _drop_state(state) -> None:  # gr.State delete_callback: the session's files go with its state
@@ -101,11 +105,14 @@ def _or_skip(value):
     return gr.skip() if value is None else value
 
 
-def _controls(state):  # -> (frames, preset, amount, preset_info) values matching the active path
+N_CONTROLS = 6  # frames, preset, amount, preset_info, depth_fraction, look
+
+
+def _controls(state):  # -> N_CONTROLS values: the path controls as the scene's accepted paths set them
     c = rt.path_controls(state)
     info = gr.skip() if c.preset is None else rt.preset_description(c.preset)
     amount = gr.skip() if c.amount is None else gr.update(value=c.amount, info=paths.PRESETS[c.preset].unit)
-    return _or_skip(c.frames), _or_skip(c.preset), amount, info
+    return _or_skip(c.frames), _or_skip(c.preset), amount, info, _or_skip(c.depth_fraction), _or_skip(c.look)
 
 
 def _path_view(state, color_by):  # PATH_UI outputs after an accepted change
@@ -116,6 +123,10 @@ def _path_view(state, color_by):  # PATH_UI outputs after an accepted change
 
 def _path_refused(state, err):  # PATH_UI outputs after a refused change: everything as it was
     return (gr.skip(), gr.skip(), gr.skip(), _refused(err), gr.skip(), *_controls(state))
+
+
+N_PATH_UI = 5 + N_CONTROLS  # state, summary, plot, path_status, active, controls
+N_SCENE_UI = 8 + N_CONTROLS + 1  # state, editor, summary, plot, table, status, path_status, active, controls, size
 
 
 def _new_scene(state, preset, amount, frames):
@@ -132,8 +143,10 @@ def _amount(amount):
     return None if amount is None or amount == "" else float(amount)
 
 
-def _scene_view(state, request, preset, amount, frames, color_by, note):  # SCENE_UI outputs after a load
-    path_note = _new_scene(state, preset, amount, frames)
+def _scene_view(state, request, preset, amount, frames, color_by, note, path_note=None):  # SCENE_UI outputs
+    """After a load: the scene, with the preset path the controls show unless ``path_note`` says the
+    scene keeps a path of its own."""
+    path_note = _new_scene(state, preset, amount, frames) if path_note is None else path_note
     return (state, rt.editor_value(state, _workdir(state, request)), scene.scene_summary(state), scene.scene_figure(state, color_by),
             scene.default_keyframe_rows(state), note, path_note, rt.active_path_line(state), *_controls(state),
             max(state.size))  # fmt: skip
@@ -225,15 +238,14 @@ def page_upload(state, image_file, depth_file, depth_choice, fov, long_side, pre
 def page_size(state, long_side, preset, amount, frames, color_by, request: gr.Request, progress=gr.Progress()):
     """A new working size: the same input, the same path motion from the new source camera."""
     if state is None:
-        return (gr.skip(),) * 13
+        return (gr.skip(),) * N_SCENE_UI
     try:
         progress(0.1, desc=f"refitting at {long_side} px")
         new = scene.rebuild_at(state, int(long_side))
     except ValueError as err:
         return _scene_refused(state, err)
-    out = list(_scene_view(new, request, preset, amount, frames, color_by, f"Working size {new.size[1]}x{new.size[0]}."))
-    out[6] = f"Path kept: {new.path_label}, {len(new.path)} frames." if new.path is not None else out[6]
-    return tuple(out)
+    kept = None if new.path is None else f"Path kept: {new.path_label}, {len(new.path)} frames."
+    return _scene_view(new, request, preset, amount, frames, color_by, f"Working size {new.size[1]}x{new.size[0]}.", kept)
 
 
 def _page_path(make):
@@ -254,14 +266,19 @@ page_keyframes = _page_path(lambda state, table, frames: scene.keyframe_path(sta
 
 
 def page_stroke(state, editor, frames, fraction, look, color_by, request: gr.Request):
-    _track(request, *(editor or {}).get("files", ()))
-    make = lambda st, ed, f, fr, lk: scene.stroke_path(st, ed, _frames(f), float(fr), lk)  # noqa: E731
+    def make(st, ed, f, fr, lk):
+        _track(request, *(ed or {}).get("files", ()))
+        return scene.stroke_path(st, ed, _frames(f), float(fr), lk)
+
     return _page_path(make)(state, editor, frames, fraction, look, color_by)
 
 
 def page_import(state, file, frames, color_by, request: gr.Request):
-    _track(request, file)
-    return _page_path(lambda st, fl, f: scene.imported_path(st, fl, _frames(f)))(state, file, frames, color_by)
+    def make(st, fl, f):
+        _track(request, fl)
+        return scene.imported_path(st, fl, _frames(f))
+
+    return _page_path(make)(state, file, frames, color_by)
 page_frames = _page_path(lambda state, frames: scene.remake_path(state, _frames(frames)))
 
 
@@ -273,14 +290,14 @@ def page_preset_choice(state, preset, frames, color_by):
 def page_amount(state, preset, amount, frames, color_by, amount_before):
     """Amount edited (Enter or leaving the field): applied when it changed since the field took focus."""
     if amount == amount_before:
-        return (gr.skip(),) * 9
+        return (gr.skip(),) * N_PATH_UI
     return page_preset(state, preset, amount, frames, color_by)
 
 
 def page_stroke_setting(state, depth_fraction, look, color_by):
     """A stroke setting changed: applied at once when the active path is a stroke (else at 'Use stroke')."""
     if state is None or state.recipe is None or state.recipe.kind != "stroke":
-        return (gr.skip(),) * 9
+        return (gr.skip(),) * N_PATH_UI
     make = lambda st, f, lk: scene.remake_path(st, len(st.path), depth_fraction=float(f), look=lk)  # noqa: E731
     return _page_path(make)(state, depth_fraction, look, color_by)
 
@@ -367,14 +384,27 @@ def page_run(state, seed, steps, guidance, prompt, negative_prompt, conditioning
     return (*out, f"Done: {state.path_label}, {len(state.path)} frames.")
 
 
-def end_session(request: gr.Request) -> None:
-    """The page closed: its files go now, and so does its state (Gradio would keep it an hour)."""
-    DIRS.remove(request.session_hash)
+RELEASE_AFTER_S = 15.0  # a page whose connection comes back within this keeps its session
+
+
+async def end_session(request: gr.Request) -> None:
+    """The page's connection ended: unless the page is back within ``RELEASE_AFTER_S``, its state and
+    files go then (Gradio alone would keep the state an hour). Async: the release runs on the event
+    loop, where Gradio changes its state store too."""
+    loop = asyncio.get_running_loop()
+    loop.call_later(RELEASE_AFTER_S, _release_session, request.session_hash, time.time())
+
+
+def _release_session(session: str, closed_at: float) -> None:
     holder = getattr(demo, "state_holder", None)
     if holder is not None:
-        holder.delete_state(request.session_hash)  # runs _drop_state on the session's values
-        holder.session_data.pop(request.session_hash, None)
-        holder.time_last_used.pop(request.session_hash, None)
+        used = holder.time_last_used.get(session)
+        if used is not None and used.timestamp() > closed_at + 2.0:  # an event since: the page came back
+            return
+        holder.delete_state(session)  # runs _drop_state on the session's values
+        holder.session_data.pop(session, None)
+        holder.time_last_used.pop(session, None)
+    DIRS.remove(session)  # later calls for this session are refused: a run still going writes nothing
     rt.trim_memory()
 
 
@@ -553,9 +583,10 @@ def build_demo() -> gr.Blocks:
             downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple", interactive=False)
 
         # ----------------------------------------------------------------- wiring
-        controls = [frames, preset, amount, preset_info]
+        controls = [frames, preset, amount, preset_info, depth_fraction, look]  # N_CONTROLS
         scene_ui = [state, editor, summary, plot, table, status, path_status, active, *controls, long_side]
         path_ui = [state, summary, plot, path_status, active, *controls]
+        assert len(scene_ui) == N_SCENE_UI and len(path_ui) == N_PATH_UI
         scene_api = [state, editor, summary, plot, table, status]
         path_api = [state, summary, plot, path_status]
         path_ctl = [preset, amount, frames, color_by]
@@ -602,14 +633,15 @@ demo = build_demo()
 
 
 def _sweep_uploads() -> None:  # a daemon thread: what browsers upload by themselves does not pile up
-    ttl = rt.upload_ttl()
     while True:
-        time.sleep(min(60.0, ttl / 2))
-        gone = DIRS.sweep(getattr(demo, "upload_file_set", ()), ttl)
-        for f in gone:
-            demo.upload_file_set.discard(str(f))
+        time.sleep(min(60.0, UPLOAD_TTL_S / 2))
+        try:
+            gone = DIRS.sweep(getattr(demo, "upload_file_set", ()), UPLOAD_TTL_S)
+        except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad pass
+            LOG.exception("sweeping unclaimed uploads failed")
+            continue
         if gone:
-            LOG.info("removed %d unclaimed uploads older than %g s", len(gone), ttl)
+            LOG.info("removed %d unclaimed uploads older than %g s", len(gone), UPLOAD_TTL_S)
 
 
 threading.Thread(target=_sweep_uploads, name="mirage-upload-sweep", daemon=True).start()

@@ -209,14 +209,16 @@ class SessionDirs:
         self.root = Path(tempfile.mkdtemp(prefix="mirage-app-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._sessions: set[str] = set()
+        self._ended: set[str] = set()  # sessions removed: nothing more is made for them
         self._uploads: dict[Path, set[str]] = {}  # upload -> the sessions that handed it in
         self._lock = threading.Lock()
         atexit.register(self.remove_all)
 
-    @staticmethod
-    def _check(session: str) -> str:
+    def _check(self, session: str) -> str:
         if not session or any(c in session for c in "/\\."):
             raise ValueError(f"session id must be a plain name, got {session!r}")
+        if session in self._ended:
+            raise ValueError("this page was closed: reload it to start again")
         return session
 
     def get(self, session: str) -> Path:
@@ -227,16 +229,18 @@ class SessionDirs:
             return folder
 
     def track(self, session: str, *files: str | Path | None) -> None:
-        """Note uploads (paths in Gradio's cache) that ``session`` handed in; ``None`` is skipped."""
+        """Note uploads (paths in Gradio's cache) that ``session`` handed in; ``None`` and anything
+        inside ``root`` (session folders are removed as folders) are skipped."""
         with self._lock:
             self._check(session)
             self._sessions.add(session)
             for f in files:
-                if f is not None:
+                if f is not None and self.root.resolve() not in Path(f).resolve().parents:
                     self._uploads.setdefault(Path(f).resolve(), set()).add(session)
 
     def remove(self, session: str | None) -> bool:
-        """Delete the session's folder and the uploads no other session handed in; True if it had any."""
+        """Delete the session's folder and the uploads no other session handed in, and refuse the
+        session from now on; True if it had anything."""
         if not session or session not in self._sessions:
             return False
         with self._lock:
@@ -244,16 +248,13 @@ class SessionDirs:
             existed = folder.is_dir()
             shutil.rmtree(folder, ignore_errors=True)
             self._sessions.discard(session)
+            self._ended.add(session)
             for upload, holders in list(self._uploads.items()):
                 holders.discard(session)
                 if holders:
                     continue
                 del self._uploads[upload]
-                upload.unlink(missing_ok=True)
-                try:
-                    upload.parent.rmdir()  # Gradio keeps each upload in a folder of its own
-                except OSError:
-                    pass
+                _unlink_upload(upload)
                 existed = True
         return existed
 
@@ -261,21 +262,19 @@ class SessionDirs:
         """Delete ``uploads`` (paths in Gradio's cache) that no live session handed in and that are
         older than ``max_age_s``: what a browser uploads by itself (the image editor sends its
         background whenever it shows a new one) and no handler ever sees. Returns what went."""
-        now, gone = time.time(), []
+        now, root = time.time(), self.root.resolve()
+        old = []
+        for f in map(Path, list(uploads)):  # stat outside the lock: handlers keep going
+            try:
+                if root not in f.resolve().parents and now - f.stat().st_mtime >= max_age_s:
+                    old.append(f)
+            except OSError:  # gone already
+                continue
+        gone = []
         with self._lock:
-            claimed = set(self._uploads)
-            for f in map(Path, list(uploads)):
-                try:
-                    if f.resolve() in claimed or self.root in f.resolve().parents or now - f.stat().st_mtime < max_age_s:
-                        continue
-                    f.unlink()
-                except OSError:  # gone already
-                    continue
-                gone.append(f)
-                try:
-                    f.parent.rmdir()
-                except OSError:
-                    pass
+            for f in old:
+                if f.resolve() not in self._uploads and _unlink_upload(f):  # claimed meanwhile: kept
+                    gone.append(f)
         return gone
 
     def remove_all(self) -> None:
@@ -298,6 +297,19 @@ def upload_ttl() -> float:
     if not (math.isfinite(ttl) and ttl > 0):
         raise ValueError(f"${UPLOAD_TTL_ENV} must be a positive number of seconds, got {raw!r}")
     return ttl
+
+
+def _unlink_upload(upload: Path) -> bool:
+    """Delete an upload and the folder Gradio made for it (one per upload); False if it was gone."""
+    try:
+        upload.unlink()
+    except OSError:
+        return False
+    try:
+        upload.parent.rmdir()
+    except OSError:  # not empty
+        pass
+    return True
 
 
 def trim_memory() -> None:
@@ -353,23 +365,25 @@ def active_path_line(state: SceneState | None) -> str:
 
 @dataclass(frozen=True)
 class PathControls:
-    """The path controls' values that match the active path (None: leave that control as it is)."""
+    """The path controls' values that match the scene (None: leave that control as it is)."""
 
-    frames: int | None
-    preset: str | None
+    frames: int | None  # the active path's length
+    preset: str | None  # the last preset path accepted, and its amount
     amount: float | None
+    depth_fraction: float | None  # the last stroke path accepted: how far, and where it looks
+    look: str | None
 
 
 def path_controls(state: SceneState | None) -> PathControls:
-    """What the frames, preset and amount controls must show for the active path: after a refused
-    value they go back to these, so the controls always say what Generate runs."""
+    """What the path controls must show: the active path's frame count, and the settings of the last
+    preset and stroke paths accepted. After a refused value the controls go back to these, so none of
+    them shows a value that was not applied."""
     if state is None or state.path is None:
-        return PathControls(None, None, None)
-    r = state.recipe
-    if r is None or r.kind != "preset":
-        return PathControls(len(state.path), None, None)
-    amount = paths.PRESETS[r.preset].default if r.amount is None else r.amount
-    return PathControls(len(state.path), r.preset, float(amount))
+        return PathControls(None, None, None, None, None)
+    p, st = state.last_preset, state.last_stroke
+    amount = None if p is None else float(paths.PRESETS[p.preset].default if p.amount is None else p.amount)
+    return PathControls(len(state.path), None if p is None else p.preset, amount,
+                        None if st is None else st.depth_fraction, None if st is None else st.look)  # fmt: skip
 
 
 def example_captions(depth_pro: bool) -> list[str]:

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from mirage.cameras import Camera, intrinsics_from_fov
-from mirage.images import from_uint8
+from mirage.geometry import valid_depth
+from mirage.images import from_uint8, image_to_uint8
 
 __all__ = [
     "StereoExample",
@@ -246,10 +247,10 @@ def example_thumbnail(scene: ExampleScene, height: int = 112, estimated: str = "
     image, depth, _ = load_example(scene.name)  # [3, H, W] in [-1, 1], [H, W] | None
     H, W = image.shape[1:]
     w = round(W * height / H)
-    rgb = Image.fromarray(((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
+    rgb = Image.fromarray(image_to_uint8(image))  # [H, W, 3]
     left = rgb.resize((w, height), Image.Resampling.LANCZOS)
     if depth is not None:
-        inv = np.where(np.isfinite(depth.numpy()) & (depth.numpy() > 0), 1.0 / np.maximum(depth.numpy(), 1e-6), np.nan)
+        inv = np.where(valid_depth(depth).numpy(), 1.0 / np.maximum(depth.numpy(), 1e-6), np.nan)  # [H, W]
         lo, hi = np.nanpercentile(inv, [2, 98])
         gray = np.nan_to_num(np.clip((inv - lo) / max(hi - lo, 1e-12), 0, 1), nan=0.0)  # [H, W] near = 1
         right = Image.fromarray((gray * 255).astype(np.uint8)).convert("RGB").resize((w, height), Image.Resampling.BILINEAR)

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_SIDE",
     "MAX_PIXELS",
     "reduction_factor",
+    "check_size",
     "FitPlan",
     "load_image",
     "to_uint8",
@@ -56,12 +57,14 @@ DepthResize = Literal["bilinear", "nearest"]
 
 
 # ----------------------------------------------------------------------------------------- loading
-def _check_size(height: int, width: int, name: str) -> None:
+def check_size(height: int, width: int, name: str, what: str = "image") -> None:
+    """Refuse an empty or too large ``what`` (``MAX_SIDE``, ``MAX_PIXELS``) from its size alone, before
+    any pixel is decoded; the message names ``name``."""
     if height <= 0 or width <= 0:
-        raise ValueError(f"{name}: image is empty ({width}x{height} pixels)")
+        raise ValueError(f"{name}: {what} is empty ({width}x{height} pixels, WxH)")
     if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
         raise ValueError(
-            f"{name}: image size {width}x{height} is too large (max side {MAX_SIDE}, max {MAX_PIXELS} pixels)"
+            f"{name}: {what} size {width}x{height} (WxH) is too large (max side {MAX_SIDE}, max {MAX_PIXELS} pixels)"
         )
 
 
@@ -115,24 +118,24 @@ def reduction_factor(height: int, width: int, cover: tuple[int, int] | None) -> 
 
 def _open_pil(path: Path, cover: tuple[int, int] | None = None) -> PIL.Image.Image:
     if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise FileNotFoundError(f"image file not found: {path.name}")
     if path.is_dir():
-        raise ValueError(f"expected an image file, got a directory: {path}")
+        raise ValueError(f"expected an image file, got a directory: {path.name}")
     if path.stat().st_size == 0:
-        raise ValueError(f"image file is empty (0 bytes): {path}")
+        raise ValueError(f"image file is empty (0 bytes): {path.name}")
     try:
         image = PIL.Image.open(path)
-        _check_size(image.height, image.width, str(path))  # before decoding any pixels
+        check_size(image.height, image.width, path.name)  # before decoding any pixels
         k = reduction_factor(image.height, image.width, cover)
         if k > 1 and image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale: less memory and time
             image.draft(image.mode, (image.width // k, image.height // k))
         image.load()
     except PIL.UnidentifiedImageError as err:
-        raise ValueError(f"not an image file (PIL cannot identify it): {path}") from err
+        raise ValueError(f"not an image file (PIL cannot identify it): {path.name}") from err
     except PIL.Image.DecompressionBombError as err:  # PIL's own limit (~179 MP)
-        raise ValueError(f"{path}: image size is too large: {err}") from err
+        raise ValueError(f"{path.name}: image size is too large: {err}") from err
     except (OSError, SyntaxError) as err:  # truncated or corrupt data
-        raise ValueError(f"cannot decode image file {path}: {err}") from err
+        raise ValueError(f"cannot decode image file {path.name}: {str(err).replace(str(path), path.name)}") from err
     return image
 
 
@@ -185,16 +188,16 @@ def load_image(
     if isinstance(source, Tensor):
         if source.dim() != 3 or source.shape[0] != 3 or not source.is_floating_point():
             raise ValueError(f"tensor image must be float [3, H, W], got {source.dtype} {tuple(source.shape)}")
-        _check_size(source.shape[1], source.shape[2], "tensor image")
+        check_size(source.shape[1], source.shape[2], "tensor image")
         if not torch.isfinite(source).all() or source.min() < -1 or source.max() > 1:
             raise ValueError("tensor image values must be finite and lie in [-1, 1]")
         return source.detach().float().clone()
     if isinstance(source, (str, Path)):
-        name = str(source)
+        name = Path(source).name  # messages name the file, never its folder
         array = _pil_to_array(_open_pil(Path(source), cover), name, cover)
     elif isinstance(source, PIL.Image.Image):
         name = "PIL image"
-        _check_size(source.height, source.width, name)
+        check_size(source.height, source.width, name)
         array = _pil_to_array(source, name, cover)
     elif isinstance(source, np.ndarray):
         name = "array image"
@@ -203,7 +206,7 @@ def load_image(
         raise ValueError(f"cannot load an image from {type(source).__name__}")
     if array.ndim < 2:
         raise ValueError(f"{name}: image array must be at least 2-D, got shape {array.shape}")
-    _check_size(array.shape[0], array.shape[1], name)
+    check_size(array.shape[0], array.shape[1], name)
     rgb = _unit_to_rgb(_array_to_unit(np.ascontiguousarray(array), name), alpha, name)  # [H, W, 3]
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
     return (image * 2.0 - 1.0).clamp(-1.0, 1.0).contiguous()

@@ -10,6 +10,7 @@ for the 3D view. Paths come from presets, strokes, keyframes or files; every one
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -154,7 +155,7 @@ def raw_from_upload(
         if depth_file is None:
             raise ValueError("depth source is 'uploaded depth map' but no depth file was uploaded")
         try:
-            est = FileDepth(depth_file, fov_x_deg=fov_x_deg, resize=True).estimate(image)
+            est = FileDepth(depth_file, fov_x_deg=fov_x_deg, resize=True, cover=FULL_SIZE).estimate(image)  # [H0, W0]
         except (ValueError, FileNotFoundError) as err:
             raise _short_error(err, depth_file) from None
         return RawScene(name, image, est.depth, est.K, f"uploaded depth map ({Path(depth_file).name})")
@@ -178,6 +179,8 @@ class SceneState:
     path: CameraPath | None = None  # current camera path (T = 4N + 1 frames at W x H, frame 0 = camera)
     path_label: str = ""  # how the path was made, for captions and file names
     recipe: "PathRecipe | None" = None  # how to make the path again (another frame count, other stroke settings)
+    last_preset: "PathRecipe | None" = None  # the last preset path accepted (what the preset controls show)
+    last_stroke: "PathRecipe | None" = None  # the last stroke path accepted (what the stroke controls show)
     result: Any = None  # last run on this path (mirage.preview.RunResult, without its videos)
     version: int = 0  # bumped when the path changes (stale results are not shown)
     workdir: Path | None = None  # this session's temporary folder (set by the app)
@@ -245,11 +248,27 @@ def rebuild_at(state: SceneState, long_side: int) -> SceneState:
     """The same input at another working size, with the same path motion from the new source camera
     (the fit's crop can differ between sizes, so the path is re-anchored, not only rescaled)."""
     new = build_scene(require_scene(state).raw, long_side)
+    H, W = new.size
+    at_new_size = functools.partial(_recipe_at, new_camera=new.camera, old_camera=state.camera)
+    new.last_preset, new.last_stroke = state.last_preset, at_new_size(state.last_stroke)
     if state.path is not None:
-        H, W = new.size
         motion = Cameras.rescaled(state.path, W, H)  # [T] the old path at the new size
-        set_path(new, paths.anchored_path(new.camera, motion, len(state.path)), state.path_label)
+        path = paths.anchored_path(new.camera, motion, len(state.path))
+        set_path(new, path, state.path_label, recipe=at_new_size(state.recipe))
     return new
+
+
+def _recipe_at(recipe: "PathRecipe | None", new_camera: Camera, old_camera: Camera) -> "PathRecipe | None":
+    """``recipe`` (made for the scene seen by ``old_camera``) for the same input fitted as
+    ``new_camera`` sees it: a stroke's pixels go through the fits' pixel map ``K_new @ K_old^-1``
+    (scale and crop), an import's cameras are rescaled; presets and keyframes do not depend on it."""
+    if recipe is None or recipe.kind in ("preset", "keyframes"):
+        return recipe
+    if recipe.kind == "stroke":
+        new_from_old = new_camera.K.double().cpu() @ torch.linalg.inv(old_camera.K.double().cpu())  # [3, 3]
+        uv1 = torch.cat([recipe.stroke.double(), torch.ones(len(recipe.stroke), 1, dtype=torch.float64)], 1)  # [16, 3]
+        return replace(recipe, stroke=(uv1 @ new_from_old.T)[:, :2].to(recipe.stroke.dtype))  # [16, 2]
+    return replace(recipe, cameras=Cameras.rescaled(recipe.cameras, new_camera.width, new_camera.height))
 
 
 def scene_summary(state: SceneState) -> str:
@@ -323,6 +342,10 @@ def set_path(state: SceneState, path: CameraPath, label: str, max_frames: int | 
         raise ValueError(f"too many frames: {len(path)} (at most {max_frames})")
     paths.path_bounds_check(path, state.scene_depth, depth=state.depth)  # against the surface each camera crosses
     state.path, state.path_label, state.recipe = path, label, recipe
+    if recipe is not None and recipe.kind == "preset":
+        state.last_preset = recipe
+    if recipe is not None and recipe.kind == "stroke":
+        state.last_stroke = recipe
     state.result = None
     state.version += 1
     return state

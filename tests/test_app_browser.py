@@ -45,7 +45,7 @@ def _require_browser():
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app_browser")
-    proc, url = launch_app(tmp, free_port(), flags=True, env={"MIRAGE_UPLOAD_TTL": "20"})  # python app.py --host --port
+    proc, url = launch_app(tmp, free_port(), flags=True)  # python app.py --host --port
     yield url, tmp
     stop_app(proc)
 
@@ -163,15 +163,19 @@ def test_fifty_path_changes_then_a_stroke_and_a_run(app):
             assert not log["external"], log["external"]
             assert not _lost_contexts(log), _lost_contexts(log)[:3]
 
-            # the session's files exist now, and go when the page closes: its folder and its uploads
+            # the session's files exist now, and go when the page closes: its folder and the uploads it
+            # handed in (the stroke's layer and composite); what the editor uploaded by itself (its
+            # background, never handed to a handler) waits for $MIRAGE_UPLOAD_TTL (600 s here)
             assert [d for d in sessions.iterdir() if any(d.rglob("*.mp4"))], list(sessions.iterdir())
-            assert any(f.suffix == ".png" and sessions not in f.parents for f in cached_files() - before)  # the stroke
+            handed_in = {f for f in cached_files() - before if f.name.startswith(("layer_", "composite"))}
+            assert handed_in, sorted(cached_files() - before)
             page.close()
             deadline = time.time() + 60
-            while cached_files() - before and time.time() < deadline:
+            while (any(sessions.iterdir()) or handed_in & cached_files()) and time.time() < deadline:
                 time.sleep(0.5)
-            assert not cached_files() - before, sorted(cached_files() - before)
             assert not any(sessions.iterdir()), list(sessions.iterdir())
+            assert not handed_in & cached_files(), sorted(handed_in & cached_files())
+            assert {f.name for f in cached_files() - before} <= {"background.png"}, sorted(cached_files() - before)
         finally:
             browser.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import app_runtime as rt
@@ -206,3 +207,48 @@ def test_sweep_removes_old_unclaimed_uploads_only(tmp_path, monkeypatch):
     monkeypatch.setenv("MIRAGE_UPLOAD_TTL", "-1")
     with pytest.raises(ValueError, match="MIRAGE_UPLOAD_TTL must be a positive number of seconds, got '-1'"):
         rt.upload_ttl()
+
+
+def test_an_ended_session_gets_nothing_more_and_session_folders_are_not_uploads(tmp_path):
+    dirs = rt.SessionDirs(tmp_path / "cache" / "mirage-sessions")
+    own = dirs.get("a")
+    (own / "scene.png").write_bytes(b"x")
+    other = dirs.get("b") / "result.mp4"
+    other.write_bytes(b"x")
+    dirs.track("a", other)  # a client naming another session's file: not taken as its upload
+    assert dirs.remove("a") and other.exists()
+    with pytest.raises(ValueError, match="this page was closed: reload it"):
+        dirs.get("a")  # a run still going when its page closed writes nothing
+    with pytest.raises(ValueError, match="this page was closed"):
+        dirs.track("a", tmp_path / "x.png")
+    assert not (dirs.root / "a").exists()
+
+
+def test_path_controls_follow_the_accepted_paths():
+    from mirage import scene
+    from mirage.synthetic import default_camera, default_scene
+
+    camera = default_camera(256, 160, 60.0)
+    image, depth = default_scene().render(camera)
+    state = scene.build_scene(scene.RawScene("room", image[0], depth[0], camera.K, "ground truth"), 256)
+    assert rt.path_controls(state) == rt.PathControls(None, None, None, None, None)
+    scene.preset_path(state, "pan_right", 12.0, 65)
+    assert rt.path_controls(state) == rt.PathControls(65, "pan_right", 12.0, None, None)
+    scene.keyframe_path(state, scene.default_keyframe_rows(state), 33)  # another kind: the preset controls keep their values
+    assert rt.path_controls(state) == rt.PathControls(33, "pan_right", 12.0, None, None)
+    with pytest.raises(ValueError):
+        scene.preset_path(state, "dolly_in", 0.99, 33)
+    assert rt.path_controls(state) == rt.PathControls(33, "pan_right", 12.0, None, None)  # a refusal changes nothing
+
+
+def test_examples_say_where_their_depth_comes_from_and_look_different():
+    captions = rt.example_captions(depth_pro=False)
+    assert any("motorcycle-no-depth" in c and "planar prior" in c for c in captions)
+    assert "Depth Pro" in rt.example_captions(depth_pro=True)[1]
+    assert "runs on the **planar prior**" in rt.example_notes(depth_pro=False)
+    assert "runs on the" not in rt.example_notes(depth_pro=True)
+    thumbs = [t for t, _ in rt.example_gallery(depth_pro=False)]
+    assert len(thumbs) == 3 and all(t.dtype == np.uint8 and t.shape[2] == 3 for t in thumbs)
+    w = thumbs[0].shape[1] // 2
+    assert np.array_equal(thumbs[0][:, :w], thumbs[1][:, :w])  # the same photo ...
+    assert np.abs(thumbs[0][:, w:].astype(int) - thumbs[1][:, w:].astype(int)).mean() > 20  # ... with and without depth

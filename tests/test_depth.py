@@ -580,3 +580,22 @@ def test_registry():
         make_depth_backend("midas")
     with pytest.raises(ValueError, match="unknown depth source"):
         weights_available("midas")
+
+
+def test_a_large_depth_map_is_subsampled_to_the_cover_without_blending(tmp_path):
+    """``cover``: every k-th value (the centre of each k x k block), the same for .npy and PNG, and
+    invalid values stay invalid (no average of a hole with its neighbours)."""
+    from mirage.depth import load_depth_file
+
+    H, W = 3 * 30, 3 * 50  # k = 3 for cover (30, 50)
+    mm = (1000 + np.arange(H * W).reshape(H, W) % 60000).astype(np.uint16)  # [H, W] millimetres, all distinct per row
+    mm[4, 4] = 0  # a hole at the centre of block (1, 1)
+    png, npy = tmp_path / "d.png", tmp_path / "d.npy"
+    Image.fromarray(mm).save(png)
+    np.save(npy, mm.astype(np.float32) / 1000)
+    expected = mm[1::3, 1::3].astype(np.float32) / 1000  # [30, 50]
+    for f in (png, npy):
+        d = load_depth_file(f, cover=(30, 50))
+        assert d.shape == (30, 50)
+        assert torch.isnan(d[1, 1]) and torch.equal(torch.nan_to_num(d), torch.nan_to_num(torch.from_numpy(np.where(expected > 0, expected, np.nan))))
+        assert load_depth_file(f).shape == (H, W)  # no cover: full size

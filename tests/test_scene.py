@@ -289,3 +289,27 @@ def test_compact_raw_keeps_only_what_the_largest_working_size_needs(room):
     assert a.size == b.size
     torch.testing.assert_close(a.camera.K, b.camera.K, atol=1e-3, rtol=0)  # the same camera either way
     torch.testing.assert_close(a.image, b.image, atol=0.05, rtol=0)  # and the same picture, up to resampling
+
+
+def test_another_working_size_keeps_the_path_and_how_it_was_made(scene, room):
+    """A keyframe path survives a size change with its recipe (so a frame count still re-makes it);
+    a stroke's pixels follow the new size."""
+    preview.preset_path(scene, "pan_left", 10.0, 33)
+    preview.keyframe_path(scene, preview.default_keyframe_rows(scene), 33)
+    big = preview.rebuild_at(scene, 512)
+    assert big.path_label == scene.path_label and big.recipe.kind == "keyframes"
+    assert big.last_preset.preset == "pan_left" and big.last_preset.amount == 10.0
+    from mirage.scene import remake_path
+
+    remake_path(big, 65)
+    assert len(big.path) == 65 and big.recipe.kind == "keyframes"
+
+    H, W = scene.size
+    editor = _stroke_editor(H, W, (W // 2, H // 2), (W - 20, H // 2))
+    preview.stroke_path(scene, editor, 33, depth_fraction=0.4)
+    big = preview.rebuild_at(scene, 512)
+    # 256x160 input: cropped to 256x128 (16 rows off the top), and at 512 scaled by 2 to 512x320, cropped to
+    # 512x288 (16 rows off the top): v' = 2 (v + 16) - 16, u' = 2 u
+    expected = scene.recipe.stroke * 2 + torch.tensor([0.0, 16.0])
+    torch.testing.assert_close(big.recipe.stroke, expected, atol=1e-4, rtol=0)
+    assert big.last_stroke.depth_fraction == 0.4

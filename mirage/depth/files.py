@@ -11,23 +11,13 @@ from torch import Tensor
 
 from ..cameras import intrinsics_from_fov
 from ..geometry import valid_depth
-from ..images import MAX_PIXELS, MAX_SIDE
+from ..images import check_size, reduction_factor
 from .base import DepthEstimate, _check_fov, _check_image, _check_K, _resolve_K, nan_invalid
 
 __all__ = ["load_depth_file", "save_depth_png16", "FileDepth"]
 
 # ----------------------------------------------------------------------------- depth files
 _PNG16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _check_depth_size(height: int, width: int, name: str) -> None:
-    """Refuse an empty or huge depth map from its header, before any pixel is read (the image limits)."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"{name}: depth map is empty ({width}x{height} pixels, WxH)")
-    if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
-        raise ValueError(
-            f"{name}: depth map size {width}x{height} (WxH) is too large (max side {MAX_SIDE}, max {MAX_PIXELS} pixels)"
-        )
 
 
 def _read_npy(p: Path) -> np.ndarray:  # -> [H, W] real numbers as stored
@@ -57,7 +47,7 @@ def _read_npy(p: Path) -> np.ndarray:  # -> [H, W] real numbers as stored
             raise ValueError(f"{name}: depth .npy must hold real numbers (metres), got dtype {dtype}")
         if len(shape) != 2:
             raise ValueError(f"{name}: depth must be 2-D [H, W], got shape {shape}")
-        _check_depth_size(shape[0], shape[1], name)
+        check_size(shape[0], shape[1], name, "depth map")
         expected = shape[0] * shape[1] * dtype.itemsize  # bytes of data the header promises
         held = os.fstat(f.fileno()).st_size - data_start
         if held != expected:
@@ -70,8 +60,9 @@ def _read_npy(p: Path) -> np.ndarray:  # -> [H, W] real numbers as stored
         return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def _read_png16(p: Path) -> np.ndarray:  # -> [H, W] float32 metres
-    """A 16-bit grayscale PNG in millimetres; its size is checked from the header before decoding."""
+def _read_png16(p: Path, cover: tuple[int, int] | None = None) -> np.ndarray:  # -> [H, W] float32 metres
+    """A 16-bit grayscale PNG in millimetres; its size is checked from the header before decoding.
+    With ``cover``, every k-th pixel is kept (``_subsample``) before any float copy is made."""
     from PIL import Image, UnidentifiedImageError
 
     name = p.name
@@ -87,7 +78,7 @@ def _read_png16(p: Path) -> np.ndarray:  # -> [H, W] float32 metres
         if im.format != "PNG":
             raise ValueError(f"{name} is not a PNG (it holds {im.format} data); save a 16-bit grayscale PNG in mm")
         width, height = im.size
-        _check_depth_size(height, width, name)  # before decoding any pixel
+        check_size(height, width, name, "depth map")  # before decoding any pixel
         if im.mode not in _PNG16_MODES:
             raise ValueError(
                 f"{name} is a {im.mode!r} PNG (8-bit or colour), which cannot hold depth in millimetres; "
@@ -100,11 +91,24 @@ def _read_png16(p: Path) -> np.ndarray:  # -> [H, W] float32 metres
         except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt compressed data
             detail = str(err).replace(str(p), name)
             raise ValueError(f"{name}: cannot decode the PNG (truncated or corrupt): {detail}") from None
+        k = reduction_factor(height, width, cover)
+        if k > 1:  # nearest: the centre pixel of each k x k block, never a blend of depths
+            im = im.resize((width // k, height // k), Image.Resampling.NEAREST)
         return np.array(im).astype(np.float32) / 1000.0  # mm -> m
 
 
-def load_depth_file(path) -> Tensor:  # -> [H, W] float32 metres, NaN where invalid
+def _subsample(arr: np.ndarray, cover: tuple[int, int] | None) -> np.ndarray:  # [H, W] -> [H // k, W // k]
+    """The centre element of each k x k block, ``k = reduction_factor(H, W, cover)`` (as PIL's nearest
+    resize picks it): a smaller depth map that still covers ``cover`` and holds only measured values."""
+    H, W = arr.shape[:2]
+    k = reduction_factor(H, W, cover)
+    return arr if k == 1 else arr[k // 2 :: k, k // 2 :: k][: H // k, : W // k]
+
+
+def load_depth_file(path, cover: tuple[int, int] | None = None) -> Tensor:  # -> [H, W] float32 metres, NaN invalid
     """Read ``.npy`` (float metres) or a 16-bit grayscale PNG (millimetres); NaN/inf/<= 0 become NaN.
+    ``cover = (short, long)``: a larger map is subsampled by the largest whole factor that still
+    covers these sides (nearest, like ``mirage.images.load_image(cover=)`` shrinks its image).
 
     Hostile files are refused with a ``ValueError`` naming the file by its name only (never its
     folder): not an ``.npy``/PNG (a ``.npz`` archive is recognised), object or structured dtypes
@@ -116,9 +120,10 @@ def load_depth_file(path) -> Tensor:  # -> [H, W] float32 metres, NaN where inva
         raise FileNotFoundError(f"depth file not found: {p.name}")
     ext = p.suffix.lower()
     if ext == ".npy":
-        arr = _read_npy(p).astype(np.float32)  # [H, W]
+        arr = _read_npy(p)  # [H, W]
+        arr = (_subsample(arr, cover) if arr.ndim == 2 else arr).astype(np.float32)
     elif ext == ".png":
-        arr = _read_png16(p)  # [H, W]
+        arr = _read_png16(p, cover)  # [H, W]
     else:
         raise ValueError(f"unsupported depth file extension {ext!r} for {p.name}: use .npy (metres) or .png (16-bit, mm)")
     if arr.ndim != 2:
@@ -171,12 +176,15 @@ class FileDepth:
     name = "file"
     needs_weights = False
 
-    def __init__(self, depth_or_path, fov_x_deg: float | None = None, K: Tensor | None = None, *, resize: bool = False):
+    def __init__(self, depth_or_path, fov_x_deg: float | None = None, K: Tensor | None = None, *, resize: bool = False,
+                 cover: tuple[int, int] | None = None):  # fmt: skip
         if fov_x_deg is not None and K is not None:
             K_list = torch.as_tensor(K).tolist()
             raise ValueError(f"give fov_x_deg or K, not both (got fov_x_deg={fov_x_deg} and K={K_list})")
         if isinstance(depth_or_path, (str, Path)):
-            depth = load_depth_file(depth_or_path)
+            if cover is not None and K is not None:
+                raise ValueError("cover subsamples the depth map, so its K would no longer fit: give fov_x_deg, not K")
+            depth = load_depth_file(depth_or_path, cover)
         else:
             depth = torch.as_tensor(depth_or_path)
             if depth.dim() != 2:

@@ -279,12 +279,10 @@ def page_import(state, file, frames, color_by, request: gr.Request):
         return scene.imported_path(st, fl, _frames(f))
 
     return _page_path(make)(state, file, frames, color_by)
+
+
 page_frames = _page_path(lambda state, frames: scene.remake_path(state, _frames(frames)))
-
-
-def page_preset_choice(state, preset, frames, color_by):
-    """A preset picked: its default amount, applied at once."""
-    return _page_path(lambda st, p, f: scene.preset_path(st, p, None, _frames(f)))(state, preset, frames, color_by)
+page_preset_choice = _page_path(lambda state, preset, frames: scene.preset_path(state, preset, None, _frames(frames)))  # its default amount
 
 
 def page_amount(state, preset, amount, frames, color_by, amount_before):

@@ -740,8 +740,11 @@ def _nearest_surface(depth, height: int, width: int) -> Tensor:  # -> [H, W] flo
     d = d.double()
     d = torch.where(valid_depth(d), d, torch.full_like(d, math.inf))  # [H, W] invalid -> inf (never the nearest)
     r = _surface_window_radius(height, width)
-    # Min filter as -max_pool(-d); the padding is -inf in -d, so the border windows are just smaller.
-    return -F.max_pool2d(-d[None, None], kernel_size=2 * r + 1, stride=1, padding=r)[0, 0]  # [1, 1, H, W] -> [H, W]
+    # Min filter as -max_pool(-d), separable (rows, then columns: the same minimum at 2k instead of k^2
+    # comparisons per pixel); the padding is -inf in -d, so the border windows are just smaller.
+    k = 2 * r + 1
+    rows = F.max_pool2d(-d[None, None], kernel_size=(1, k), stride=1, padding=(0, r))  # [1, 1, H, W]
+    return -F.max_pool2d(rows, kernel_size=(k, 1), stride=1, padding=(r, 0))[0, 0]  # [1, 1, H, W] -> [H, W]
 
 
 def path_bounds_check(

@@ -651,3 +651,22 @@ def test_anchored_path_keeps_relative_motion_and_zoom():
     torch.testing.assert_close(path.cam_from_world[-1].double(), relative @ src.cam_from_world.double(), atol=1e-5, rtol=0)
     torch.testing.assert_close(path.K[-1, 0, 0], src.K[0, 0] * 1.25)  # the file's 1.25x zoom, about the source's centre
     torch.testing.assert_close(path.K[-1, :2, 2], src.K[:2, 2])
+
+
+def test_nearest_surface_equals_a_per_pixel_window_minimum():
+    """The separable min filter against the obvious loop over each pixel's window (borders, holes)."""
+    from mirage.paths import _nearest_surface, _surface_window_radius
+
+    g = torch.Generator().manual_seed(0)
+    H, W = 23, 31
+    depth = 1.0 + torch.rand(H, W, generator=g, dtype=torch.float64) * 4  # [H, W]
+    depth[torch.rand(H, W, generator=g) < 0.3] = float("nan")  # holes: never the nearest
+    depth[:, :9] = float("nan")  # a band wider than the window: no surface known there
+    fast = _nearest_surface(depth, H, W)  # [H, W]
+    r = _surface_window_radius(H, W)
+    finite = torch.where(torch.isnan(depth), torch.full_like(depth, math.inf), depth)
+    for v in range(H):
+        for u in range(W):
+            window = finite[max(0, v - r) : v + r + 1, max(0, u - r) : u + r + 1]
+            assert float(fast[v, u]) == float(window.min()), (v, u)
+    assert math.isinf(float(fast[0, 0])) and math.isfinite(float(fast[0, W - 1]))

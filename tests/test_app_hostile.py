@@ -190,7 +190,7 @@ def test_odd_images_are_accepted(served, tmp_path):
     rgb = PIL.Image.fromarray(rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8))
     images = {
         "cmyk.jpg": rgb.convert("CMYK"), "gray_alpha.png": rgb.convert("LA"), "palette.png": rgb.convert("P"),
-        "bilevel.png": rgb.convert("1"), "deep.png": PIL.Image.fromarray((np.asarray(rgb)[..., 0].astype(np.uint16) * 257), "I;16"),
+        "bilevel.png": rgb.convert("1"), "deep.png": PIL.Image.fromarray(np.asarray(rgb)[..., 0].astype(np.uint16) * 257),
     }  # fmt: skip
     for name, image in images.items():
         image.save(tmp_path / name)

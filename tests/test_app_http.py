@@ -147,7 +147,7 @@ def _stroke_layer(path: Path, H: int, W: int) -> Path:
     layer = np.zeros((H, W, 4), np.uint8)  # [H, W, RGBA]
     v = H // 2
     layer[v - 3 : v + 3, W // 2 : W - 30] = (255, 45, 45, 255)  # centre -> right
-    PIL.Image.fromarray(layer, "RGBA").save(path)
+    PIL.Image.fromarray(layer).save(path)
     return path
 
 

@@ -39,7 +39,7 @@ def test_load_rgba_white_and_drop():
     arr[0, 0, 3] = 0  # transparent
     arr[0, 1, 3] = 255  # opaque
     arr[1, 0, 3] = 51  # 20 % opaque
-    white = load_image(PIL.Image.fromarray(arr, "RGBA"))
+    white = load_image(PIL.Image.fromarray(arr))
     assert torch.allclose(white[:, 0, 0], torch.ones(3))  # transparent -> white
     assert torch.allclose(white[:, 0, 1], torch.tensor([1.0, -1.0, -1.0]))
     assert torch.allclose(white[:, 1, 0], torch.tensor([1.0, 0.6, 0.6]), atol=1e-6)  # 0.2 red + 0.8 white
@@ -49,7 +49,7 @@ def test_load_rgba_white_and_drop():
 
 def test_load_grayscale_and_16bit(tmp_path):
     gray = np.array([[0, 128], [255, 64]], np.uint8)
-    img = load_image(PIL.Image.fromarray(gray, "L"))
+    img = load_image(PIL.Image.fromarray(gray))
     assert img.shape == (3, 2, 2)
     assert torch.allclose(img[:, 0, 1], torch.full((3,), 128 / 127.5 - 1), atol=1e-6)
     deep = np.array([[0, 65535], [32768, 1000]], np.uint16)
@@ -153,7 +153,7 @@ def test_load_with_cover_box_averages_while_decoding(tmp_path, mode):
     arr = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     img = PIL.Image.fromarray(arr)
     if mode == "I;16":
-        img = PIL.Image.fromarray((arr[..., 0].astype(np.uint16) * 257), "I;16")
+        img = PIL.Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
     elif mode != "RGB":
         img = img.convert(mode)
     path = tmp_path / f"big_{mode.replace(';', '')}.png"

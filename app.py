@@ -68,9 +68,9 @@ def ui_errors(fn):
     return wrapper
 
 
-def _workdir(state, request: gr.Request):
-    state.workdir = DIRS.get(request.session_hash)
-    return state.workdir
+def _workdir(session: rt.Session, request: gr.Request):
+    session.workdir = DIRS.get(request.session_hash)
+    return session.workdir
 
 
 def _track(request: gr.Request, *files) -> None:
@@ -80,9 +80,9 @@ def _track(request: gr.Request, *files) -> None:
     DIRS.track(request.session_hash, *(f for f in files if f is not None and str(f) in uploaded))
 
 
-def _drop_state(state) -> None:  # gr.State delete_callback: the session's files go with its state
-    if state is not None and state.workdir is not None:
-        shutil.rmtree(state.workdir, ignore_errors=True)
+def _drop_state(session) -> None:  # gr.State delete_callback: the session's files go with its state
+    if session is not None and session.workdir is not None:
+        shutil.rmtree(session.workdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------- handlers
@@ -108,21 +108,22 @@ def _or_skip(value):
 N_CONTROLS = 6  # frames, preset, amount, preset_info, depth_fraction, look
 
 
-def _controls(state):  # -> N_CONTROLS values: the path controls as the scene's accepted paths set them
-    c = rt.path_controls(state)
+def _controls(session):  # -> N_CONTROLS values: the path controls as the session's accepted paths set them
+    c = rt.path_controls(session)
     info = gr.skip() if c.preset is None else rt.preset_description(c.preset)
     amount = gr.skip() if c.amount is None else gr.update(value=c.amount, info=paths.PRESETS[c.preset].unit)
     return _or_skip(c.frames), _or_skip(c.preset), amount, info, _or_skip(c.depth_fraction), _or_skip(c.look)
 
 
-def _path_view(state, color_by):  # PATH_UI outputs after an accepted change
+def _path_view(session, color_by):  # PATH_UI outputs after an accepted change
+    state = session.path_changed().scene
     note = f"Path set: {state.path_label}, {len(state.path)} frames."
-    return (state, scene.scene_summary(state), scene.scene_figure(state, color_by), note, rt.active_path_line(state),
-            *_controls(state))  # fmt: skip
+    return (session, scene.scene_summary(state), scene.scene_figure(state, color_by), note, rt.active_path_line(state),
+            *_controls(session))  # fmt: skip
 
 
-def _path_refused(state, err):  # PATH_UI outputs after a refused change: everything as it was
-    return (gr.skip(), gr.skip(), gr.skip(), _refused(err), gr.skip(), *_controls(state))
+def _path_refused(session, err):  # PATH_UI outputs after a refused change: everything as it was
+    return (gr.skip(), gr.skip(), gr.skip(), _refused(err), gr.skip(), *_controls(session))
 
 
 N_PATH_UI = 5 + N_CONTROLS  # state, summary, plot, path_status, active, controls
@@ -143,18 +144,22 @@ def _amount(amount):
     return None if amount is None or amount == "" else float(amount)
 
 
-def _scene_view(state, request, preset, amount, frames, color_by, note, path_note=None):  # SCENE_UI outputs
-    """After a load: the scene, with the preset path the controls show unless ``path_note`` says the
-    scene keeps a path of its own."""
-    path_note = _new_scene(state, preset, amount, frames) if path_note is None else path_note
-    return (state, rt.editor_value(state, _workdir(state, request)), scene.scene_summary(state), scene.scene_figure(state, color_by),
-            scene.default_keyframe_rows(state), note, path_note, rt.active_path_line(state), *_controls(state),
-            max(state.size))  # fmt: skip
+def _scene_view(session, state, request, preset, amount, frames, color_by, note, resized=False):  # SCENE_UI outputs
+    """After a load: ``state`` becomes the session's scene, with the preset path the controls show
+    unless it keeps a path of its own (the same input at a new working size)."""
+    if resized and state.path is not None:
+        path_note = f"Path kept: {state.path_label}, {len(state.path)} frames."
+    else:
+        path_note = _new_scene(state, preset, amount, frames)
+    session.resized(state) if resized else session.new_scene(state)
+    return (session, rt.editor_value(state, _workdir(session, request)), scene.scene_summary(state),
+            scene.scene_figure(state, color_by), scene.default_keyframe_rows(state), note, path_note,
+            rt.active_path_line(state), *_controls(session), max(state.size))  # fmt: skip
 
 
-def _scene_refused(state, err):  # SCENE_UI outputs after a refused load: the previous scene stays
-    long_side = gr.skip() if state is None else max(state.size)
-    return (gr.skip(),) * 5 + (_refused(err), gr.skip(), gr.skip(), *_controls(state), long_side)
+def _scene_refused(session, err):  # SCENE_UI outputs after a refused load: the previous scene stays
+    long_side = gr.skip() if session.scene is None else max(session.scene.size)
+    return (gr.skip(),) * 5 + (_refused(err), gr.skip(), gr.skip(), *_controls(session), long_side)
 
 
 def _build(raw, long_side):
@@ -177,139 +182,148 @@ def _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, 
 @ui_errors
 def load_example(name, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request,
                  progress=gr.Progress()):  # fmt: skip
-    out = _scene_view(_load_example(name, depth_choice, long_side, progress), request, preset, amount, frames, color_by, "Loaded.")
+    new = _load_example(name, depth_choice, long_side, progress)
+    out = _scene_view(rt.Session(), new, request, preset, amount, frames, color_by, "Loaded.")
     return (*out[:5], f"{out[5]} {out[6]}")
 
 
 @ui_errors
 def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by, request: gr.Request,
                 progress=gr.Progress()):  # fmt: skip
-    state = _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress)
-    out = _scene_view(state, request, preset, amount, frames, color_by, "Loaded.")
+    new = _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress)
+    out = _scene_view(rt.Session(), new, request, preset, amount, frames, color_by, "Loaded.")
     return (*out[:5], f"{out[5]} {out[6]}")
 
 
-@ui_errors
-def use_preset(state, preset, amount, frames, color_by):
-    return _path_view(scene.preset_path(state, preset, _amount(amount), _frames(frames)), color_by)[:4]
+def _api_path(make):
+    """An API handler that applies ``make(scene, *args) -> scene`` to the session's scene (raises when refused)."""
 
-
-@ui_errors
-def use_stroke(state, editor, frames, depth_fraction, look, color_by, request: gr.Request):
-    _track(request, *(editor or {}).get("files", ()))
-    return _path_view(scene.stroke_path(state, editor, _frames(frames), float(depth_fraction), look), color_by)[:4]
-
-
-@ui_errors
-def use_keyframes(state, table, frames, color_by):
-    return _path_view(scene.keyframe_path(state, table, _frames(frames)), color_by)[:4]
-
-
-@ui_errors
-def use_import(state, file, frames, color_by, request: gr.Request):
-    _track(request, file)
-    return _path_view(scene.imported_path(state, file, _frames(frames)), color_by)[:4]
-
-
-# The page: a refused value changes nothing and says so beside the control.
-def page_example(index, state, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request,
-                 progress=gr.Progress()):  # fmt: skip
-    try:
-        new = _load_example(EXAMPLES[int(index)].name, depth_choice, long_side, progress)
-    except (ValueError, FileNotFoundError) as err:
-        return _scene_refused(state, err)
-    return _scene_view(new, request, preset, amount, frames, color_by, f"Loaded example **{new.raw.name}**.")
-
-
-def page_example_select(state, depth_choice, long_side, preset, amount, frames, color_by, evt: gr.SelectData,
-                        request: gr.Request, progress=gr.Progress()):  # fmt: skip
-    return page_example(evt.index, state, depth_choice, long_side, preset, amount, frames, color_by, request, progress)
-
-
-def page_upload(state, image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
-                request: gr.Request, progress=gr.Progress()):  # fmt: skip
-    try:
-        new = _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress)
-    except (ValueError, FileNotFoundError) as err:
-        return _scene_refused(state, err)
-    return _scene_view(new, request, preset, amount, frames, color_by, f"Loaded **{new.raw.name}**.")
-
-
-def page_size(state, long_side, preset, amount, frames, color_by, request: gr.Request, progress=gr.Progress()):
-    """A new working size: the same input, the same path motion from the new source camera."""
-    if state is None:
-        return (gr.skip(),) * N_SCENE_UI
-    try:
-        progress(0.1, desc=f"refitting at {long_side} px")
-        new = scene.rebuild_at(state, int(long_side))
-    except ValueError as err:
-        return _scene_refused(state, err)
-    kept = None if new.path is None else f"Path kept: {new.path_label}, {len(new.path)} frames."
-    return _scene_view(new, request, preset, amount, frames, color_by, f"Working size {new.size[1]}x{new.size[0]}.", kept)
-
-
-def _page_path(make):
-    """A page handler that applies ``make(state, *args) -> state`` and shows it, or refuses."""
-
-    def handler(state, *args):
+    @ui_errors
+    def handler(session, *args, **kwargs):
         *args, color_by = args
-        try:
-            return _path_view(make(scene.require_scene(state), *args), color_by)
-        except ValueError as err:
-            return _path_refused(state, err)
+        make(scene.require_scene(session.scene), *args, **kwargs)
+        return _path_view(session, color_by)[:4]
 
     return handler
 
 
-page_preset = _page_path(lambda state, preset, amount, frames: scene.preset_path(state, preset, _amount(amount), _frames(frames)))
-page_keyframes = _page_path(lambda state, table, frames: scene.keyframe_path(state, table, _frames(frames)))
+use_preset = _api_path(lambda st, preset, amount, frames: scene.preset_path(st, preset, _amount(amount), _frames(frames)))
+use_keyframes = _api_path(lambda st, table, frames: scene.keyframe_path(st, table, _frames(frames)))
 
 
-def page_stroke(state, editor, frames, fraction, look, color_by, request: gr.Request):
+def use_stroke(session, editor, frames, depth_fraction, look, color_by, request: gr.Request):
+    _track(request, *(editor or {}).get("files", ()))
+    make = lambda st, ed, f, fr, lk: scene.stroke_path(st, ed, _frames(f), float(fr), lk)  # noqa: E731
+    return _api_path(make)(session, editor, frames, depth_fraction, look, color_by)
+
+
+def use_import(session, file, frames, color_by, request: gr.Request):
+    _track(request, file)
+    return _api_path(lambda st, fl, f: scene.imported_path(st, fl, _frames(f)))(session, file, frames, color_by)
+
+
+# The page: a refused value changes nothing and says so beside the control.
+def page_example(index, session, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request,
+                 progress=gr.Progress()):  # fmt: skip
+    try:
+        new = _load_example(EXAMPLES[int(index)].name, depth_choice, long_side, progress)
+    except (ValueError, FileNotFoundError) as err:
+        return _scene_refused(session, err)
+    return _scene_view(session, new, request, preset, amount, frames, color_by, f"Loaded example **{new.raw.name}**.")
+
+
+def page_example_select(session, depth_choice, long_side, preset, amount, frames, color_by, evt: gr.SelectData,
+                        request: gr.Request, progress=gr.Progress()):  # fmt: skip
+    return page_example(evt.index, session, depth_choice, long_side, preset, amount, frames, color_by, request, progress)
+
+
+def page_upload(session, image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
+                request: gr.Request, progress=gr.Progress()):  # fmt: skip
+    try:
+        new = _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress)
+    except (ValueError, FileNotFoundError) as err:
+        return _scene_refused(session, err)
+    return _scene_view(session, new, request, preset, amount, frames, color_by, f"Loaded **{new.raw.name}**.")
+
+
+def page_size(session, long_side, preset, amount, frames, color_by, request: gr.Request, progress=gr.Progress()):
+    """A new working size: the same input, the same path motion from the new source camera."""
+    if session.scene is None:
+        return (gr.skip(),) * N_SCENE_UI
+    try:
+        progress(0.1, desc=f"refitting at {long_side} px")
+        new = scene.rebuild_at(session.scene, int(long_side))
+    except ValueError as err:
+        return _scene_refused(session, err)
+    return _scene_view(session, new, request, preset, amount, frames, color_by, f"Working size {new.size[1]}x{new.size[0]}.",
+                       resized=True)  # fmt: skip
+
+
+def _page_path(make):
+    """A page handler that applies ``make(scene, *args) -> scene`` and shows it, or refuses."""
+
+    def handler(session, *args):
+        *args, color_by = args
+        try:
+            make(scene.require_scene(session.scene), *args)
+            return _path_view(session, color_by)
+        except ValueError as err:
+            return _path_refused(session, err)
+
+    return handler
+
+
+page_preset = _page_path(lambda st, preset, amount, frames: scene.preset_path(st, preset, _amount(amount), _frames(frames)))
+page_keyframes = _page_path(lambda st, table, frames: scene.keyframe_path(st, table, _frames(frames)))
+
+
+def page_stroke(session, editor, frames, fraction, look, color_by, request: gr.Request):
     def make(st, ed, f, fr, lk):
         _track(request, *(ed or {}).get("files", ()))
         return scene.stroke_path(st, ed, _frames(f), float(fr), lk)
 
-    return _page_path(make)(state, editor, frames, fraction, look, color_by)
+    return _page_path(make)(session, editor, frames, fraction, look, color_by)
 
 
-def page_import(state, file, frames, color_by, request: gr.Request):
+def page_import(session, file, frames, color_by, request: gr.Request):
     def make(st, fl, f):
         _track(request, fl)
         return scene.imported_path(st, fl, _frames(f))
 
-    return _page_path(make)(state, file, frames, color_by)
+    return _page_path(make)(session, file, frames, color_by)
 
 
-page_frames = _page_path(lambda state, frames: scene.remake_path(state, _frames(frames)))
-page_preset_choice = _page_path(lambda state, preset, frames: scene.preset_path(state, preset, None, _frames(frames)))  # its default amount
+page_frames = _page_path(lambda st, frames: scene.remake_path(st, _frames(frames)))
+page_preset_choice = _page_path(lambda st, preset, frames: scene.preset_path(st, preset, None, _frames(frames)))  # its default amount
 
 
-def page_amount(state, preset, amount, frames, color_by, amount_before):
+def page_amount(session, preset, amount, frames, color_by, amount_before):
     """Amount edited (Enter or leaving the field): applied when it changed since the field took focus."""
     if amount == amount_before:
         return (gr.skip(),) * N_PATH_UI
-    return page_preset(state, preset, amount, frames, color_by)
+    return page_preset(session, preset, amount, frames, color_by)
 
 
-def page_stroke_setting(state, depth_fraction, look, color_by):
+def page_stroke_setting(session, depth_fraction, look, color_by):
     """A stroke setting changed: applied at once when the active path is a stroke (else at 'Use stroke')."""
+    state = session.scene
     if state is None or state.recipe is None or state.recipe.kind != "stroke":
         return (gr.skip(),) * N_PATH_UI
     make = lambda st, f, lk: scene.remake_path(st, len(st.path), depth_fraction=float(f), look=lk)  # noqa: E731
-    return _page_path(make)(state, depth_fraction, look, color_by)
+    return _page_path(make)(session, depth_fraction, look, color_by)
 
 
 @ui_errors
-def export_path(state, request: gr.Request):
-    state = scene.require_scene(state)
-    return [str(p) for p in scene.export_path(state, _workdir(state, request) / "path")]
+def export_path(session, request: gr.Request):
+    state = scene.require_scene(session.scene)
+    return [str(p) for p in scene.export_path(state, _workdir(session, request) / "path")]
 
 
-def recolor(state, color_by):
+def recolor(session, color_by):
+    state = session.scene
     if state is None:
         return gr.skip(), gr.skip()
-    growth = gr.skip() if state.result is None else preview.result_figures(state, state.result, color_by)[2]
+    growth = gr.skip() if session.result is None else preview.result_figures(state, session.result, color_by)[2]
     return scene.scene_figure(state, color_by), growth
 
 
@@ -333,10 +347,9 @@ def set_conditioning(conditioning):
             gr.update(value=d["negative_prompt"], label=f"Negative prompt ({d['origin']}'s default; used when guidance > 1)"))  # fmt: skip
 
 
-def _run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress):
-    state = scene.require_scene(state)
-    if state.path is None:
-        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
+def _run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress):
+    state = session.scene
+    scene.require_path(state)
     fps = rt.FPS
     if MODE.generation:
         conditioning = conditioning or "replace"
@@ -359,26 +372,27 @@ def _run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, co
     else:
         result = preview.run_readout_preview(state, progress=progress)
     progress(0.95, desc="writing videos and the cache")
-    out = rt.finish_run(state, result, _workdir(state, request) / f"run{state.version}", color_by, fps)
+    out = rt.finish_run(session, result, _workdir(session, request) / f"run{session.version}", color_by, fps)
     f = out.files
-    return (state, str(f.videos["latent"]), str(f.videos["rgb"]), str(f.received["latent"]), str(f.received["rgb"]),
+    return (session, str(f.videos["latent"]), str(f.videos["rgb"]), str(f.received["latent"]), str(f.received["rgb"]),
             str(f.masks["latent"]), str(f.masks["rgb"]), str(f.side_by_side), *out.figures,
             [str(p) for p in f.downloads()], out.caption)  # fmt: skip
 
 
 @ui_errors
-def run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
+def run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
         progress=gr.Progress()):  # fmt: skip
-    return _run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress)
+    return _run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress)
 
 
-def page_run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
+def page_run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
              progress=gr.Progress()):  # fmt: skip
     """Generate from the page: a refusal (no path yet, a run too long for the GPU) keeps the last results."""
     try:
-        out = _run(state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress)
+        out = _run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress)
     except (ValueError, FileNotFoundError) as err:
         return (gr.skip(),) * 13 + (_refused(err),)
+    state = session.scene
     return (*out, f"Done: {state.path_label}, {len(state.path)} frames.")
 
 
@@ -452,7 +466,7 @@ LAUNCH = dict(allowed_paths=[str(ASSETS_DIR)], theme=THEME, css=CSS, js=PLOTS_JS
 def build_demo() -> gr.Blocks:
     gallery = rt.example_gallery(MODE.depth_pro)
     with gr.Blocks(title="Mirage: latent spatial memory", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
-        state = gr.State(None, delete_callback=_drop_state)
+        state = gr.State(rt.Session(), delete_callback=_drop_state)
         amount_before = gr.State(None)  # the amount when its field took focus (applied on leaving only if changed)
         gr.Markdown(
             "# Mirage: latent spatial memory\n"
@@ -515,7 +529,7 @@ def build_demo() -> gr.Blocks:
                         gr.Markdown("Draw on the scene image (left) from near the centre towards where the camera should go; "
                                     "the stroke is lifted to 3D with the depth and the camera travels along it.")
                         depth_fraction = gr.Slider(0.05, 0.9, value=0.5, step=0.05, label="How far (fraction of the depth under the stroke)")
-                        look = gr.Radio(["source", "forward"], value="source", label="Look", info="keep the source view or look along the stroke")
+                        look = gr.Radio(list(paths.LOOKS), value="source", label="Look", info="keep the source view or look along the stroke")
                         stroke_button = gr.Button("Use stroke as path", variant="primary", elem_id="use-stroke")
                     with gr.Tab("Keyframes"):
                         table = gr.Dataframe(headers=list(paths.KEYFRAME_COLUMNS), datatype="number", column_count=7, type="array",

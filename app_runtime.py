@@ -37,15 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirage import checkpoints, paths, weights
+from mirage import checkpoints, paths, scene, weights
 from mirage.codecs import WAN22_MODEL_ID
 from mirage.depth import weights_available
 from mirage.examples import EXAMPLES
-from mirage.frames import check_num_frames
+from mirage.families import DEFAULTS, FAMILIES, TRAINING_FREE_MODES
+from mirage.frames import Chunking, check_num_frames, num_latent_frames
 from mirage.images import image_to_uint8
-from mirage.pipeline import BRANCH_STRIDE, DEFAULTS, WAN22_LAYOUT
+from mirage.pipeline import WAN22_LAYOUT
 from mirage.preview import ResultFiles, RunResult, result_caption, result_figures, write_result_files
-from mirage.scene import ColorBy, SceneState
+from mirage.scene import ColorBy, PathRecipe, SceneState
 
 MODEL_PATH_ENV = "MIRAGE_MODEL_PATH"
 DEVICE_ENV = "MIRAGE_DEVICE"
@@ -81,9 +82,7 @@ def find_model_weights(cache_dir: str | Path | None = None) -> tuple[str | None,
     return None, f"no complete {WAN22_MODEL_ID} in the HF cache and ${MODEL_PATH_ENV} is unset"
 
 
-BRANCH_ENV = {"spatia": ("MIRAGE_SPATIA_BRANCH", "MIRAGE_SPATIA_LORA"), "mirage": ("MIRAGE_MIRAGE_BRANCH", "MIRAGE_MIRAGE_LORA")}
-BRANCH_FILES = {"spatia": (checkpoints.SPATIA_BRANCH_FILE, checkpoints.SPATIA_LORA_FILE),
-                "mirage": (checkpoints.MIRAGE_BRANCH_FILE, checkpoints.MIRAGE_LORA_FILE)}  # fmt: skip
+BRANCH_ENV = {k: (f"MIRAGE_{k.upper()}_BRANCH", f"MIRAGE_{k.upper()}_LORA") for k in FAMILIES}  # settings per family
 
 
 @dataclass(frozen=True)
@@ -102,23 +101,24 @@ def find_branches(cache_dir: str | Path | None = None) -> tuple[dict[str, Branch
     branches found and one line per family that was not (why)."""
     found, missing = {}, []
     for kind, (branch_env, lora_env) in BRANCH_ENV.items():
-        branch_name, lora_name = BRANCH_FILES[kind]
+        family = FAMILIES[kind]
+        branch_name, lora_name = family.branch_file, family.lora_file
         env_branch, env_lora = os.environ.get(branch_env, "").strip(), os.environ.get(lora_env, "").strip()
         if env_branch:
             branch = checkpoints.find_checkpoint(env_branch, branch_name)
             lora_source = env_lora or (env_branch if Path(env_branch).is_dir() else str(Path(env_branch).parent))
             lora = checkpoints.find_checkpoint(lora_source, lora_name)
             where = f"${branch_env}"
-        elif kind == "spatia":
-            branch = checkpoints.find_checkpoint(checkpoints.SPATIA_REPO, branch_name, cache_dir)
-            lora = checkpoints.find_checkpoint(checkpoints.SPATIA_REPO, lora_name, cache_dir)
-            where = f"HF cache ({checkpoints.SPATIA_REPO})"
+        elif family.weights_repo is not None:
+            branch = checkpoints.find_checkpoint(family.weights_repo, branch_name, cache_dir)
+            lora = checkpoints.find_checkpoint(family.weights_repo, lora_name, cache_dir)
+            where = f"HF cache ({family.weights_repo})"
         else:
-            missing.append(f"{kind}: ${branch_env} is unset (the official Mirage code publishes no weights)")
+            missing.append(f"{kind}: ${branch_env} is unset ({family.code} publishes no weights)")
             continue
         if branch is None:
             missing.append(f"{kind}: no {branch_name} at {where}")
-        elif lora is None and (kind == "spatia" or env_lora):
+        elif lora is None and (family.weights_repo is not None or env_lora):
             missing.append(f"{kind}: {branch} found but no {lora_name} beside it or at ${lora_env}")
         else:
             found[kind] = BranchFiles(kind, str(branch), None if lora is None else str(lora), where)
@@ -345,7 +345,8 @@ def check_frame_count(num_frames: Any, max_frames: int = MAX_FRAMES) -> int:
     except ValueError:
         raise ValueError(f"frame count must be a whole number like 33, 65 or 97, got {num_frames!r}") from None
     if n > max_frames:
-        raise ValueError(f"too many frames: {n} (at most {max_frames} in this mode, i.e. {(max_frames - 1) // 32} chunks)")
+        chunks = len(Chunking().ranges(max_frames))
+        raise ValueError(f"too many frames: {n} (at most {max_frames} in this mode, i.e. {chunks} chunks)")
     return check_num_frames(n, min_latent_frames=2)
 
 
@@ -374,13 +375,14 @@ class PathControls:
     look: str | None
 
 
-def path_controls(state: SceneState | None) -> PathControls:
+def path_controls(session: "Session") -> PathControls:
     """What the path controls must show: the active path's frame count, and the settings of the last
     preset and stroke paths accepted. After a refused value the controls go back to these, so none of
     them shows a value that was not applied."""
+    state = session.scene
     if state is None or state.path is None:
         return PathControls(None, None, None, None, None)
-    p, st = state.last_preset, state.last_stroke
+    p, st = session.last_preset, session.last_stroke
     amount = None if p is None else float(paths.PRESETS[p.preset].default if p.amount is None else p.amount)
     return PathControls(len(state.path), None if p is None else p.preset, amount,
                         None if st is None else st.depth_fraction, None if st is None else st.look)  # fmt: skip
@@ -412,20 +414,20 @@ def example_gallery(depth_pro: bool) -> list[tuple[np.ndarray, str]]:
 
 
 # ------------------------------------------------------------------------------------ generation
+TRAINING_FREE_CHOICES = tuple(m for m in TRAINING_FREE_MODES if m != "off")  # "off" reads the memory but imposes nothing
+_TRAINING_FREE_LABELS = {"replace": "readout noised into the latent", "context": "visible tokens clean, timestep 0"}
 CONDITIONINGS: dict[str, str] = {  # value -> label; the trained ones are offered when their files are found
-    "replace": "Training-free: replace (readout noised into the latent)",
-    "context": "Training-free: context (visible tokens clean, timestep 0)",
-    "spatia": "Trained branch: Spatia (Jinjing713/Spatia) + LoRA",
-    "mirage": "Trained branch: Mirage (official code, your checkpoint)",
+    **{m: f"Training-free: {m} ({_TRAINING_FREE_LABELS[m]})" for m in TRAINING_FREE_CHOICES},
+    **{k: f"Trained branch: {f.label} " + (f"({f.weights_repo}) + LoRA" if f.weights_repo else "(official code, your checkpoint)")
+       for k, f in FAMILIES.items()},
 }
-TRAINING_FREE_CHOICES = ("replace", "context")
 
 
 def short_conditioning(conditioning: str, branch: BranchFiles | None = None) -> str:
     """A few words for labels and captions: "training-free replace", "Spatia branch + LoRA", ..."""
     if conditioning in TRAINING_FREE_CHOICES:
         return f"training-free {conditioning}"
-    return f"{conditioning.capitalize()} branch" + ("" if branch is not None and branch.lora is None else " + LoRA")
+    return f"{FAMILIES[conditioning].label} branch" + ("" if branch is not None and branch.lora is None else " + LoRA")
 
 
 def conditioning_choices(mode: AppMode) -> list[tuple[str, str]]:
@@ -436,11 +438,9 @@ def conditioning_choices(mode: AppMode) -> list[tuple[str, str]]:
 def generation_defaults(conditioning: str = "replace") -> dict[str, Any]:
     """The settings the UI shows for a conditioning (``mirage.pipeline.DEFAULTS``: Wan2.2's own for the
     training-free modes, the reference's for a trained branch), with where they come from."""
-    key = "training-free" if conditioning in TRAINING_FREE_CHOICES else conditioning
-    d = DEFAULTS[key]
-    origin = "Wan2.2-TI2V-5B" if key == "training-free" else {"spatia": "Spatia", "mirage": "official Mirage"}[key]
+    d = DEFAULTS["training-free" if conditioning in TRAINING_FREE_CHOICES else conditioning]
     return {"steps": d.num_inference_steps, "guidance": d.guidance_scale, "negative_prompt": d.negative_prompt, "fps": d.fps,
-            "chunking": d.chunking, "origin": origin}  # fmt: skip
+            "chunking": d.chunking, "origin": d.origin}  # fmt: skip
 
 
 def pipe_settings(conditioning: str, prompt: str, steps: int, guidance: float, negative_prompt: str) -> dict[str, Any]:
@@ -487,8 +487,6 @@ def zerogpu_max_seconds() -> int:
 # latents: 0.73 s against 0.72 s measured).
 _CALL_A, _CALL_B = 0.0262, 0.000425
 _SECONDS_PER_FRAME = 0.15  # decode, depth, readout, update and the branch inputs, per pixel frame of a chunk
-_BRANCH_EXTRA_LATENTS = {"mirage": 4 + 2, "spatia": 7}  # at most 4 references + 2 preceding; at most 7 references
-_BRANCH_BLOCKS = {"mirage": 15, "spatia": 8}
 
 
 def gpu_seconds(num_frames: int, steps: int, guidance_scale: float, conditioning: str = "replace") -> int:
@@ -496,12 +494,12 @@ def gpu_seconds(num_frames: int, steps: int, guidance_scale: float, conditioning
     size and every reference slot used), chunk by chunk with the conditioning's chunking, plus 20 s
     for the call's start; a ZeroGPU slice of an H200 is not slower than the H100 measured."""
     calls = 2 if guidance_scale > 1 else 1
-    trained = conditioning not in TRAINING_FREE_CHOICES
+    family = FAMILIES.get(conditioning)  # None: training-free
     chunking = generation_defaults(conditioning)["chunking"]
     total = 20.0
     for c, (start, stop) in enumerate(chunking.ranges(int(num_frames))):
-        latents = (stop - start - 1) // 4 + 1 + (_BRANCH_EXTRA_LATENTS[conditioning] if trained and c > 0 else 0)
-        call = (_CALL_A * latents + _CALL_B * latents**2) * (1 + (_BRANCH_BLOCKS[conditioning] / 30 if trained else 0))
+        latents = num_latent_frames(stop - start) + (family.extra_latents if family is not None and c > 0 else 0)
+        call = (_CALL_A * latents + _CALL_B * latents**2) * (1 + (family.blocks / 30 if family is not None else 0))
         total += calls * int(steps) * call + _SECONDS_PER_FRAME * (stop - start)
     return int(math.ceil(total))
 
@@ -529,13 +527,49 @@ class RunOutputs:
     caption: str  # markdown under the videos
 
 
-def finish_run(state: SceneState, result: RunResult, folder: Path, color_by: ColorBy = "latent", fps: float = FPS) -> RunOutputs:
-    """Write the files and figures of ``result``; keep a slim copy (no videos) in ``state.result``
+def finish_run(session: "Session", result: RunResult, folder: Path, color_by: ColorBy = "latent", fps: float = FPS) -> RunOutputs:
+    """Write the files and figures of ``result``; keep a slim copy (no videos) in ``session.result``
     so that the colour toggle can redraw the growth figure without holding the videos."""
-    files = write_result_files(state, result, folder, fps)
-    out = RunOutputs(files, result_figures(state, result, color_by), result_caption(result))
+    files = write_result_files(session.scene, result, folder, fps)
+    out = RunOutputs(files, result_figures(session.scene, result, color_by), result_caption(result))
     for run in result.methods.values():
         run.video = run.received = run.mask = None
         run.memory = run.memory if run is result.methods["latent"] else None
-    state.result = result
+    session.result = result
     return out
+
+
+# ------------------------------------------------------------------------------------- sessions
+@dataclass
+class Session:
+    """What the app keeps for one browser session: its scene and what the page needs beside it."""
+
+    scene: SceneState | None = None  # the loaded scene with its active path
+    last_preset: PathRecipe | None = None  # the last preset path accepted (what the preset controls show)
+    last_stroke: PathRecipe | None = None  # the last stroke path accepted (what the stroke controls show)
+    result: RunResult | None = None  # the last run on the active path, without its videos
+    version: int = 0  # bumped whenever the path changes
+    workdir: Path | None = None  # this session's folder (SessionDirs), removed with the session
+
+    def new_scene(self, state: SceneState) -> "Session":
+        """A scene just loaded (its path, if any, made for it)."""
+        self.scene, self.last_preset, self.last_stroke = state, None, None
+        return self.path_changed()
+
+    def resized(self, state: SceneState) -> "Session":
+        """The same input at another working size (``scene.rebuild_at``): the controls keep their
+        last accepted values, a stroke's pixels mapped into the new fit."""
+        old, self.scene = self.scene, state
+        self.last_stroke = scene.recipe_at(self.last_stroke, state.camera, old.camera)
+        return self.path_changed()
+
+    def path_changed(self) -> "Session":
+        """The scene's path was just set: note how (for the controls), drop the old result."""
+        recipe = None if self.scene is None else self.scene.recipe
+        if recipe is not None and recipe.kind == "preset":
+            self.last_preset = recipe
+        if recipe is not None and recipe.kind == "stroke":
+            self.last_stroke = recipe
+        self.result = None
+        self.version += 1
+        return self

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mirage.cameras import Camera  # noqa: E402
 from mirage.codecs import WanVAECodec  # noqa: E402
 from mirage.frames import chunk_ranges  # noqa: E402
-from mirage.memory import LatentSpatialMemory, Observation, RGBPointCloudMemory  # noqa: E402
+from mirage.memory import MEMORY_KINDS, MemoryConfig, Observation, make_memory  # noqa: E402
 from mirage.paths import make_preset_path  # noqa: E402
 from mirage.synthetic import default_camera, default_scene  # noqa: E402
 from mirage.testing import TINY_VAE_CONFIG  # noqa: E402
@@ -75,8 +75,8 @@ def reads(args, codec, device, scene, source: Camera) -> list[dict]:
         chunk_cams = path[n_cache - T // 2 : n_cache - T // 2 + T] if n_cache >= T else path[total - T :]
         rgb, depth = scene.render(cache_cams.to(device))  # [k, 3, H, W], [k, H, W]
         latents = torch.randn(C, k, H // s, W // s, device=device)  # tokens cached in bf16 as in the paper
-        lat_mem = LatentSpatialMemory(codec=codec, update_policy="append", device=device)
-        rgb_mem = RGBPointCloudMemory(codec, update_policy="append", device=device)
+        lat_mem = make_memory("latent", MemoryConfig(update_policy="append"), codec=codec, device=device)
+        rgb_mem = make_memory("rgb", MemoryConfig(update_policy="append"), codec=codec, device=device)
         first = Observation.single(cache_cams.camera(0), depth[0], latents[:, 0], rgb[0])
         for mem in (lat_mem, rgb_mem):
             mem.initialize(first)
@@ -113,10 +113,9 @@ def growth(args, codec, device, scene, source: Camera, preset: str, amount: floa
     ranges = chunk_ranges(len(path), args.frames)
     out = {"preset": preset, "amount": amount, "frames": len(path), "chunks": len(ranges), "sizes": {}, "points": {}, "update_s": {}}
     g = torch.Generator(device=device).manual_seed(0)
-    for kind in ("latent", "rgb"):
+    for kind in MEMORY_KINDS:
         for policy in ("fuse", "append"):
-            mem = (LatentSpatialMemory(codec=codec, update_policy=policy, device=device) if kind == "latent" else
-                   RGBPointCloudMemory(codec, update_policy=policy, device=device))  # fmt: skip
+            mem = make_memory(kind, MemoryConfig(update_policy=policy), codec=codec, device=device)
             rgb, depth = scene.render(path[:1].to(device))  # [1, 3, H, W], [1, H, W]
             mem.initialize(Observation.single(path.camera(0), depth[0], torch.randn(C, H // s, W // s, generator=g, device=device), rgb[0]))
             seconds = []

@@ -45,7 +45,9 @@ from mirage.codecs import WanVAECodec  # noqa: E402
 from mirage.depth import DepthProBackend, PlanarPriorBackend  # noqa: E402
 from mirage.frames import Chunking  # noqa: E402
 from mirage.paths import make_preset_path  # noqa: E402
-from mirage.pipeline import DEFAULTS, WAN_UNIPC_CONFIG, MiragePipeline  # noqa: E402
+from mirage.families import BRANCH_KINDS, DEFAULTS  # noqa: E402
+from mirage.memory import MEMORY_KINDS  # noqa: E402
+from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline  # noqa: E402
 from mirage.synthetic import default_camera, default_scene  # noqa: E402
 from mirage.testing import (  # noqa: E402
     TI2V_5B_TRANSFORMER_CONFIG,
@@ -252,7 +254,7 @@ def parse(argv=None):
     p.add_argument("--chunk-frames", type=int, default=None, help="default 33 (9 with --small); with --branch the family's chunking")
     p.add_argument("--steps", type=int, default=None, help="sampling steps, default 20 (3 with --small; the family's with --branch)")
     p.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales to run (default 1 and 5; the family's with --branch)")
-    p.add_argument("--branch", choices=("mirage", "spatia"), default=None, help="generate with a trained side branch + LoRA")
+    p.add_argument("--branch", choices=BRANCH_KINDS, default=None, help="generate with a trained side branch + LoRA")
     p.add_argument("--reference-root", type=Path, default=None, help="reference sources for the released key sets (--branch)")
     p.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/mirage_released_layout"), help="where --branch writes its files")
     p.add_argument("--modes", nargs="+", choices=("resident", "offload"), default=["resident"])
@@ -297,11 +299,11 @@ def main(argv=None) -> dict:
             pipe.enable_model_cpu_offload(device=device)
         if not args.no_warmup:  # kernels, cuDNN algorithms, allocator, lazy imports (one short chunk each)
             warm = argparse.Namespace(**{**vars(args), "frames": args.chunk_frames or 33 if not args.small else 9, "steps": 2})
-            for memory in ("latent", "rgb"):
+            for memory in MEMORY_KINDS:
                 run_mirage(pipe, image, path, warm, memory, 1.0, f"warm-up {memory} {mode}", device)
         runs, table = [], []
         for guidance in args.guidance:
-            pair = [run_mirage(pipe, image, path, args, m, guidance, f"{m} {mode} g{guidance:g}", device) for m in ("latent", "rgb")]
+            pair = [run_mirage(pipe, image, path, args, m, guidance, f"{m} {mode} g{guidance:g}", device) for m in MEMORY_KINDS]
             text, stats = summary(*pair)
             table.append((guidance, pair, text, stats))
             runs.extend(pair)

@@ -32,8 +32,6 @@ from torch import Tensor, nn
 
 __all__ = [
     "BranchConfig",
-    "MIRAGE_BRANCH",
-    "SPATIA_BRANCH",
     "BranchBlock",
     "MemoryBranch",
     "rotary_embedding",
@@ -56,10 +54,6 @@ class BranchConfig:
         if self.in_channels < 1:
             raise ValueError(f"BranchConfig.in_channels must be positive, got {self.in_channels}")
         object.__setattr__(self, "layers", layers)
-
-
-MIRAGE_BRANCH = BranchConfig(tuple(range(0, 30, 2)))  # 15 blocks after layers 0, 2, ..., 28 (official Mirage)
-SPATIA_BRANCH = BranchConfig(tuple(range(0, 30, 4)))  # 8 blocks after layers 0, 4, ..., 28 (Spatia)
 
 
 class BranchBlock(WanTransformerBlock):
@@ -108,7 +102,7 @@ class MemoryBranch(nn.Module):
 
     @classmethod
     def for_transformer(
-        cls, transformer_or_config: WanTransformer3DModel | Mapping[str, Any], config: BranchConfig = MIRAGE_BRANCH
+        cls, transformer_or_config: WanTransformer3DModel | Mapping[str, Any], config: BranchConfig
     ) -> MemoryBranch:
         """A fresh branch whose blocks match ``transformer_or_config`` (a ``WanTransformer3DModel`` or
         its config: dim, heads, ffn, qk_norm, cross_attn_norm, eps, patch size). Builds on the current

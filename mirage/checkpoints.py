@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from . import weights
 from .branch import BranchConfig, MemoryBranch
+from .families import FAMILIES
 
 __all__ = [
     "SPATIA_REPO",
@@ -49,11 +50,10 @@ __all__ = [
     "resolve_checkpoint",
 ]
 
-SPATIA_REPO = "Jinjing713/Spatia"
-SPATIA_BRANCH_FILE = "step-8500.safetensors"  # 8 blocks after DiT layers 0, 4, ..., 28
-SPATIA_LORA_FILE = "lora_weights_10000.safetensors"
-MIRAGE_BRANCH_FILE = "vace.safetensors"  # names in the official README; the trainer writes step_XXXXXXX_vace.safetensors
-MIRAGE_LORA_FILE = "lora.safetensors"
+# The families' file names (mirage.families.FAMILIES), under the names the loaders have always used.
+SPATIA_REPO = FAMILIES["spatia"].weights_repo  # "Jinjing713/Spatia"
+SPATIA_BRANCH_FILE, SPATIA_LORA_FILE = FAMILIES["spatia"].branch_file, FAMILIES["spatia"].lora_file
+MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE = FAMILIES["mirage"].branch_file, FAMILIES["mirage"].lora_file
 
 StateDict = dict[str, Tensor]
 

@@ -1,20 +1,23 @@
 """One chunk step, written once: read -> condition -> denoise -> decode -> depth -> update.
 
-``run_chunks`` drives a memory along a camera path chunk by chunk (``mirage.frames.Chunking``:
-33 frames, then +32) with pluggable parts, the way diffusers plugs schedulers into one sampling loop:
+``run_chunk`` runs one chunk and ``run_chunks`` all of them along a camera path
+(``mirage.frames.Chunking``: 33 frames, then +32), with pluggable parts (``ChunkParts``), the way
+diffusers plugs schedulers into one sampling loop:
 
 * ``condition(chunk) -> conditioning``: what the denoiser needs from the readout (and, for trained
   side branches, from earlier chunks: ``chunk.history``);
 * ``denoise(chunk, conditioning) -> latents [1, C, F, h, w]`` with its first latents pinned to
   ``chunk.pinned``;
-* ``decode(latents) -> frames [3, T_c, H, W]``;
+* ``codec``: ``decode(latents) -> frames``, ``encode`` for the continuation, the temporal stride;
 * ``depth(chunk, new_frames, previous_scale) -> DepthResult``: metric depth of the new latent-aligned
   frames ``4k`` (those after the pinned ones) for the memory update.
 
 ``MiragePipeline`` plugs in the diffusion model, the VAE and a depth backend aligned to the memory;
 the offline readout preview plugs in the identity (the latents are the readout) and the readout's
-own depth. Everything else — chunking, latent-aligned slicing, the update with far cells excluded,
-the continuation latent, timings with CUDA synchronisation, peak memory — is here and nowhere else.
+own depth. Everything else — starting a memory from the image (``start_memory``), chunking, latent-aligned
+slicing, the update with far cells excluded, the continuation latent, timings with CUDA
+synchronisation, peak memory — is here and nowhere else. A chunk needs nothing but the memory, the
+path and the chunks before it (``history``), so chunks can run one call at a time.
 
 Chunks follow a ``mirage.frames.Chunking``: a later chunk shares ``overlap`` frames with the previous
 one, and its first ``(overlap - 1) / 4 + 1`` latents are pinned (given, not generated). Continuation
@@ -28,14 +31,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from .cameras import Cameras
+from .cameras import Camera, Cameras
 from .frames import Chunking, latent_aligned
-from .memory import MemoryReadout, Observation, SpatialMemory
+from .memory import MemoryReadout, MemoryUpdate, Observation, SpatialMemory
 from .paths import CameraPath
 from .timing import StageTimer
 
@@ -45,15 +48,18 @@ __all__ = [
     "STAGES",
     "READOUT_PARTS",
     "Chunk",
+    "ChunkParts",
     "DepthResult",
     "ChunkResult",
+    "start_memory",
+    "run_chunk",
     "run_chunks",
     "identity_denoise",
     "readout_depth",
 ]
 
 Continuation = Literal["reencode", "latent"]
-CONTINUATIONS = ("reencode", "latent")
+CONTINUATIONS: tuple[str, ...] = get_args(Continuation)
 # Stages of one chunk; with "init" (encode the image, its depth, initialize the memory) and "prompt"
 # in chunk 0 they add up to (almost) the chunk's "total".
 STAGES = ("prompt", "init", "readout", "condition", "denoise", "decode", "depth", "update")
@@ -77,9 +83,21 @@ class Chunk:
 
 @dataclass
 class DepthResult:
-    depth: Tensor  # [F_c - 1, H, W] (or on the latent grid) metres for the frames 4k, k >= 1
+    depth: Tensor  # [F_c - P, H, W] (or on the latent grid) metres for the new latent-aligned frames
     scale: float = 1.0  # scale applied to the estimate to match the memory
     aligned: bool = True  # False when too few cells overlapped and the previous scale was kept
+
+
+@dataclass(frozen=True)
+class ChunkParts:
+    """The pluggable parts of the chunk step (module docstring)."""
+
+    codec: Any  # a mirage.codecs.VideoCodec: decode the chunk, encode the continuation, temporal stride
+    condition: Callable[[Chunk], Any]  # chunk -> what denoise needs besides the chunk
+    denoise: Callable[[Chunk, Any], Tensor]  # (chunk, conditioning) -> [1, C, F, h, w] latents, first P pinned
+    depth: Callable[[Chunk, Tensor, float], DepthResult]  # (chunk, new frames [3, F-P, H, W], previous scale)
+    on_readout: Callable[[Chunk], Any] | None = None  # after each read (untimed); its value -> ChunkResult.extras
+    on_stage: Callable[[int, str], None] | None = None  # (chunk index, stage) as each stage starts (progress)
 
 
 @dataclass
@@ -91,19 +109,29 @@ class ChunkResult:
     latents: Tensor  # [C, F_c, h, w] float32 denoised latents
     frames: Tensor  # [3, T_c, H, W] float32 decoded frames in [-1, 1]
     readout: MemoryReadout  # the readout the chunk was conditioned on
+    update: MemoryUpdate  # what the memory stored of the chunk (cells on the CPU)
     timings: dict[str, float]  # STAGES present + READOUT_PARTS present + "total", seconds
     peak_memory_bytes: int  # torch.cuda.max_memory_allocated during the chunk (0 on CPU)
-    cache_bytes: int  # memory.nbytes after the update
-    added: int  # points the update appended
-    added_cells: Tensor | None  # [F_c - 1, g_h, g_w] bool: the grid cells the update appended (memory.last_added)
     depth_scale: float = 1.0
     depth_aligned: bool = True
     pinned_latents: int = 1  # P: the first latents were given (pinned), the memory was updated with the others
     extras: dict[str, Any] = field(default_factory=dict)  # what on_readout returned for this chunk
 
+    @property
+    def added(self) -> int:  # points the update appended
+        return self.update.added
 
-class ChunkPart(Protocol):
-    def __call__(self, *args: Any) -> Any: ...
+    @property
+    def added_cells(self) -> Tensor:  # [F_c - P, g_h, g_w] bool: the grid cells the update appended
+        return self.update.cells
+
+    @property
+    def cache_bytes(self) -> int:  # memory.nbytes after the update
+        return self.update.nbytes
+
+    def new_frames(self, temporal_stride: int) -> Tensor:  # -> [3, F_c - P, H, W]
+        """The latent-aligned frames the memory was updated with (those after the pinned latents)."""
+        return self.frames[:, self.pinned_latents * temporal_stride :: temporal_stride]
 
 
 def identity_denoise(chunk: Chunk, conditioning: Any) -> Tensor:  # -> [1, C, F, h, w]
@@ -115,103 +143,120 @@ def identity_denoise(chunk: Chunk, conditioning: Any) -> Tensor:  # -> [1, C, F,
 
 def readout_depth(chunk: Chunk, new_frames: Tensor, previous_scale: float) -> DepthResult:
     """The preview's depth: what the memory itself reported for the new frames 4k (no estimation)."""
-    ts = (len(chunk.cameras) - 1) // (len(chunk.latent_cameras) - 1)
-    return DepthResult(chunk.readout.frame_depths(ts, chunk.pinned.shape[2]), previous_scale, True)
+    return DepthResult(chunk.readout.frame_depths(chunk.pinned.shape[2]), previous_scale, True)
 
 
-def _continue(previous: "ChunkResult", continuation: Continuation, chunking: Chunking, temporal_stride: int,
-              encode: Callable[[Tensor], Tensor], device: torch.device) -> Tensor:  # fmt: skip
+def start_memory(memory: SpatialMemory, camera: Camera, image: Tensor, depth: Tensor, encode: Callable[[Tensor], Tensor],
+                 max_depth: float | None = None) -> tuple[Tensor, MemoryUpdate]:  # fmt: skip
+    """Encode the image (``[3, H, W]`` in ``[-1, 1]``) and initialize ``memory`` from it with its depth
+    ``[H, W]`` (cells farther than ``max_depth`` excluded). Returns the image's latent ``[1, C, 1, h, w]``
+    (float32, the first chunk's pinned latent) and what the memory stored."""
+    first_latent = encode(image[None, :, None]).float()  # [1, 3, 1, H, W] -> [1, C, 1, h, w]
+    far = None if max_depth is None else depth > max_depth  # [H, W]
+    update = memory.initialize(Observation.single(camera, depth, first_latent[0, :, 0], image, far))
+    return first_latent, update
+
+
+def _continue(previous: ChunkResult, continuation: Continuation, chunking: Chunking, codec,
+              device: torch.device) -> Tensor:  # fmt: skip
     """The pinned latents ``[1, C, P, h, w]`` of the next chunk from the previous chunk's results."""
     if continuation == "latent":
-        return previous.latents[None, :, -chunking.pinned_latents(temporal_stride) :].to(device)
+        return previous.latents[None, :, -chunking.pinned_latents(codec.temporal_stride) :].to(device)
     shared = previous.frames[None, :, -chunking.overlap :].to(device)  # [1, 3, overlap, H, W] the shared frames
-    return encode(shared).float()  # encoded on their own: [1, C, P, h, w]
+    return codec.encode(shared).float()  # encoded on their own: [1, C, P, h, w]
+
+
+def run_chunk(
+    memory: SpatialMemory,
+    path: CameraPath,
+    first_latent: Tensor,  # [1, C, 1, h, w] the input image's latent (chunk 0's pinned latent)
+    parts: ChunkParts,
+    index: int,
+    history: list[ChunkResult],  # the chunks before this one, in order
+    chunking: Chunking = Chunking(),
+    *,
+    continuation: Continuation = "reencode",
+    max_depth: float | None = None,
+    first_timings: dict[str, float] | None = None,
+) -> ChunkResult:
+    """Chunk ``index`` of ``path`` on ``memory``, which holds the image and the chunks in ``history``:
+    read -> condition -> denoise -> decode -> depth -> update (module docstring). first_timings:
+    stages measured before the chunk (``prompt``, ``init``), added to its record."""
+    if not isinstance(path, CameraPath):
+        raise TypeError(f"path must be a mirage.paths.CameraPath (frame 0 = the source camera), got {type(path).__name__}")
+    if continuation not in CONTINUATIONS:
+        raise ValueError(f"continuation must be one of {CONTINUATIONS}, got {continuation!r}")
+    ts = parts.codec.temporal_stride
+    ranges = chunking.check(ts).ranges(len(path), ts)
+    if not (0 <= index < len(ranges)) or len(history) != index:
+        raise ValueError(f"chunk {index} of {len(ranges)} needs the {index} chunks before it, got {len(history)}")
+    device = first_latent.device
+    on_cuda = device.type == "cuda"
+    report = parts.on_stage if parts.on_stage is not None else (lambda c, s: None)
+    timer = StageTimer(device)
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    start, stop = ranges[index]
+    t_chunk, t_hook = time.perf_counter(), 0.0
+    cams = path[start:stop]  # [T_c] pixel-frame cameras
+    latent_cams = latent_aligned(cams, ts)  # [F_c]
+    extras: dict[str, Any] = {}
+    scale, pinned = (history[-1].depth_scale, None) if history else (1.0, first_latent)  # pinned: [1, C, P, h, w]
+    with timer.record(f"chunk {index}") as rec:
+        rec.update(first_timings or {})
+        if history:
+            with timer.stage("condition"):  # the first latents of this chunk continue the last chunk
+                pinned = _continue(history[-1], continuation, chunking, parts.codec, device)
+        report(index, "readout")
+        with timer.stage("readout"):
+            readout = memory.read(cams)  # latents [C, F, h, w], mask [F, h, w], depth [F, h, w]
+        rec.update(readout.timings)
+        chunk = Chunk(index, (start, stop), cams, latent_cams, pinned, readout, list(history))
+        if parts.on_readout is not None:
+            t0 = time.perf_counter()
+            extras["on_readout"] = parts.on_readout(chunk)
+            t_hook = time.perf_counter() - t0
+        report(index, "condition")
+        with timer.stage("condition"):
+            conditioning = parts.condition(chunk)
+        report(index, "denoise")
+        with timer.stage("denoise"):
+            latents = parts.denoise(chunk, conditioning)  # [1, C, F, h, w]
+        report(index, "decode")
+        with timer.stage("decode"):
+            frames = parts.codec.decode(latents)[0].float()  # [3, T_c, H, W]
+        report(index, "depth")
+        P = pinned.shape[2]  # the pinned latents are already in the memory: the new ones follow
+        with timer.stage("depth"):
+            new_frames = frames[:, P * ts :: ts]  # [3, F-P, H, W] new latent-aligned frames 4k
+            est = parts.depth(chunk, new_frames, scale)
+        report(index, "update")
+        with timer.stage("update"):
+            far = None if max_depth is None else est.depth > max_depth  # [F-P, H, W] far / sky cells
+            update = memory.update(Observation(latent_cams[P:], est.depth, latents[0, :, P:], new_frames, far))
+    rec["total"] = time.perf_counter() - t_chunk - t_hook
+    return ChunkResult(
+        index=index, frame_range=(start, stop), latents=latents[0].float().cpu(), frames=frames.cpu(),
+        readout=readout.cpu(), update=update.cpu(),
+        timings=dict(rec), peak_memory_bytes=int(torch.cuda.max_memory_allocated(device)) if on_cuda else 0,
+        depth_scale=est.scale, depth_aligned=est.aligned, pinned_latents=P, extras=extras,
+    )  # fmt: skip
 
 
 def run_chunks(
     memory: SpatialMemory,
     path: CameraPath,
     first_latent: Tensor,  # [1, C, 1, h, w] the input image's latent
-    *,
-    encode: Callable[[Tensor], Tensor],  # [1, 3, T, H, W] -> [1, C, F, h, w] (continuation "reencode")
-    decode: Callable[[Tensor], Tensor],  # [1, C, F, h, w] -> [3, T, H, W]
-    condition: Callable[[Chunk], Any],
-    denoise: Callable[[Chunk, Any], Tensor],
-    depth: Callable[[Chunk, Tensor, float], DepthResult],
+    parts: ChunkParts,
     chunking: Chunking = Chunking(),
-    temporal_stride: int = 4,
+    *,
     continuation: Continuation = "reencode",
     max_depth: float | None = None,
-    device: torch.device | str = "cpu",
     first_timings: dict[str, float] | None = None,
-    on_readout: Callable[[Chunk], Any] | None = None,
-    on_stage: Callable[[int, str], None] | None = None,
 ) -> list[ChunkResult]:
-    """Run every chunk of ``path`` on an initialized ``memory`` (module docstring).
-
-    first_timings: stages measured before chunk 0 (``prompt``, ``init``), added to its record.
-    on_readout(chunk): called after each read, before the update (e.g. to render what the memory
-    shows at every pixel frame); its return value is kept in ``ChunkResult.extras["on_readout"]`` and
-    its time is not counted. on_stage(chunk_index, stage): called as each stage starts (progress).
-    """
-    if not isinstance(path, CameraPath):
-        raise TypeError(f"path must be a mirage.paths.CameraPath (frame 0 = the source camera), got {type(path).__name__}")
-    if continuation not in CONTINUATIONS:
-        raise ValueError(f"continuation must be one of {CONTINUATIONS}, got {continuation!r}")
-    chunking.check(temporal_stride)
-    device = torch.device(device)
-    on_cuda = device.type == "cuda"
-    timer = StageTimer(device)
-    report = on_stage if on_stage is not None else (lambda c, s: None)
+    """Every chunk of ``path`` on an initialized ``memory``, one ``run_chunk`` after another."""
     results: list[ChunkResult] = []
-    scale, pinned = 1.0, first_latent  # pinned: [1, C, P, h, w] the given latents at the start of the chunk
-    for c, (start, stop) in enumerate(chunking.ranges(len(path), temporal_stride)):
-        if on_cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        t_chunk, t_hook = time.perf_counter(), 0.0
-        cams = path[start:stop]  # [T_c] pixel-frame cameras
-        latent_cams = latent_aligned(cams, temporal_stride)  # [F_c]
-        extras: dict[str, Any] = {}
-        with timer.record(f"chunk {c}") as rec:
-            if c == 0 and first_timings:
-                rec.update(first_timings)
-            if results:
-                with timer.stage("condition"):  # the first latents of this chunk continue the last chunk
-                    pinned = _continue(results[-1], continuation, chunking, temporal_stride, encode, device)
-            report(c, "readout")
-            with timer.stage("readout"):
-                readout = memory.read(cams)  # latents [C, F, h, w], mask [F, h, w], depth [F, h, w]
-            rec.update(readout.timings)
-            chunk = Chunk(c, (start, stop), cams, latent_cams, pinned, readout, list(results))
-            if on_readout is not None:
-                t0 = time.perf_counter()
-                extras["on_readout"] = on_readout(chunk)
-                t_hook = time.perf_counter() - t0
-            report(c, "condition")
-            with timer.stage("condition"):
-                conditioning = condition(chunk)
-            report(c, "denoise")
-            with timer.stage("denoise"):
-                latents = denoise(chunk, conditioning)  # [1, C, F, h, w]
-            report(c, "decode")
-            with timer.stage("decode"):
-                frames = decode(latents).float()  # [3, T_c, H, W]
-            report(c, "depth")
-            P = pinned.shape[2]  # the pinned latents are already in the memory: the new ones follow
-            with timer.stage("depth"):
-                new_frames = frames[:, P * temporal_stride :: temporal_stride]  # [3, F-P, H, W] new latent-aligned frames 4k
-                est = depth(chunk, new_frames, scale)
-                scale = est.scale
-            report(c, "update")
-            with timer.stage("update"):
-                far = None if max_depth is None else est.depth > max_depth  # [F-P, H, W] far / sky cells
-                added = memory.update(Observation(latent_cams[P:], est.depth, latents[0, :, P:], new_frames, far))
-        rec["total"] = time.perf_counter() - t_chunk - t_hook
-        results.append(ChunkResult(
-            index=c, frame_range=(start, stop), latents=latents[0].float().cpu(), frames=frames.cpu(),
-            readout=readout.cpu(), timings=dict(rec), cache_bytes=int(memory.nbytes), added=added,
-            added_cells=None if memory.last_added is None else memory.last_added.cpu(),
-            peak_memory_bytes=int(torch.cuda.max_memory_allocated(device)) if on_cuda else 0,
-            depth_scale=est.scale, depth_aligned=est.aligned, pinned_latents=P, extras=extras,
-        ))  # fmt: skip
+    for c in range(len(chunking.check(parts.codec.temporal_stride).ranges(len(path), parts.codec.temporal_stride))):
+        results.append(run_chunk(memory, path, first_latent, parts, c, results, chunking, continuation=continuation,
+                                 max_depth=max_depth, first_timings=first_timings if c == 0 else None))  # fmt: skip
     return results

@@ -24,21 +24,20 @@ reference code kept each generated latent's visible set from the time it was gen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .cameras import Cameras
 from .chunks import Chunk
+from .families import FAMILIES, BranchKind
 from .frames import stitch_chunks
 from .geometry import project_points
 from .memory import SpatialMemory, voxel_keys
 from .paths import CameraPath
-from .video import upsample_latent_mask
 
 __all__ = [
-    "BranchKind",
     "BranchInputs",
     "visible_points",
     "voxel_iou",
@@ -49,7 +48,6 @@ __all__ = [
     "make_conditioner",
 ]
 
-BranchKind = Literal["mirage", "spatia"]
 Encode = Callable[[Tensor], Tensor]  # [1, 3, T, H, W] -> [1, C, F, h, w]
 
 
@@ -128,20 +126,12 @@ def _shown(ids: Tensor) -> Tensor:  # [1, rows, cols] point ids (-1 empty) -> [n
     return ids[ids >= 0].unique()
 
 
-def _pixel_holes(chunk: Chunk, temporal_stride: int) -> Tensor:  # -> [T, H, W] bool
-    """Where the memory shows nothing at each pixel frame of the chunk, at pixel resolution."""
-    r = chunk.readout
-    if r.pixel_mask is not None:
-        return ~r.pixel_mask
-    T, H, W = len(chunk.cameras), chunk.cameras.height, chunk.cameras.width
-    return ~upsample_latent_mask(r.mask.cpu(), T, H, W, temporal_stride).to(r.mask.device)
-
-
 class MirageConditioner:
     """Mirage's branch inputs for each chunk (module docstring); one per generation run."""
 
     def __init__(self, memory: SpatialMemory, path: CameraPath, encode: Encode, *, temporal_stride: int = 4,
-                 max_references: int = 4, max_preceding: int = 2) -> None:  # fmt: skip
+                 max_references: int = FAMILIES["mirage"].max_references,
+                 max_preceding: int = FAMILIES["mirage"].max_preceding) -> None:  # fmt: skip
         self.memory, self.path, self.encode = memory, path, encode
         self.ts, self.max_references, self.max_preceding = temporal_stride, max_references, max_preceding
         self._white: dict[tuple, Tensor] = {}  # (frames, H, W) -> [1, C, F, h, w] the constant score latent
@@ -168,7 +158,8 @@ class MirageConditioner:
         scene = torch.cat([readout, preceding_readout], dim=2)  # [1, C, F + P, h, w]
         score = self.score(scene.shape[2], chunk.cameras.height, chunk.cameras.width, device)  # [1, C, F + P, h, w]
         references = self._references(chunk, C, h, w, device)
-        return BranchInputs(torch.cat([scene, score], dim=1), references, preceding, True)
+        use_lora = chunk.index >= FAMILIES["mirage"].lora_from_chunk
+        return BranchInputs(torch.cat([scene, score], dim=1), references, preceding, use_lora)
 
     def _references(self, chunk: Chunk, C: int, h: int, w: int, device) -> Tensor:  # -> [1, C, R, h, w]
         if not chunk.history or self.max_references == 0:
@@ -185,7 +176,7 @@ class SpatiaConditioner:
     """Spatia's branch inputs for each chunk (module docstring); one per generation run."""
 
     def __init__(self, memory: SpatialMemory, path: CameraPath, encode: Encode, *, temporal_stride: int = 4,
-                 max_references: int = 7, reference_every: int = 4,
+                 max_references: int = FAMILIES["spatia"].max_references, reference_every: int = 4,
                  target_every: int = 12) -> None:  # fmt: skip
         self.memory, self.path, self.encode = memory, path, encode
         self.ts, self.max_references = temporal_stride, max_references
@@ -195,11 +186,12 @@ class SpatiaConditioner:
         device = chunk.pinned.device
         readout = chunk.readout.latents[None].to(device, torch.float32)  # [1, C, F, h, w]
         C, h, w = readout.shape[1], readout.shape[3], readout.shape[4]
-        holes = _pixel_holes(chunk, self.ts).to(device)  # [T, H, W]
+        holes = ~chunk.readout.pixel_mask.to(device)  # [T, H, W] where the memory shows nothing
         score = self.encode(holes.float()[None, None].expand(1, 3, *holes.shape)).float()  # hole mask in [0, 1]
         references = self._references(chunk, C, h, w, device)
         preceding = torch.zeros(1, C, 0, h, w, device=device)
-        return BranchInputs(torch.cat([readout, score], dim=1), references, preceding, use_lora=chunk.index >= 1)
+        use_lora = chunk.index >= FAMILIES["spatia"].lora_from_chunk
+        return BranchInputs(torch.cat([readout, score], dim=1), references, preceding, use_lora)
 
     def _references(self, chunk: Chunk, C: int, h: int, w: int, device) -> Tensor:  # -> [1, C, R, h, w]
         if not chunk.history or self.max_references == 0:
@@ -218,10 +210,12 @@ class SpatiaConditioner:
         return torch.cat([self.encode(images[None, :, r : r + 1]).float() for r in range(images.shape[1])], dim=2)
 
 
+CONDITIONERS = {"mirage": MirageConditioner, "spatia": SpatiaConditioner}
+assert set(CONDITIONERS) == set(FAMILIES)
+
+
 def make_conditioner(kind: BranchKind, memory: SpatialMemory, path: CameraPath, encode: Encode, **kwargs):
     """The branch-input builder of a checkpoint family."""
-    if kind == "mirage":
-        return MirageConditioner(memory, path, encode, **kwargs)
-    if kind == "spatia":
-        return SpatiaConditioner(memory, path, encode, **kwargs)
-    raise ValueError(f"branch kind must be 'mirage' or 'spatia', got {kind!r}")
+    if kind not in CONDITIONERS:
+        raise ValueError(f"branch kind must be one of {tuple(FAMILIES)}, got {kind!r}")
+    return CONDITIONERS[kind](memory, path, encode, **kwargs)

@@ -30,6 +30,7 @@ __all__ = [
     "pixel_frames_of_latent",
     "pixel_to_latent_frame",
     "latent_aligned",
+    "causal_upsample",
     "Chunking",
     "chunk_ranges",
     "stitch_chunks",
@@ -88,6 +89,19 @@ def latent_aligned(frames: _S, temporal_stride: int = TEMPORAL_STRIDE) -> _S:
     a tensor's first axis)."""
     check_num_frames(len(frames), temporal_stride)
     return frames[::temporal_stride]
+
+
+def causal_upsample(x: Tensor, num_frames: int, spatial_stride: int = 1,
+                    temporal_stride: int = TEMPORAL_STRIDE) -> Tensor:  # [F, h, w] -> [T, h*s, w*s]
+    """A latent-grid map at every pixel frame: latent frame ``k`` fills pixel frames ``s(k-1)+1 .. sk``
+    (frame 0 fills pixel 0), and each cell its ``spatial_stride`` x ``spatial_stride`` block (nearest)."""
+    latent_of_pixel = pixel_to_latent_frame(num_frames, temporal_stride).to(x.device)  # [T]
+    need = int(latent_of_pixel[-1]) + 1
+    if x.dim() != 3 or x.shape[0] != need:
+        raise ValueError(f"latent map {tuple(x.shape)} has {x.shape[0] if x.dim() else 0} frames; {num_frames} pixel "
+                         f"frames need {need} ([{need}, h, w])")  # fmt: skip
+    s = spatial_stride
+    return x[latent_of_pixel].repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)  # [T, h, w] -> [T, h*s, w*s]
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ __all__ = [
     "SplatResult",
     "valid_depth",
     "pixel_centers",
+    "unproject_points",
     "unproject_depth",
     "transform_points",
     "project_points",
@@ -56,22 +57,35 @@ def pixel_centers(height: int, width: int, device=None, dtype=torch.float32) -> 
     return torch.stack([u, v], dim=-1)  # [h, w, 2]
 
 
+def unproject_points(
+    uv: Tensor,  # [..., N, 2] continuous image coordinates (a cell centre is (u + 1/2, v + 1/2))
+    depth: Tensor,  # [..., N] camera-z depth
+    K: Tensor,  # [..., 3, 3] intrinsics of the image the coordinates are in
+    world_from_cam: Tensor,  # [..., 4, 4]
+) -> Tensor:  # [..., N, 3] world points, in uv's dtype
+    """Lift image points to the world: ``p = world_from_cam * (d * K^-1 [u, v, 1])``.
+
+    Invalid depth yields non-finite or behind-camera points; callers select with ``valid_depth``.
+    """
+    dtype = uv.dtype
+    uv1 = F.pad(uv, (0, 1), value=1.0)  # [..., N, 3]
+    rays = torch.einsum("...ij,...nj->...ni", torch.linalg.inv(K.to(dtype)), uv1)  # [..., N, 3], z = 1
+    cam_pts = rays * depth.to(dtype).unsqueeze(-1)  # [..., N, 3]
+    R = world_from_cam[..., :3, :3].to(dtype)  # [..., 3, 3]
+    t = world_from_cam[..., :3, 3].to(dtype)  # [..., 3]
+    return torch.einsum("...ij,...nj->...ni", R, cam_pts) + t[..., None, :]  # [..., N, 3]
+
+
 def unproject_depth(
     depth: Tensor,  # [..., h, w] camera-z depth
     K: Tensor,  # [..., 3, 3] intrinsics of the same grid
     world_from_cam: Tensor,  # [..., 4, 4]
-) -> Tensor:  # [..., h, w, 3] world points
-    """Lift every cell centre to a world point: ``p = world_from_cam * (d * K^-1 [u+1/2, v+1/2, 1])``.
-
-    Invalid depth yields non-finite or behind-camera points; callers select with ``valid_depth``.
-    """
+) -> Tensor:  # [..., h, w, 3] world points (float32)
+    """Lift every cell centre ``(u + 1/2, v + 1/2)`` to a world point (``unproject_points``)."""
     h, w = depth.shape[-2:]
-    uv1 = F.pad(pixel_centers(h, w, depth.device, torch.float32), (0, 1), value=1.0)  # [h, w, 3]
-    rays = torch.einsum("...ij,hwj->...hwi", torch.linalg.inv(K.float()), uv1)  # [..., h, w, 3], z = 1
-    cam_pts = rays * depth.float().unsqueeze(-1)  # [..., h, w, 3]
-    R = world_from_cam[..., :3, :3].float()  # [..., 3, 3]
-    t = world_from_cam[..., :3, 3].float()  # [..., 3]
-    return torch.einsum("...ij,...hwj->...hwi", R, cam_pts) + t[..., None, None, :]  # [..., h, w, 3]
+    uv = pixel_centers(h, w, depth.device, torch.float32).reshape(h * w, 2)  # [h*w, 2]
+    pts = unproject_points(uv, depth.float().reshape(*depth.shape[:-2], h * w), K, world_from_cam)  # [..., h*w, 3]
+    return pts.reshape(*depth.shape[:-2], h, w, 3)  # [..., h, w, 3]
 
 
 def transform_points(dst_from_src: Tensor, points: Tensor) -> Tensor:

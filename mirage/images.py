@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import PIL.Image
@@ -29,6 +29,8 @@ import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .geometry import valid_depth
 
 __all__ = [
     "MAX_SIDE",
@@ -53,7 +55,9 @@ MAX_PIXELS = 1 << 27  # most accepted pixels (134 MP)
 MODEL_ASPECT = 704 / 1280  # short / long side of the Wan2.2-TI2V-5B resolution
 
 AlphaMode = Literal["white", "drop"]
+ALPHA_MODES: tuple[str, ...] = get_args(AlphaMode)
 DepthResize = Literal["bilinear", "nearest"]
+DEPTH_RESIZES: tuple[str, ...] = get_args(DepthResize)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -99,7 +103,7 @@ def _unit_to_rgb(unit: np.ndarray, alpha: AlphaMode, name: str) -> np.ndarray:  
     channels = unit.shape[2]
     color = unit[:, :, :1].repeat(3, axis=2) if channels in (1, 2) else unit[:, :, :3]  # [H, W, 3]
     if channels in (2, 4):
-        if alpha not in ("white", "drop"):
+        if alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be 'white' or 'drop', got {alpha!r}")
         if alpha == "white":
             a = unit[:, :, -1:]  # [H, W, 1]
@@ -321,11 +325,11 @@ def fit_depth(depth: Tensor, target_width: int, target_height: int, mode: DepthR
     """
     if depth.dim() != 2:
         raise ValueError(f"depth must be [H, W], got {tuple(depth.shape)}")
-    if mode not in ("bilinear", "nearest"):
+    if mode not in DEPTH_RESIZES:
         raise ValueError(f"depth resize mode must be 'bilinear' or 'nearest', got {mode!r}")
     plan = plan_fit(depth.shape[1], depth.shape[0], target_width, target_height)
     depth = depth.float()
-    valid = torch.isfinite(depth) & (depth > 0)  # [H, W]
+    valid = valid_depth(depth)  # [H, W]
     if mode == "nearest":
         out = _resize(torch.where(valid, depth, torch.nan)[None], plan.resized_height, plan.resized_width, "nearest-exact")[0]
     else:

@@ -5,17 +5,26 @@ Both are thin state (points, the frame each came from, per-point values) around 
 of ``mirage.geometry``, and both implement ``SpatialMemory`` in full, so that callers never ask
 which one they hold:
 
-* ``initialize(observation)`` / ``update(observation)`` store an ``Observation``: the frames' cameras
-  and depths plus *both* their latents and their pixels; each memory takes what it stores (tokens on
-  the latent grid, colours at pixel resolution) and records the cells it appended (``last_added``);
+* ``initialize(observation)`` / ``update(observation)`` store an ``Observation`` (the frames'
+  cameras and depths plus *both* their latents and their pixels); each memory takes what it stores
+  (tokens on the latent grid, colours at pixel resolution) and returns a ``MemoryUpdate``: the
+  points it added, the grid cells they came from and the cache size after. Nothing is left behind
+  for another call to pick up;
 * ``read(cameras)`` for a chunk's ``T = 4N + 1`` pixel-frame cameras -> ``MemoryReadout``: latents
-  ``[C, F, h, w]``, visibility ``[F, h, w]``, depth ``[F, h, w]`` (``F = N + 1``). The latent memory
-  reads with one projection on the latent grid; the RGB memory rasterizes every pixel frame at full
-  resolution and encodes the renders with its codec, exactly the work GEN3C-style systems do;
+  ``[C, F, h, w]``, visibility and depth ``[F, h, w]`` (``F = N + 1``), and visibility and depth at
+  every pixel frame ``[T, H, W]``. The latent memory reads with one projection on the latent grid
+  (its pixel-level fields are that grid's, upsampled as ``render`` does); the RGB memory rasterizes
+  every pixel frame at full resolution and encodes the renders with its codec, exactly the work
+  GEN3C-style systems do;
+* ``read_views(cameras)``: one latent frame per camera (the RGB memory encodes each view alone);
 * ``render(cameras)`` -> ``MemoryRender``: what the memory shows at each camera in pixels, with its
   mask and depth (the latent memory decodes each view's tokens as a single image with its codec);
-* ``save`` / ``load`` (safetensors), ``to_ply``, ``nbytes``, ``num_points``, ``size_history``,
-  ``timings`` (per-stage seconds of every call).
+* ``save`` / ``load`` (``mirage.memory_files``: safetensors, checked completely before a memory is
+  returned), ``to_ply``, ``nbytes``, ``num_points``, ``size_history``, ``timings``.
+
+Settings are one frozen ``MemoryConfig`` (saved with the cache); the performance switches
+(``compact_footprints``, ``compile_reads``) change no result and are not saved. ``make_memory(kind,
+config)`` is the one factory.
 
 Reading (the same for both, ``geometry.splat_footprints``): every point carries the parallelogram its
 cell covered on the surface (``geometry.cell_footprints``), and covers every target cell whose centre
@@ -29,19 +38,17 @@ memory's resolution; ``"append"`` stores every valid cell, as in the paper.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, get_args, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .cameras import Camera, Cameras
-from .frames import latent_aligned
+from .frames import causal_upsample, latent_aligned
 from .geometry import (
     cell_footprints,
     downsample_depth,
@@ -55,18 +62,77 @@ from .images import from_uint8, to_uint8
 from .timing import StageTimer
 
 __all__ = [
+    "MemoryKind",
+    "MEMORY_KINDS",
+    "UpdatePolicy",
+    "UPDATE_POLICIES",
+    "MemoryConfig",
     "Observation",
+    "MemoryUpdate",
     "MemoryReadout",
     "MemoryRender",
     "SpatialMemory",
     "LatentSpatialMemory",
     "RGBPointCloudMemory",
-    "UpdatePolicy",
+    "make_memory",
     "load_memory",
     "voxel_keys",
     "near_voxel_keys",
     "write_ply",
 ]
+
+MemoryKind = Literal["latent", "rgb"]
+MEMORY_KINDS: tuple[str, ...] = get_args(MemoryKind)
+UpdatePolicy = Literal["fuse", "append"]
+UPDATE_POLICIES: tuple[str, ...] = get_args(UpdatePolicy)
+TOKEN_DTYPES = ("bfloat16", "float16", "float32")  # storage of the latent memory's tokens
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """What a memory stores and how it reads, saved with the cache. Fields marked *latent* or
+    *pixel* are used by that memory only; the strides come from the codec when one is given."""
+
+    surface_tolerance: float = 0.05  # relative depth band of one surface (in it the oldest frame wins); 0 = plain z-buffer
+    voxel_size: float | None = None  # metres: a new point is dropped next to a stored one (dedup); None = no dedup
+    max_depth: float | None = None  # metres: cells farther than this are not stored (far / sky); None = no cut
+    update_policy: UpdatePolicy = "fuse"  # "fuse": store what the memory does not explain; "append": every valid cell
+    max_footprint_cells: int = 4  # candidate cells per axis of a projected footprint
+    token_dtype: str | None = "bfloat16"  # latent: storage of the tokens (the paper's bf16); None keeps the latents' dtype
+    hole_value: float = 0.0  # pixel: colour of empty pixels in the renders, in [-1, 1]
+    visible_fraction: float = 0.5  # pixel: a latent cell counts as seen when this share of its pixels is
+    spatial_stride: int = 16  # pixels per latent cell (Wan2.2 VAE: 16)
+    temporal_stride: int = 4  # pixel frames per latent frame (Wan2.2 VAE: 4)
+
+    def __post_init__(self) -> None:
+        def number(name: str, ok, what: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"{name} must be {what}, got {v!r}")
+
+        number("surface_tolerance", lambda v: v >= 0, "a number >= 0")
+        for name in ("voxel_size", "max_depth"):
+            if getattr(self, name) is not None:
+                number(name, lambda v: v > 0, "a number > 0 (metres) or None")
+        if self.update_policy not in UPDATE_POLICIES:
+            raise ValueError(f"update_policy must be one of {UPDATE_POLICIES}, got {self.update_policy!r}")
+        for name in ("max_footprint_cells", "spatial_stride", "temporal_stride"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.token_dtype is not None and self.token_dtype not in TOKEN_DTYPES:
+            raise ValueError(f"token_dtype must be one of {TOKEN_DTYPES} or None, got {self.token_dtype!r}")
+        number("hole_value", lambda v: -1 <= v <= 1, "a number in [-1, 1]")
+        number("visible_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+    def with_codec(self, codec) -> "MemoryConfig":
+        """This config with the strides of ``codec`` (unchanged without one)."""
+        if codec is None:
+            return self
+        return replace(self, spatial_stride=int(codec.spatial_stride), temporal_stride=int(codec.temporal_stride))
+
+
+CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(MemoryConfig))
 
 
 @dataclass
@@ -93,33 +159,60 @@ class Observation:
                    None if exclude is None else exclude[None])  # fmt: skip
 
 
+@dataclass(frozen=True)
+class MemoryUpdate:
+    """What one ``initialize`` or ``update`` stored."""
+
+    step: str  # "initialize" or "update"
+    added: int  # points appended
+    cells: Tensor  # [F, g_h, g_w] bool: the storage-grid cells the points came from, row-major in point order
+    num_points: int  # points in the memory after the call
+    nbytes: int  # bytes of the cache after the call
+
+    def record(self) -> dict:  # one entry of ``size_history`` (and of a saved file)
+        return {"step": self.step, "added": self.added, "num_points": self.num_points, "nbytes": self.nbytes}
+
+    def cpu(self) -> "MemoryUpdate":
+        return replace(self, cells=self.cells.cpu())
+
+    def colors(self, frames: Tensor) -> Tensor:  # frames [3, F, H, W] in [-1, 1] -> [added, 3] uint8
+        """The image colour of each point this update stored (the mean of its cell's pixels in the frame
+        it came from), in point order, whatever the memory's grid."""
+        F_, g_h, g_w = self.cells.shape
+        if frames.dim() != 4 or frames.shape[:2] != (3, F_) or frames.shape[2] % g_h or frames.shape[3] != frames.shape[2] // g_h * g_w:
+            raise ValueError(f"frames must be [3, {F_}, H, W] with H, W multiples of the grid {g_h}x{g_w}, got {tuple(frames.shape)}")
+        mean = F.avg_pool2d(frames.permute(1, 0, 2, 3).float(), frames.shape[2] // g_h)  # [3, F, H, W] -> [F, 3, g_h, g_w]
+        return to_uint8(mean).permute(0, 2, 3, 1)[self.cells.to(mean.device)]  # [F, g_h, g_w, 3] -> [added, 3]
+
+
 @dataclass
 class MemoryReadout:
-    """What a memory returns for a chunk of ``T`` pixel frames (``F = (T - 1) / 4 + 1``)."""
+    """What a memory returns for ``T`` pixel frames read as ``F`` latent frames (``read``: ``T = 4N + 1``,
+    ``F = N + 1``; ``read_views``: one latent frame per camera, ``T = F``)."""
 
     latents: Tensor  # [C, F, h, w] normalized latents; zeros where hidden
     mask: Tensor  # [F, h, w] bool, True where the memory saw the cell
     depth: Tensor  # [F, h, w] readout depth in metres, NaN where hidden
-    renders: Tensor | None = None  # pixel memories: [3, T, H, W] rasterized frames in [-1, 1]
-    pixel_mask: Tensor | None = None  # pixel memories: [T, H, W] bool
-    pixel_depth: Tensor | None = None  # pixel memories: [T, H, W] rendered depth in metres, NaN where hidden
+    pixel_mask: Tensor  # [T, H, W] bool: what the memory shows at every pixel frame
+    pixel_depth: Tensor  # [T, H, W] metres at every pixel frame, NaN where hidden
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds for this read
 
     @property
     def hole_fraction(self) -> float:
         return 1.0 - float(self.mask.float().mean())
 
-    def frame_depths(self, temporal_stride: int, first: int = 1) -> Tensor:  # -> [F-first, H, W] or [F-first, h, w]
-        """Depth of the latent-aligned frames ``first .. F-1`` at the finest resolution the memory
-        read: the rendered pixel depth when it rasterized pixels, else the latent-grid depth."""
-        if self.pixel_depth is not None:
-            return self.pixel_depth[first * temporal_stride :: temporal_stride]
-        return self.depth[first:]
+    def frame_depths(self, first: int = 1) -> Tensor:  # -> [F - first, H, W]
+        """Depth at pixel resolution of the latent-aligned frames ``first .. F-1`` (pixel frames ``s * k``)."""
+        F_, T = self.mask.shape[0], self.pixel_mask.shape[0]
+        stride = (T - 1) // (F_ - 1) if F_ > 1 else 1
+        return self.pixel_depth[first * stride :: stride]
+
+    def to(self, device: torch.device | str) -> "MemoryReadout":
+        return replace(self, latents=self.latents.to(device), mask=self.mask.to(device), depth=self.depth.to(device),
+                       pixel_mask=self.pixel_mask.to(device), pixel_depth=self.pixel_depth.to(device))  # fmt: skip
 
     def cpu(self) -> "MemoryReadout":
-        move = lambda x: None if x is None else x.cpu()  # noqa: E731
-        return replace(self, latents=self.latents.cpu(), mask=self.mask.cpu(), depth=self.depth.cpu(),
-                       renders=move(self.renders), pixel_mask=move(self.pixel_mask), pixel_depth=move(self.pixel_depth))  # fmt: skip
+        return self.to("cpu")
 
 
 @dataclass
@@ -135,11 +228,12 @@ class MemoryRender:
 class SpatialMemory(Protocol):
     """What every memory offers; callers use nothing else (``tests/test_memory.py`` checks both)."""
 
-    kind: ClassVar[str]  # "latent" or "rgb"
+    kind: ClassVar[str]  # "latent" or "rgb" (MEMORY_KINDS)
+    config: MemoryConfig  # what it stores and how it reads
     points: Tensor  # [N, 3] world positions of the stored points
-    size_history: list[dict]  # one entry per initialize/update: step, added, num_points, nbytes
+    frame_ids: Tensor  # [N] int32 index of the observation (frame) each point came from, oldest first
+    size_history: list[dict]  # one MemoryUpdate.record() per initialize/update
     timings: StageTimer  # per-stage seconds of every call
-    last_added: Tensor | None  # [F, g_h, g_w] bool: the grid cells the last update appended, in point order
 
     @property
     def num_points(self) -> int: ...
@@ -147,15 +241,25 @@ class SpatialMemory(Protocol):
     @property
     def nbytes(self) -> int: ...
 
-    def initialize(self, observation: Observation) -> "SpatialMemory": ...
+    @property
+    def grid(self) -> tuple[int, int] | None: ...  # (rows, cols) of the storage grid, None before initialize
 
-    def update(self, observation: Observation) -> int: ...
+    @property
+    def image_size(self) -> tuple[int, int] | None: ...  # (H, W) of the images the memory was made for
+
+    def initialize(self, observation: Observation) -> MemoryUpdate: ...
+
+    def update(self, observation: Observation) -> MemoryUpdate: ...
 
     def read(self, cameras: Cameras) -> MemoryReadout: ...
+
+    def read_views(self, cameras: Cameras) -> MemoryReadout: ...
 
     def render(self, cameras: Cameras) -> MemoryRender: ...
 
     def point_ids(self, cameras: Cameras) -> Tensor: ...
+
+    def to(self, device: torch.device | str) -> "SpatialMemory": ...
 
     def save(self, path: str | Path) -> Path: ...
 
@@ -194,9 +298,6 @@ def _first_of_each_key(keys: Tensor) -> Tensor:  # [M] -> [M] bool, True at the 
     return keep
 
 
-UpdatePolicy = Literal["fuse", "append"]
-
-
 def _as_cameras(cameras: Cameras | Camera, name: str = "cameras") -> Cameras:
     if isinstance(cameras, Camera):
         return cameras.batch()
@@ -209,33 +310,20 @@ def _as_cameras(cameras: Cameras | Camera, name: str = "cameras") -> Cameras:
 class _PointMemory:
     """Points, the frame each came from, and per-point values (tokens or colours) on the memory's own
     grid (``grid``: the latent grid or the pixel grid). One ``update`` for both memories; the
-    subclasses say which grid they store at and which values they keep."""
+    subclasses say which grid they store at, which values they keep and how they read."""
 
     kind: ClassVar[str]
-    _FORMAT = "mirage-memory"
+    _default_compact: ClassVar[bool]  # the footprint splat's compaction when not chosen (same result either way)
 
-    def __init__(
-        self, *, codec, surface_tolerance: float, voxel_size: float | None, max_depth: float | None,
-        update_policy: UpdatePolicy, max_footprint_cells: int, compact_footprints: bool, compile_reads: bool, device,
-    ) -> None:  # fmt: skip
-        if surface_tolerance < 0:
-            raise ValueError(f"surface_tolerance must be >= 0, got {surface_tolerance}")
-        if update_policy not in ("fuse", "append"):
-            raise ValueError(f"update_policy must be 'fuse' or 'append', got {update_policy!r}")
-        if not (isinstance(max_footprint_cells, int) and max_footprint_cells >= 1):
-            raise ValueError(f"max_footprint_cells must be an int >= 1, got {max_footprint_cells!r}")
-        if voxel_size is not None and not voxel_size > 0:
-            raise ValueError(f"voxel_size must be > 0 or None, got {voxel_size}")
-        if max_depth is not None and not max_depth > 0:
-            raise ValueError(f"max_depth must be > 0 or None, got {max_depth}")
-        self.codec = codec  # a mirage.codecs.VideoCodec (or None where the memory never needs one)
-        self.surface_tolerance = float(surface_tolerance)
-        self.voxel_size = voxel_size
-        self.max_depth = max_depth
-        self.update_policy: UpdatePolicy = update_policy
-        self.max_footprint_cells = max_footprint_cells
-        self.compact_footprints = bool(compact_footprints)  # keep only covered candidates (one host sync), same result
-        self.compile_reads = bool(compile_reads)  # reads through torch.compile (fused kernels), same result
+    def __init__(self, config: MemoryConfig | None = None, *, codec=None, device=None,
+                 compact_footprints: bool | None = None, compile_reads: bool = False) -> None:  # fmt: skip
+        if config is not None and not isinstance(config, MemoryConfig):
+            raise TypeError(f"config must be a mirage.memory.MemoryConfig, got {type(config).__name__}")
+        self.config = (config or MemoryConfig()).with_codec(codec)
+        self.codec = codec  # a mirage.codecs.VideoCodec (read / render need one where they encode or decode)
+        # performance switches, never saved: the same result either way
+        self.compact_footprints = self._default_compact if compact_footprints is None else bool(compact_footprints)
+        self.compile_reads = bool(compile_reads)  # reads through torch.compile (fused kernels on a GPU)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.grid: tuple[int, int] | None = None  # (rows, cols) of the storage grid, set by initialize
         self.points = torch.zeros(0, 3, device=self.device)  # [N, 3] world
@@ -243,7 +331,6 @@ class _PointMemory:
         self.axes = torch.zeros(0, 2, 3, dtype=torch.float16, device=self.device)  # [N, 2, 3] footprint half-axes (world)
         self.values: Tensor | None = None  # [N, D] tokens (latent) or uint8 colours (rgb)
         self.frames_stored = 0  # observations (frames) stored so far
-        self.last_added: Tensor | None = None  # [F, rows, cols] bool
         self.size_history: list[dict] = []
         self.timings = StageTimer(self.device)
 
@@ -252,6 +339,9 @@ class _PointMemory:
         raise NotImplementedError
 
     def _values_of(self, obs: Observation) -> Tensor:  # -> [F, rows, cols, D] values of each grid cell
+        raise NotImplementedError
+
+    def _stride(self) -> int:  # pixels per grid cell
         raise NotImplementedError
 
     # ------------------------------------------------------------------ state
@@ -265,6 +355,20 @@ class _PointMemory:
         values of every point."""
         return sum(t.numel() * t.element_size() for t in (self.points, self.frame_ids, self.axes, self.values) if t is not None)
 
+    @property
+    def image_size(self) -> tuple[int, int] | None:  # (H, W) of the images this memory was made for
+        if self.grid is None:
+            return None
+        return self.grid[0] * self._stride(), self.grid[1] * self._stride()
+
+    def to(self, device: torch.device | str):
+        """This memory on ``device`` (its tensors moved; returns ``self``)."""
+        self.device = torch.device(device)
+        self.points, self.frame_ids, self.axes = self.points.to(device), self.frame_ids.to(device), self.axes.to(device)
+        self.values = None if self.values is None else self.values.to(device)
+        self.timings.device = self.device
+        return self
+
     def _require_grid(self) -> tuple[int, int]:
         if self.grid is None:
             raise RuntimeError("the memory is empty: call initialize() first")
@@ -273,44 +377,36 @@ class _PointMemory:
     def _on_grid(self, cameras: Cameras) -> Cameras:
         """Cameras rescaled to the storage grid (checked against the size the memory was made for)."""
         rows, cols = self._require_grid()
+        if len(cameras) == 0:
+            raise ValueError("no cameras to read: pass at least one camera")
         if self._grid_of(cameras) != (rows, cols):
-            want = self._pixel_size()
-            raise ValueError(f"cameras are {cameras.width}x{cameras.height} but this memory was made for {want[1]}x{want[0]} images")
+            H, W = self.image_size
+            raise ValueError(f"cameras are {cameras.width}x{cameras.height} but this memory was made for {W}x{H} images")
         return cameras if (cameras.height, cameras.width) == (rows, cols) else cameras.rescaled(cols, rows)
 
-    def _pixel_size(self) -> tuple[int, int]:  # (H, W) of the images this memory was made for
-        rows, cols = self._require_grid()
-        s = self._stride()
-        return rows * s, cols * s
-
-    def _stride(self) -> int:  # pixels per grid cell
-        return 1
-
     # ------------------------------------------------------------------ initialize / update
-    def initialize(self, observation: Observation):
+    def initialize(self, observation: Observation) -> MemoryUpdate:
         """Start the memory from one observation (normally the input image, ``F = 1``)."""
         if not valid_depth(observation.depths).any():
             raise ValueError("depth has no valid (finite, positive) value; cannot initialize the memory")
-        cams = _as_cameras(observation.cameras)
-        self.grid = self._grid_of(cams)
+        self.grid = self._grid_of(_as_cameras(observation.cameras))
         self.points = torch.zeros(0, 3, device=self.device)
         self.frame_ids = torch.zeros(0, dtype=torch.int32, device=self.device)
         self.axes = torch.zeros(0, 2, 3, dtype=torch.float16, device=self.device)
         self.values, self.frames_stored, self.size_history = None, 0, []
-        self._store(observation, "initialize")
-        return self
+        return self._store(observation, "initialize")
 
-    def update(self, observation: Observation) -> int:
+    def update(self, observation: Observation) -> MemoryUpdate:
         """Store the cells with valid depth that are not far (``max_depth``), not excluded, not
         already explained by the memory (``update_policy="fuse"``) and not already stored
-        (``voxel_size``). Returns the number of points added."""
+        (``voxel_size``)."""
         self._require_grid()
         return self._store(observation, "update")
 
-    def _store(self, obs: Observation, step: str) -> int:
+    def _store(self, obs: Observation, step: str) -> MemoryUpdate:
+        cfg = self.config
         cameras = _as_cameras(obs.cameras)
         Fr = len(cameras)
-        rows, cols = self._require_grid()
         added_cells = []
         with self.timings.record(step):
             with self.timings.stage("update"):
@@ -319,13 +415,13 @@ class _PointMemory:
                 depth = self._depth_on_grid(obs.depths, Fr, "depths").to(self.device)  # [F, rows, cols]
                 exclude = None if obs.exclude is None else self._mask_on_grid(obs.exclude, Fr).to(self.device)
                 keep = valid_depth(depth)  # [F, rows, cols]
-                if self.max_depth is not None:
-                    keep &= depth <= self.max_depth
+                if cfg.max_depth is not None:
+                    keep &= depth <= cfg.max_depth
                 if exclude is not None:
                     keep &= ~exclude
                 pts = unproject_depth(torch.where(keep, depth, 1.0), cams.K, cams.world_from_cam)  # [F, rows, cols, 3]
                 axes = cell_footprints(depth, cams.K, cams.world_from_cam)  # [F, rows, cols, 2, 3]
-                fuse = self.update_policy == "fuse" and self.num_points > 0
+                fuse = cfg.update_policy == "fuse" and self.num_points > 0
                 for f in range(Fr):  # frame by frame: a frame is fused against the ones stored before it
                     cell = keep[f] & ~self._explained(cams[f], depth[f]) if fuse else keep[f]  # [rows, cols]
                     new_pts = pts[f][cell]  # [M, 3]
@@ -338,11 +434,11 @@ class _PointMemory:
                     new_vals = values[f][cell]  # [M', D]
                     self.values = new_vals.clone() if self.values is None else torch.cat([self.values, new_vals.to(self.values.dtype)])
                     added_cells.append(cell)
-                self.last_added = torch.stack(added_cells)  # [F, rows, cols]
                 self.frames_stored += Fr
-        added = int(self.last_added.sum())
-        self.size_history.append({"step": step, "added": added, "num_points": self.num_points, "nbytes": self.nbytes})
-        return added
+        cells = torch.stack(added_cells)  # [F, rows, cols]
+        result = MemoryUpdate(step, int(cells.sum()), cells, self.num_points, self.nbytes)
+        self.size_history.append(result.record())
+        return result
 
     def _explained(self, camera: Cameras, depth: Tensor) -> Tensor:  # camera [1] on the grid, depth [rows, cols] -> bool
         """Cells the memory already accounts for from ``camera``: a stored surface covers the cell and
@@ -354,11 +450,11 @@ class _PointMemory:
         surfaces are not accounted for."""
         rows, cols = self._require_grid()
         shown = splat_footprints(self.points, self.axes, self.frame_ids, None, camera.K, camera.cam_from_world, rows, cols,
-                                 surface_tolerance=self.surface_tolerance, max_cells=self.max_footprint_cells,
+                                 surface_tolerance=self.config.surface_tolerance, max_cells=self.config.max_footprint_cells,
                                  compact=self.compact_footprints, compiled=self.compile_reads)  # fmt: skip
         zmin = shown.closest  # [1, rows, cols], NaN where nothing covers the cell
-        band = self.surface_tolerance * zmin
-        if self.surface_tolerance > 0:  # as in the read: grazing surfaces get the local depth step as slack
+        band = self.config.surface_tolerance * zmin
+        if self.config.surface_tolerance > 0:  # as in the read: grazing surfaces get the local depth step as slack
             band = band + surface_band_slack(torch.where(shown.mask, zmin, torch.inf))
         return (shown.mask & (depth >= zmin - band))[0]
 
@@ -367,7 +463,7 @@ class _PointMemory:
         if depths.dim() != 3 or depths.shape[0] != Fr:
             raise ValueError(f"{name} must be [F={Fr}, H, W], got {tuple(depths.shape)}")
         if tuple(depths.shape[-2:]) == (rows, cols):
-            return torch.where(valid_depth(depths), depths.float(), torch.nan)
+            return downsample_depth(depths, 1)  # invalid depth made NaN
         return downsample_depth(depths, self._factor(depths.shape[-2:], name))  # [F, rows, cols]
 
     def _mask_on_grid(self, mask: Tensor, Fr: int) -> Tensor:  # [F, H, W] bool -> [F, rows, cols] (any pixel set)
@@ -389,12 +485,13 @@ class _PointMemory:
         """Drop a new point when a stored point lies in the 2x2x2 voxel block nearest it (always when
         closer than half a voxel, never when farther than two), or an earlier new point shares its voxel."""
         keep = torch.ones(new_points.shape[0], dtype=torch.bool, device=new_points.device)
-        if self.voxel_size is None or new_points.shape[0] == 0:
+        voxel = self.config.voxel_size
+        if voxel is None or new_points.shape[0] == 0:
             return keep
-        new_keys = voxel_keys(new_points, self.voxel_size)  # [M]
+        new_keys = voxel_keys(new_points, voxel)  # [M]
         if self.num_points:
-            near = near_voxel_keys(new_points, self.voxel_size)  # [M, 8]
-            keep &= ~torch.isin(near, voxel_keys(self.points, self.voxel_size)).any(dim=1)
+            near = near_voxel_keys(new_points, voxel)  # [M, 8]
+            keep &= ~torch.isin(near, voxel_keys(self.points, voxel)).any(dim=1)
         keep &= _first_of_each_key(torch.where(keep, new_keys, -1 - torch.arange(len(keep), device=keep.device)))
         return keep
 
@@ -404,64 +501,46 @@ class _PointMemory:
         rows, cols = self._require_grid()
         cams = self._on_grid(cameras)
         return splat_footprints(self.points, self.axes, self.frame_ids, features, cams.K, cams.cam_from_world, rows, cols,
-                                surface_tolerance=self.surface_tolerance, max_cells=self.max_footprint_cells,
+                                surface_tolerance=self.config.surface_tolerance, max_cells=self.config.max_footprint_cells,
                                 compact=self.compact_footprints, compiled=self.compile_reads)  # fmt: skip
 
     def point_ids(self, cameras: Cameras) -> Tensor:  # -> [V, rows, cols] long, -1 where empty
         """Which stored point each cell of the memory's grid shows from each camera (the read's z-buffer)."""
         return self._splat(_as_cameras(cameras), None).index
 
-    # ------------------------------------------------------------------ files
-    def _config(self) -> dict:
-        return {"surface_tolerance": self.surface_tolerance, "voxel_size": self.voxel_size, "max_depth": self.max_depth,
-                "update_policy": self.update_policy, "max_footprint_cells": self.max_footprint_cells,
-                "compact_footprints": self.compact_footprints}  # fmt: skip
-
+    # ------------------------------------------------------------------ files (mirage.memory_files)
     def save(self, path: str | Path) -> Path:
-        """Write the cache (points, frame ids, values, settings, size history) as safetensors."""
-        rows, cols = self._require_grid()
-        meta = {
-            "format": self._FORMAT, "kind": self.kind, "version": "3",
-            "config": json.dumps({**self._config(), "grid": [rows, cols], "frames_stored": self.frames_stored}),
-            "size_history": json.dumps(self.size_history),
-        }  # fmt: skip
-        tensors = {"points": self.points, "frame_ids": self.frame_ids, "axes": self.axes, "values": self.values}
-        path = Path(path)
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
-        return path
+        """Write the cache (points, frame ids, footprints, values, config, size history) as safetensors."""
+        from .memory_files import save_memory
+
+        return save_memory(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, codec=None, device=None):
-        """Read a cache written by ``save`` (``ValueError`` for another memory kind or another file)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no memory file at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception as err:  # safetensors raises its own error types for non-safetensors files
-            raise ValueError(f"{path.name} is not a safetensors file: {err}") from None
-        if meta.get("format") != cls._FORMAT or meta.get("kind") != cls.kind:
-            raise ValueError(f"{path.name} is not a mirage {cls.kind} memory (format={meta.get('format')!r}, kind={meta.get('kind')!r})")
-        cfg = json.loads(meta["config"])
-        grid, frames_stored = cfg.pop("grid"), cfg.pop("frames_stored")
-        mem = cls(codec=codec, **cfg, device=device)
-        tensors = load_file(str(path), device=str(mem.device))
-        mem.points, mem.frame_ids, mem.axes, mem.values = tensors["points"], tensors["frame_ids"], tensors["axes"], tensors["values"]
-        mem.grid, mem.frames_stored = (int(grid[0]), int(grid[1])), int(frames_stored)
-        mem.size_history = json.loads(meta.get("size_history", "[]"))
-        return mem
+    def load(cls, path: str | Path, codec=None, device=None, **performance):
+        """A memory of this kind from a file written by ``save``, checked completely first: ``ValueError``
+        naming the file and the problem otherwise (another kind, a bad config, missing or misshaped
+        tensors, counts that disagree, non-finite points). ``performance``: ``compact_footprints``,
+        ``compile_reads``."""
+        from .memory_files import load_memory_file
+
+        return load_memory_file(path, kinds=(cls.kind,), codec=codec, device=device, **performance)
 
 
-def load_memory(path: str | Path, codec=None, device=None) -> "LatentSpatialMemory | RGBPointCloudMemory":
-    """Either memory from a file written by ``save``."""
-    for cls in (LatentSpatialMemory, RGBPointCloudMemory):
-        try:
-            return cls.load(path, codec=codec, device=device)
-        except ValueError as err:
-            if "is not a mirage" not in str(err):
-                raise
-    raise ValueError(f"{Path(path).name} is not a mirage memory file")
+def load_memory(path: str | Path, codec=None, device=None, **performance) -> "LatentSpatialMemory | RGBPointCloudMemory":
+    """Either memory from a file written by ``save`` (checked completely, as ``load``)."""
+    from .memory_files import load_memory_file
+
+    return load_memory_file(path, kinds=MEMORY_KINDS, codec=codec, device=device, **performance)
+
+
+def make_memory(kind: MemoryKind, config: MemoryConfig | None = None, *, codec=None, device=None,
+                **performance) -> "LatentSpatialMemory | RGBPointCloudMemory":  # fmt: skip
+    """A new, empty memory of ``kind`` (``"latent"`` or ``"rgb"``) with ``config``; ``performance``:
+    ``compact_footprints``, ``compile_reads``."""
+    if kind not in MEMORY_KINDS:
+        raise ValueError(f"memory kind must be one of {MEMORY_KINDS}, got {kind!r}")
+    cls = LatentSpatialMemory if kind == "latent" else RGBPointCloudMemory
+    return cls(config, codec=codec, device=device, **performance)
 
 
 def write_ply(path: str | Path, points: Tensor, colors: Tensor, features: Tensor | None = None) -> Path:
@@ -472,12 +551,12 @@ def write_ply(path: str | Path, points: Tensor, colors: Tensor, features: Tensor
     col = torch.as_tensor(colors).detach().cpu().to(torch.uint8).numpy()
     if pts.shape[0] != col.shape[0]:
         raise ValueError(f"{pts.shape[0]} points but {col.shape[0]} colours")
-    fields = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    fields_ = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
     feats = None
     if features is not None:
         feats = features.detach().float().cpu().numpy()
-        fields += [(f"latent_{i}", "f4") for i in range(feats.shape[1])]
-    rec = np.empty(pts.shape[0], dtype=np.dtype(fields).newbyteorder("<"))
+        fields_ += [(f"latent_{i}", "f4") for i in range(feats.shape[1])]
+    rec = np.empty(pts.shape[0], dtype=np.dtype(fields_).newbyteorder("<"))
     rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
     rec["red"], rec["green"], rec["blue"] = col[:, 0], col[:, 1], col[:, 2]
     if feats is not None:
@@ -485,12 +564,22 @@ def write_ply(path: str | Path, points: Tensor, colors: Tensor, features: Tensor
             rec[f"latent_{i}"] = feats[:, i]
     ply_types = {"f4": "float", "u1": "uchar"}
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {pts.shape[0]}"]
-    header += [f"property {ply_types[t]} {n}" for n, t in fields] + ["end_header"]
+    header += [f"property {ply_types[t]} {n}" for n, t in fields_] + ["end_header"]
     path = Path(path)
     with open(path, "wb") as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))
         f.write(rec.tobytes())
     return path
+
+
+def _readout(latents: Tensor, render: MemoryRender, stride: int, visible_fraction: float, temporal_stride: int,
+             timings: dict) -> MemoryReadout:  # fmt: skip
+    """A pixel memory's readout of rasterized frames ``render`` and their ``latents [C, F, h, w]``: a
+    latent cell is seen where ``visible_fraction`` of its pixels are, at the latent-aligned frames."""
+    seen = F.avg_pool2d(render.mask[::temporal_stride].float()[:, None], stride)[:, 0]  # [F, h, w] share of seen pixels
+    mask = (seen >= visible_fraction).to(latents.device)
+    depth = downsample_depth(render.depth[::temporal_stride], stride).to(latents.device)  # [F, h, w] on the latent grid
+    return MemoryReadout(latents, mask, torch.where(mask, depth, torch.nan), render.mask, render.depth, dict(timings))
 
 
 # ----------------------------------------------------------------------------------- latent memory
@@ -499,50 +588,29 @@ class LatentSpatialMemory(_PointMemory):
 
     Reading for a camera is one hard z-buffer projection on the latent grid; reading the source
     camera back returns the source tokens exactly on every valid cell. ``codec`` is needed only by
-    ``render`` (to decode each view's tokens into pixels).
+    ``render`` (to decode each view's tokens into pixels) and sets the strides.
     """
 
     kind = "latent"
-
-    def __init__(
-        self,
-        *,
-        codec=None,  # a mirage.codecs.VideoCodec, for render()
-        spatial_stride: int = 16,  # pixels per latent cell (Wan2.2 VAE: 16)
-        temporal_stride: int = 4,  # pixel frames per latent frame (Wan2.2 VAE: 4)
-        surface_tolerance: float = 0.05,  # relative depth band of one surface (in it the oldest frame wins)
-        voxel_size: float | None = None,  # deduplicate new points into occupied voxels (metres)
-        max_depth: float | None = None,  # far/sky cutoff in metres for updates
-        update_policy: UpdatePolicy = "fuse",  # "fuse": store what the memory does not explain; "append": all
-        max_footprint_cells: int = 4,  # candidate cells per axis of a projected footprint
-        compact_footprints: bool = False,  # False: no host sync in a read (a latent read is launch-bound on a GPU)
-        compile_reads: bool = False,  # True: reads through torch.compile (for a GPU: fused kernels, same result)
-        token_dtype: torch.dtype | str | None = torch.bfloat16,  # storage of the tokens (the paper's: bf16); None keeps theirs
-        device=None,
-    ) -> None:
-        super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth,
-                         update_policy=update_policy, max_footprint_cells=max_footprint_cells,
-                         compact_footprints=compact_footprints, compile_reads=compile_reads, device=device)  # fmt: skip
-        self.token_dtype = getattr(torch, token_dtype) if isinstance(token_dtype, str) else token_dtype
-        if codec is not None:
-            spatial_stride, temporal_stride = codec.spatial_stride, codec.temporal_stride
-        self.spatial_stride = int(spatial_stride)
-        self.temporal_stride = int(temporal_stride)
+    _default_compact = False  # no host sync in a read (a latent read is launch-bound on a GPU)
 
     @property
     def features(self) -> Tensor | None:  # [N, C] tokens in the latent dtype
         return self.values
 
-    def _config(self) -> dict:
-        return {**super()._config(), "spatial_stride": self.spatial_stride, "temporal_stride": self.temporal_stride,
-                "compile_reads": self.compile_reads,
-                "token_dtype": None if self.token_dtype is None else str(self.token_dtype).removeprefix("torch.")}  # fmt: skip
+    @property
+    def spatial_stride(self) -> int:
+        return self.config.spatial_stride
+
+    @property
+    def temporal_stride(self) -> int:
+        return self.config.temporal_stride
 
     def _stride(self) -> int:
-        return self.spatial_stride
+        return self.config.spatial_stride
 
     def _grid_of(self, cameras: Cameras) -> tuple[int, int]:
-        s = self.spatial_stride
+        s = self.config.spatial_stride
         if cameras.width % s or cameras.height % s:
             raise ValueError(f"cameras are {cameras.width}x{cameras.height}, not a multiple of the latent stride {s}")
         return cameras.height // s, cameras.width // s
@@ -556,32 +624,38 @@ class LatentSpatialMemory(_PointMemory):
             raise ValueError(f"latents must be [C, F={len(obs.cameras)}, {h}, {w}], got {tuple(lat.shape)}")
         if self.values is not None and lat.shape[0] != self.values.shape[1]:
             raise ValueError(f"latents have {lat.shape[0]} channels, the memory holds {self.values.shape[1]}")
-        lat = lat if self.token_dtype is None else lat.to(self.token_dtype)
+        dtype = self.config.token_dtype
+        lat = lat if dtype is None else lat.to(getattr(torch, dtype))
         return lat.permute(1, 2, 3, 0)  # [C, F, h, w] -> [F, h, w, C]
 
-    def read(self, cameras: Cameras) -> MemoryReadout:
-        """Read a chunk: ``T = 4N + 1`` pixel-frame cameras -> ``F = N + 1`` latent frames (frame ``4k``)."""
-        return self.read_views(latent_aligned(_as_cameras(cameras), self.temporal_stride))
-
-    def read_views(self, cameras: Cameras) -> MemoryReadout:
-        """One latent frame per camera: latents ``[C, V, h, w]``, mask ``[V, h, w]``."""
-        cameras = _as_cameras(cameras)
+    def _read(self, cameras: Cameras, num_frames: int) -> MemoryReadout:
+        """One latent frame per camera; the pixel-level fields at ``num_frames`` pixel frames (causal map)."""
+        s, ts = self.config.spatial_stride, self.config.temporal_stride
         with self.timings.record("read") as rec:
             with self.timings.stage("project"):
                 out = self._splat(cameras, self.values)  # cameras stay where they are: one [V, 3, 4] projection moves
                 latents = out.features.permute(1, 0, 2, 3)  # [V, C, h, w] -> [C, V, h, w]
-        return MemoryReadout(latents=latents, mask=out.mask, depth=out.depth, timings=dict(rec))
+        up = lambda x: causal_upsample(x, num_frames, s, ts if num_frames != len(cameras) else 1)  # noqa: E731  [V, h, w] -> [T, H, W]
+        return MemoryReadout(latents, out.mask, out.depth, up(out.mask), up(out.depth), dict(rec))
+
+    def read(self, cameras: Cameras) -> MemoryReadout:
+        """Read a chunk: ``T = 4N + 1`` pixel-frame cameras -> ``F = N + 1`` latent frames (frame ``4k``)."""
+        cameras = _as_cameras(cameras)
+        return self._read(latent_aligned(cameras, self.config.temporal_stride), len(cameras))
+
+    def read_views(self, cameras: Cameras) -> MemoryReadout:
+        """One latent frame per camera: latents ``[C, V, h, w]``, mask ``[V, h, w]``."""
+        cameras = _as_cameras(cameras)
+        return self._read(cameras, len(cameras))
 
     def render(self, cameras: Cameras) -> MemoryRender:
         """Each camera's readout decoded as a single image with the codec (every view, not only frames 4k)."""
         if self.codec is None:
             raise ValueError("the latent memory needs a codec to render pixels: LatentSpatialMemory(codec=...)")
         out = self.read_views(cameras)
-        s = self.spatial_stride
         lat = out.latents.permute(1, 0, 2, 3)[:, :, None]  # [C, V, h, w] -> [V, C, 1, h, w] one image per view
         frames = self.codec.decode(lat)[:, :, 0].float()  # [V, 3, H, W]
-        up = lambda x: x.repeat_interleave(s, -2).repeat_interleave(s, -1)  # noqa: E731  [V, h, w] -> [V, H, W]
-        return MemoryRender(frames=frames.permute(1, 0, 2, 3), mask=up(out.mask), depth=up(out.depth))  # [3, V, H, W]
+        return MemoryRender(frames=frames.permute(1, 0, 2, 3), mask=out.pixel_mask, depth=out.pixel_depth)  # [3, V, H, W]
 
     def to_ply(self, path: str | Path, colors: Tensor | None = None) -> Path:
         """Binary PLY: x y z (float32), red green blue (uint8, PCA of the tokens unless given), and
@@ -598,43 +672,20 @@ class LatentSpatialMemory(_PointMemory):
 class RGBPointCloudMemory(_PointMemory):
     """The pixel-space baseline: one RGB point per pixel with valid depth.
 
-    ``read`` rasterizes every pixel frame of the chunk at full resolution (hard z-buffer, the same
-    rule as the latent memory) and encodes the renders with ``codec`` to get the conditioning
-    latent, exactly the work GEN3C-style systems do per chunk.
+    ``read`` rasterizes every pixel frame of the chunk at full resolution (the same footprint z-buffer
+    as the latent memory) and encodes the renders with ``codec`` to get the conditioning latent,
+    exactly the work GEN3C-style systems do per chunk.
     """
 
     kind = "rgb"
-
-    def __init__(
-        self,
-        codec=None,  # a mirage.codecs.VideoCodec: encode [B,3,T,H,W] -> [B,C,F,h,w] (needed by read())
-        *,
-        surface_tolerance: float = 0.05,
-        voxel_size: float | None = None,
-        max_depth: float | None = None,
-        update_policy: UpdatePolicy = "fuse",
-        max_footprint_cells: int = 4,
-        compact_footprints: bool = True,  # True: only the covered candidates of millions of points (the same result)
-        hole_value: float = 0.0,  # colour of empty pixels in the renders, in [-1, 1]
-        visible_fraction: float = 0.5,  # a latent cell counts as seen when this share of its pixels is
-        device=None,
-    ) -> None:
-        super().__init__(codec=codec, surface_tolerance=surface_tolerance, voxel_size=voxel_size, max_depth=max_depth,
-                         update_policy=update_policy, max_footprint_cells=max_footprint_cells,
-                         compact_footprints=compact_footprints, compile_reads=False, device=device)  # fmt: skip
-        self.hole_value = float(hole_value)
-        self.visible_fraction = float(visible_fraction)
+    _default_compact = True  # only the covered candidates of millions of points (the same result)
 
     @property
     def colors(self) -> Tensor:  # [N, 3] uint8
         return self.values if self.values is not None else torch.zeros(0, 3, dtype=torch.uint8, device=self.device)
 
-    @property
-    def image_size(self) -> tuple[int, int] | None:  # (H, W)
-        return self.grid
-
-    def _config(self) -> dict:
-        return {**super()._config(), "hole_value": self.hole_value, "visible_fraction": self.visible_fraction}
+    def _stride(self) -> int:
+        return 1
 
     def _grid_of(self, cameras: Cameras) -> tuple[int, int]:
         return cameras.height, cameras.width
@@ -657,28 +708,37 @@ class RGBPointCloudMemory(_PointMemory):
         out = self._splat(cameras, None)
         rgb = self.colors[out.index.clamp(min=0).reshape(-1)].view(len(cameras), H, W, 3) if self.num_points else \
             torch.zeros(len(cameras), H, W, 3, dtype=torch.uint8, device=self.device)  # fmt: skip
-        img = torch.where(out.mask.unsqueeze(-1), from_uint8(rgb), self.hole_value)  # [V, H, W, 3]
+        img = torch.where(out.mask.unsqueeze(-1), from_uint8(rgb), self.config.hole_value)  # [V, H, W, 3]
         return MemoryRender(frames=img.permute(3, 0, 1, 2).contiguous(), mask=out.mask, depth=out.depth)  # [3, V, H, W]
 
-    def read(self, cameras: Cameras) -> MemoryReadout:
-        """Rasterize all ``T = 4N + 1`` pixel frames, encode them: latents ``[C, N+1, h, w]``."""
-        cameras = _as_cameras(cameras)
+    def _codec(self):
         if self.codec is None:
-            raise ValueError("the pixel memory needs a codec to read latents: RGBPointCloudMemory(codec)")
-        s, ts = self.codec.spatial_stride, self.codec.temporal_stride
+            raise ValueError("the pixel memory needs a codec to read latents: RGBPointCloudMemory(codec=...)")
+        return self.codec
+
+    def read(self, cameras: Cameras) -> MemoryReadout:
+        """Rasterize all ``T = 4N + 1`` pixel frames and encode them as one video: latents ``[C, N+1, h, w]``."""
+        cameras = _as_cameras(cameras)
+        codec, ts = self._codec(), self.config.temporal_stride
         latent_aligned(cameras, ts)  # validates T
         with self.timings.record("read") as rec:
             with self.timings.stage("rasterize"):
                 r = self.render(cameras)  # frames [3, T, H, W], mask [T, H, W], depth [T, H, W]
             with self.timings.stage("encode"):
-                latents = self.codec.encode(r.frames[None])[0]  # [C, F, h, w]
-            seen = F.avg_pool2d(r.mask[::ts].float()[:, None], s)[:, 0]  # [F, h, w] share of seen pixels
-            mask = seen >= self.visible_fraction
-            depth = downsample_depth(r.depth[::ts], s)  # [F, h, w] rendered depth on the latent grid
-        return MemoryReadout(
-            latents=latents, mask=mask.to(latents.device), depth=torch.where(mask, depth, torch.nan).to(latents.device),
-            renders=r.frames, pixel_mask=r.mask, pixel_depth=r.depth, timings=dict(rec),
-        )
+                latents = codec.encode(r.frames[None])[0]  # [C, F, h, w]
+        return _readout(latents, r, self.config.spatial_stride, self.config.visible_fraction, ts, rec)
+
+    def read_views(self, cameras: Cameras) -> MemoryReadout:
+        """Rasterize ``V`` views and encode each as a single image: latents ``[C, V, h, w]``."""
+        cameras = _as_cameras(cameras)
+        codec = self._codec()
+        with self.timings.record("read") as rec:
+            with self.timings.stage("rasterize"):
+                r = self.render(cameras)  # frames [3, V, H, W]
+            with self.timings.stage("encode"):
+                latents = codec.encode(r.frames.permute(1, 0, 2, 3)[:, :, None])  # [V, 3, 1, H, W] -> [V, C, 1, h, w]
+                latents = latents[:, :, 0].permute(1, 0, 2, 3)  # [C, V, h, w]
+        return _readout(latents, r, self.config.spatial_stride, self.config.visible_fraction, 1, rec)
 
     def to_ply(self, path: str | Path, colors: Tensor | None = None) -> Path:
         """Binary PLY: x y z (float32) and the stored colours (or ``colors``) as red green blue (uint8)."""

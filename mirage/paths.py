@@ -37,6 +37,8 @@ from mirage.geometry import project_points, valid_depth
 __all__ = [
     "CameraPath",
     "KEYFRAME_COLUMNS",
+    "Look",
+    "LOOKS",
     "MAX_KEYFRAMES",
     "MAX_PATH_DISTANCE",
     "PRESETS",
@@ -124,7 +126,14 @@ _show = reprlib.Repr()  # reprs of user input in messages: bounded in length and
 _show.maxlevel, _show.maxstring, _show.maxother, _show.maxlist = 3, 40, 40, 8
 
 KEYFRAME_COLUMNS = ("x", "y", "z", "yaw", "pitch", "roll", "fov_x")  # the UI table's column order
-_LOOK = ("forward", "source")
+# Keyframe angles are bounded like the presets' amounts: |angle| <= bound degrees, and why.
+KEYFRAME_ANGLE_BOUNDS = {
+    "yaw": (360.0, _TURN),
+    "pitch": (90.0, "at 90 degrees the camera looks straight up or down; past it the view turns upside down"),
+    "roll": (180.0, "at 180 degrees the view is upside down; past it the roll only continues round"),
+}
+Look = Literal["source", "forward"]  # keep the source view, or look along the path
+LOOKS: tuple[str, ...] = get_args(Look)
 
 
 # ----------------------------------------------------------------------------- the path type
@@ -381,6 +390,9 @@ class Keyframe:
             object.__setattr__(self, name, v)
         if not (0.0 < self.fov_x < 180.0):
             raise ValueError(f"Keyframe.fov_x must be in (0, 180) degrees, got {self.fov_x}")
+        for name, (bound, why) in KEYFRAME_ANGLE_BOUNDS.items():
+            if abs(getattr(self, name)) > bound:
+                raise ValueError(f"Keyframe.{name} must be within +-{bound:g} degrees ({why}), got {getattr(self, name):g}")
 
 
 def _keyframe_arrays(keyframes: Sequence[Keyframe], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -559,6 +571,10 @@ def keyframes_from_table(rows) -> list[Keyframe]:
             vals.append(f)
         if not 0.0 < vals[6] < 180.0:
             raise ValueError(f"keyframe table row {r}, column 'fov_x': {_show.repr(row[6])} is not in (0, 180) degrees")
+        for name, (bound, why) in KEYFRAME_ANGLE_BOUNDS.items():
+            v = vals[KEYFRAME_COLUMNS.index(name)]
+            if abs(v) > bound:
+                raise ValueError(f"keyframe table row {r}, column {name!r}: {v:g} is past +-{bound:g} degrees ({why})")
         out.append(Keyframe(tuple(vals[:3]), *vals[3:]))
     if not out:
         raise ValueError("the keyframe table is empty")
@@ -594,7 +610,7 @@ def path_from_points(
     source: Camera,
     points_world: Tensor,  # [M, 3]
     num_frames: int,
-    look: Literal["forward", "source"] = "source",
+    look: Look = "source",
     smoothing: float = 0.05,
 ) -> Cameras:
     """A path whose centre travels along the polyline ``points_world`` [M, 3] (world, metres).
@@ -609,8 +625,8 @@ def path_from_points(
     if not isinstance(source, Camera):
         raise TypeError(f"source must be a mirage.cameras.Camera, got {type(source).__name__}")
     T = check_num_frames(num_frames, min_latent_frames=2)
-    if look not in _LOOK:
-        raise ValueError(f"look must be one of {_LOOK}, got {look!r}")
+    if look not in LOOKS:
+        raise ValueError(f"look must be one of {LOOKS}, got {look!r}")
     if not (0.0 <= float(smoothing) <= 0.5):
         raise ValueError(f"smoothing must be in [0, 0.5] (fraction of the path length), got {smoothing!r}")
     pts = points_world.detach().cpu() if isinstance(points_world, Tensor) else points_world

@@ -50,7 +50,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -60,13 +60,18 @@ from torch import Tensor
 
 from . import weights
 from .branch import branched_forward
-from .chunks import READOUT_PARTS, STAGES, Chunk, ChunkResult, Continuation, DepthResult, run_chunks
-from .conditioning import BranchInputs, BranchKind, make_conditioner
+from .chunks import (
+    CONTINUATIONS, READOUT_PARTS, STAGES, Chunk, ChunkParts, ChunkResult, Continuation, DepthResult, run_chunks, start_memory,
+)  # fmt: skip
 from .codecs import WAN22_MODEL_ID, WanVAECodec
+from .conditioning import BranchInputs, make_conditioner
 from .depth import MIN_ALIGN_PIXELS, DepthBackend, align_scale, estimate_frames, make_depth_backend
+from .families import (
+    BRANCH_KINDS, DEFAULTS, FAMILIES, MEMORY_MODES, TRAINING_FREE_MODES, BranchKind, GenerationDefaults, MemoryMode,
+)  # fmt: skip
 from .frames import Chunking, check_num_frames, stitch_chunks
 from .geometry import downsample_depth, valid_depth
-from .memory import LatentSpatialMemory, MemoryReadout, Observation, RGBPointCloudMemory, SpatialMemory
+from .memory import MEMORY_KINDS, MemoryConfig, MemoryKind, MemoryReadout, MemoryUpdate, SpatialMemory, make_memory
 from .offload import PinnedOffload
 from .paths import CameraPath
 from .timing import StageTimer
@@ -74,24 +79,12 @@ from .timing import StageTimer
 __all__ = [
     "MiragePipeline",
     "MirageOutput",
-    "GenerationDefaults",
-    "DEFAULTS",
-    "MemoryKind",
-    "MemoryMode",
-    "MEMORY_MODES",
     "STAGES",
     "READOUT_PARTS",
     "WAN_UNIPC_CONFIG",
-    "WAN_NEGATIVE_PROMPT",
     "WAN22_LAYOUT",
     "token_visible",
 ]
-
-MemoryKind = Literal["latent", "rgb"]
-MemoryMode = Literal["replace", "context", "off", "branch"]
-MEMORY_MODES = ("replace", "context", "off", "branch")
-TRAINING_FREE = ("replace", "context", "off")
-BRANCH_STRIDE = {"mirage": 2, "spatia": 4}  # a family's branch blocks follow every n-th DiT layer from 0
 
 # The scheduler of Wan-AI/Wan2.2-TI2V-5B-Diffusers (scheduler/scheduler_config.json): UniPC on flow
 # sigmas with flow_shift 5. Used when the components are built without a checkpoint (tests, benchmarks).
@@ -108,69 +101,10 @@ WAN_UNIPC_CONFIG: dict[str, Any] = {
     "timestep_spacing": "linspace",
 }
 
-# Wan2.2's default negative prompt (Wan-Video/Wan2.2, wan/configs/shared_config.py, sample_neg_prompt).
-WAN_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
-    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
-    "三条腿，背景人很多，倒着走"
-)
-
-# Spatia's negative prompt (ZhaoJingjing713/Spatia, inference.py, NEGATIVE_PROMPT).
-SPATIA_NEGATIVE_PROMPT = (
-    "画面切换，画面切出，镜头切换，镜头渐黑，镜头渐亮，最差质量, 节目横幅, 低质量, 正常质量, JPEG压缩残留, 噪点, 模糊, 细节缺失, 马赛克, "
-    "水印, 文字, 签名, 商标, 丑陋的, 畸形的, 毁容的, 解剖学错误, 形态糟糕, 多余的肢体, 残缺的肢体, 融合的手指, 画得不好的手, 画得不好的脸, "
-    "僵硬的表情, 杂乱的构图, 不协调的元素, 空旷的画面, 透视错误, 比例失调, 变形的物体, 融合的物体, 物体穿模, 漂浮的物体, 平淡的光线, "
-    "不自然的光源, 单调的色彩, 奇怪的颜色, 刺眼的颜色, 画面发灰"
-)
-
 # What MiragePipeline.from_pretrained needs of a Wan2.2-TI2V-5B-Diffusers checkpoint.
 WAN22_LAYOUT: weights.Layout = {
     "transformer": "model", "vae": "model", "scheduler/scheduler_config.json": "file",
     "text_encoder": "model", "tokenizer": "dir",
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """Sampling settings of one conditioning mode, as its reference uses them."""
-
-    num_inference_steps: int  # sampling steps
-    guidance_scale: float  # classifier-free guidance (1 = off)
-    negative_prompt: str  # used when guidance_scale > 1
-    flow_shift: float  # UniPC flow shift
-    chunking: Chunking  # first chunk, later chunks, frames shared between chunks
-    fps: int  # playback rate of the written videos
-    continuation: Continuation  # the pinned first latents of a later chunk
-    memory_strength: float  # share of the steps during which a training-free mode imposes the readout
-    reference_schedule: bool  # sigmas linspace(0.999, 0) as Wan's own sampler (else diffusers' UniPC schedule)
-    prompt_suffix: str  # appended to the prompt
-    source: str  # where the numbers come from
-
-
-DEFAULTS: dict[str, GenerationDefaults] = {
-    "training-free": GenerationDefaults(
-        num_inference_steps=50, guidance_scale=5.0, negative_prompt=WAN_NEGATIVE_PROMPT, flow_shift=5.0,
-        chunking=Chunking(33, 33, 1), fps=24, continuation="reencode", memory_strength=0.8, reference_schedule=False,
-        prompt_suffix="",
-        source="Wan2.2-TI2V-5B (wan/configs/wan_ti2v_5B.py: 50 steps, guide scale 5.0, shift 5.0, 24 fps; "
-               "shared_config.py: negative prompt) sampled as diffusers' WanImageToVideoPipeline; chunks of 33 then +32 "
-               "as in the paper",
-    ),
-    "mirage": GenerationDefaults(
-        num_inference_steps=20, guidance_scale=1.0, negative_prompt="", flow_shift=5.0, chunking=Chunking(33, 33, 1),
-        fps=16, continuation="latent", memory_strength=0.0, reference_schedule=True, prompt_suffix="",
-        source="microsoft/LatentSpatialMemory (src/mirage/inference/mirage_pipeline.py, scripts/infer.py): 20 UniPC steps, "
-               "shift 5, no CFG, 33 frames then +32, 16 fps, the next chunk's frame 0 = the previous chunk's last latent, "
-               "4 references and 2 preceding latents",
-    ),
-    "spatia": GenerationDefaults(
-        num_inference_steps=40, guidance_scale=3.5, negative_prompt=SPATIA_NEGATIVE_PROMPT, flow_shift=5.0,
-        chunking=Chunking(121, 81, 9), fps=24, continuation="reencode", memory_strength=0.0, reference_schedule=True,
-        prompt_suffix=" 4K, realistic, high quality, HDR.",
-        source="ZhaoJingjing713/Spatia (inference.py): 40 UniPC steps, shift 5, CFG 3.5 with its negative prompt, "
-               "121 frames then rounds of 81 that repeat the last 9 (encoded as 3 latents), 24 fps, up to 7 references, "
-               "the LoRA from the second round on",
-    ),
 }  # fmt: skip
 
 
@@ -187,7 +121,7 @@ class MirageOutput:
     chunks: list[ChunkResult]  # per chunk: latents, decoded frames, readout, timings, sizes (mirage.chunks)
     memory: SpatialMemory  # the memory after the last update
     settings: dict[str, Any]  # the sampling settings used (defaults filled in)
-    initial_cells: Tensor | None = None  # [1, g_h, g_w] bool: the grid cells the memory stored from the image
+    initial: MemoryUpdate | None = None  # what the memory stored of the image (None: a memory passed in non-empty)
 
     @property
     def latents(self) -> list[Tensor]:  # per chunk [C, F_c, h, w] float32, normalized latents after denoising
@@ -259,8 +193,8 @@ class MiragePipeline(DiffusionPipeline):
             transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
             branch=branch,
         )  # fmt: skip
-        if (branch is None) != (branch_kind is None) or branch_kind not in (None, "mirage", "spatia"):
-            raise ValueError(f"pass a branch together with its kind ('mirage' or 'spatia'), got kind {branch_kind!r}")
+        if (branch is None) != (branch_kind is None) or branch_kind not in (None, *BRANCH_KINDS):
+            raise ValueError(f"pass a branch together with its kind (one of {BRANCH_KINDS}), got kind {branch_kind!r}")
         self.branch_kind = branch_kind
         self._pinned_offload: PinnedOffload | None = None
         self._loads = 0  # branches loaded so far (names the LoRA adapter of each)
@@ -332,26 +266,25 @@ class MiragePipeline(DiffusionPipeline):
 
         kind: the checkpoint family, which fixes how the branch is conditioned (``mirage.conditioning``),
         the sampling defaults (``DEFAULTS[kind]``) and, unless ``layers`` is given, where its blocks
-        go: after every 2nd DiT layer (Mirage) or every 4th (Spatia), as many as the file has. branch / lora: a file, a folder or a hub id
-        holding the family's file names (``mirage.checkpoints``), or a state dict. With neither given,
+        go: after every ``layer_stride``-th DiT layer of the family (``mirage.families.FAMILIES``: 2 for
+        Mirage, 4 for Spatia), as many as the file has. branch / lora: a file, a folder or a hub id
+        holding the family's file names, or a state dict. With neither given,
         Spatia's come from its public repo ``Jinjing713/Spatia`` (the HF cache, or downloaded when
         allowed); Mirage has no public weights and needs a branch. ``lora=None`` with a branch: no
         LoRA (a branch trained without one). A LoRA loaded before is replaced. Works resident and
         with model CPU offload.
         """
-        from .checkpoints import (
-            MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE, SPATIA_BRANCH_FILE, SPATIA_LORA_FILE, SPATIA_REPO, branch_from_checkpoint,
-            convert_branch_state_dict, load_lora, read_state_dict, resolve_checkpoint,
-        )  # fmt: skip
+        from .checkpoints import branch_from_checkpoint, convert_branch_state_dict, load_lora, read_state_dict, resolve_checkpoint
 
-        if kind not in ("mirage", "spatia"):
-            raise ValueError(f"branch kind must be 'mirage' or 'spatia', got {kind!r}")
-        branch_file, lora_file = (SPATIA_BRANCH_FILE, SPATIA_LORA_FILE) if kind == "spatia" else (MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE)
-        if kind == "spatia" and branch is None and lora is None:  # nothing named: the public release
-            branch = lora = SPATIA_REPO
+        if kind not in BRANCH_KINDS:
+            raise ValueError(f"branch kind must be one of {BRANCH_KINDS}, got {kind!r}")
+        family = FAMILIES[kind]
+        branch_file, lora_file = family.branch_file, family.lora_file
+        if family.weights_repo is not None and branch is None and lora is None:  # nothing named: the public release
+            branch = lora = family.weights_repo
         elif branch is None:
-            why = ("the official Mirage code publishes no weights" if kind == "mirage" else
-                   f"Spatia's public release ({SPATIA_REPO}) is used when neither branch nor lora is given")  # fmt: skip
+            why = (f"{family.code} publishes no weights" if family.weights_repo is None else
+                   f"its public release ({family.weights_repo}) is used when neither branch nor lora is given")  # fmt: skip
             raise ValueError(f"no {kind} branch given: pass the branch file ({branch_file}); {why}")
 
         def state_dict(source, filename: str, part: str):
@@ -362,9 +295,8 @@ class MiragePipeline(DiffusionPipeline):
             return read_state_dict(path, part)
 
         branch_sd = convert_branch_state_dict(state_dict(branch, branch_file, "branch"))
-        if layers is None:  # the family's spacing: every 2nd DiT layer (Mirage, 15 blocks) or every 4th (Spatia, 8)
-            blocks = len({k.split(".")[1] for k in branch_sd if k.startswith("vace_blocks.")})
-            layers = tuple(range(0, BRANCH_STRIDE[kind] * blocks, BRANCH_STRIDE[kind]))
+        if layers is None:  # the family's spacing, as many blocks as the file has
+            layers = family.layers(len({k.split(".")[1] for k in branch_sd if k.startswith("vace_blocks.")}))
         module = branch_from_checkpoint(self.transformer, branch_sd, layers=layers)
         lora_sd = None if lora is None else state_dict(lora, lora_file, "lora")
         offload = self._pinned_offload
@@ -463,16 +395,16 @@ class MiragePipeline(DiffusionPipeline):
             raise ValueError(f"the camera path is for {path.width}x{path.height} images but the image is {W}x{H}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
-        if not (isinstance(memory, SpatialMemory) or memory in ("latent", "rgb")):
-            raise ValueError(f"memory must be 'latent', 'rgb' or a memory instance, got {memory!r}")
+        if not (isinstance(memory, SpatialMemory) or memory in MEMORY_KINDS):
+            raise ValueError(f"memory must be one of {MEMORY_KINDS} or a memory instance, got {memory!r}")
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
         if memory_mode == "branch" and self.branch is None:
             raise ValueError("memory_mode='branch' needs a trained branch: call load_branch(...) first")
         if not (0.0 <= float(memory_strength) <= 1.0):
             raise ValueError(f"memory_strength must be in [0, 1], got {memory_strength!r}")
-        if continuation not in ("reencode", "latent"):
-            raise ValueError(f"continuation must be 'reencode' or 'latent', got {continuation!r}")
+        if continuation not in CONTINUATIONS:
+            raise ValueError(f"continuation must be one of {CONTINUATIONS}, got {continuation!r}")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 1.0):
@@ -511,14 +443,6 @@ class MiragePipeline(DiffusionPipeline):
         return self.prompt_cache[key]
 
     # ------------------------------------------------------------------ parts of a chunk
-    def make_memory(self, memory: MemoryKind | SpatialMemory, device: torch.device) -> SpatialMemory:
-        """A new memory of the named kind on ``device`` (tokens cached in bf16, as in the paper), or ``memory``."""
-        if memory == "latent":
-            return LatentSpatialMemory(codec=self.codec, device=device)
-        if memory == "rgb":
-            return RGBPointCloudMemory(self.codec, device=device)
-        return memory
-
     def estimate_depth(self, chunk: Chunk, frames: Tensor, previous_scale: float) -> DepthResult:
         """Depth of the new frames 4k (``frames [3, F-P, H, W]``, after the ``P`` pinned ones) with the path's own intrinsics
         (zoom paths change ``K`` per frame), scaled to the memory's readout depth on the cells both
@@ -644,7 +568,7 @@ class MiragePipeline(DiffusionPipeline):
         if memory_mode == "branch":
             if self.branch_kind is None:
                 raise ValueError("memory_mode='branch' needs a trained branch: call load_branch(...) first")
-            return DEFAULTS[self.branch_kind]
+            return FAMILIES[self.branch_kind].defaults
         return DEFAULTS["training-free"]
 
     @torch.no_grad()
@@ -662,6 +586,7 @@ class MiragePipeline(DiffusionPipeline):
         prompt_embeds: Tensor | None = None,  # [1, L, D] instead of prompt
         negative_prompt_embeds: Tensor | None = None,  # [1, L, D]
         memory: MemoryKind | SpatialMemory = "latent",
+        memory_config: MemoryConfig | None = None,
         memory_mode: MemoryMode = "replace",
         memory_strength: float | None = None,
         continuation: Continuation | None = None,
@@ -677,8 +602,8 @@ class MiragePipeline(DiffusionPipeline):
         Settings left at None take the mode's ``DEFAULTS`` (``defaults_for``): Wan2.2-TI2V-5B's own for
         the training-free modes, the reference's for a trained branch (whose prompt suffix is then
         appended to ``prompt``). memory: ``"latent"`` (Mirage), ``"rgb"`` (the RGB point-cloud
-        baseline) or an instance; an empty instance is initialized from the image, a non-empty one is
-        used as it is (continuing a scene). memory_strength: fraction of the sampling steps during
+        baseline), made with ``memory_config`` (default ``MemoryConfig()``), or an instance; an empty
+        instance is initialized from the image, a non-empty one is used as it is (continuing a scene). memory_strength: fraction of the sampling steps during
         which a training-free mode imposes the readout (the first ``ceil(memory_strength *
         num_inference_steps)`` steps). max_depth: cells farther than this (metres, after scale
         alignment) are not stored (far/sky); None keeps everything with valid depth. callback:
@@ -716,15 +641,17 @@ class MiragePipeline(DiffusionPipeline):
                     negative_prompt_embeds = negative_prompt_embeds.to(device, self.transformer.dtype)
             # 3. The image's latent and depth; the memory
             with timer.stage("init"):
-                first_latent = self.codec.encode(image[None, :, None]).float()  # [1, C, 1, h, w]
-                mem = self.make_memory(memory, device)
+                mem = memory if isinstance(memory, SpatialMemory) else make_memory(memory, memory_config, codec=self.codec,
+                                                                                   device=device)  # fmt: skip
+                initial: MemoryUpdate | None = None
                 if mem.num_points == 0:
                     if image_depth is None:
                         image_depth = self.depth_backend.estimate(image, path.K[0].to(device)).depth
-                    d0 = image_depth.to(device).float()  # [H, W]
-                    far = None if max_depth is None else d0 > max_depth
-                    mem.initialize(Observation.single(path.source, d0, first_latent[0, :, 0], image, far))
-                initial_cells = None if mem.last_added is None else mem.last_added.cpu()
+                    first_latent, initial = start_memory(mem, path.source, image, image_depth.to(device).float(),
+                                                         self.codec.encode, max_depth)  # [1, C, 1, h, w]  # fmt: skip
+                    initial = initial.cpu()
+                else:  # a memory that already holds the scene: only the image's latent
+                    first_latent = self.codec.encode(image[None, :, None]).float()  # [1, C, 1, h, w]
 
         # 4. The chunks: read -> condition -> denoise -> decode -> depth -> update
         if memory_mode == "branch":
@@ -742,20 +669,16 @@ class MiragePipeline(DiffusionPipeline):
                 generator=generator, callback=step,
             )  # fmt: skip
 
-        chunks = run_chunks(
-            mem, path, first_latent,
-            encode=self.codec.encode, decode=lambda z: self.codec.decode(z)[0],
-            condition=condition, denoise=denoise, depth=self.estimate_depth,
-            chunking=chunking, temporal_stride=self.codec.temporal_stride, continuation=continuation,
-            max_depth=max_depth, device=device, first_timings=dict(setup),
-        )  # fmt: skip
+        parts = ChunkParts(self.codec, condition, denoise, self.estimate_depth)
+        chunks = run_chunks(mem, path, first_latent, parts, chunking, continuation=continuation, max_depth=max_depth,
+                            first_timings=dict(setup))  # fmt: skip
         if self._pinned_offload is not None:
             self._pinned_offload.release()  # leave the device empty, as diffusers' offload does after a call
         # 5. The video: later chunks repeat the previous chunk's last `overlap` frames
         settings = dict(num_frames=num_frames, chunking=chunking, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, negative_prompt=negative_prompt if guidance_scale > 1 else None,
-                        memory_mode=memory_mode, memory_strength=memory_strength if memory_mode in TRAINING_FREE else None,
+                        memory_mode=memory_mode, memory_strength=memory_strength if memory_mode in TRAINING_FREE_MODES else None,
                         continuation=continuation, reference_schedule=reference_schedule, memory=mem.kind,
                         branch=self.branch_kind if memory_mode == "branch" else None, prompt=prompt)  # fmt: skip
         video = stitch_chunks([c.frames for c in chunks], 1, chunking.overlap)
-        return MirageOutput(video, chunks, mem, settings, initial_cells)
+        return MirageOutput(video, chunks, mem, settings, initial)

@@ -8,7 +8,8 @@ Both runs go through the one chunk step of ``mirage.chunks`` with the same setti
   What each memory shows is rendered at *every* pixel frame (``memory.render``: the latent memory
   reads each camera and decodes its tokens as a single image; the pixel memory rasterizes), so the
   preview runs at the full frame rate; beside it, what the model would receive: the conditioning
-  latent decoded (the offline codec decodes one image per four frames).
+  latent decoded (the offline codec decodes one image per four frames). The render is not timed:
+  it is the preview's picture, not part of either memory's chunk step.
 * ``run_generation``: ``MiragePipeline`` for each memory with one seed; the video is generated, and
   what the model received is each chunk's conditioning latent decoded with the VAE.
 """
@@ -24,12 +25,12 @@ import torch
 from torch import Tensor
 
 from . import plotting, video
-from .chunks import ChunkResult, identity_denoise, readout_depth, run_chunks
+from .chunks import ChunkParts, ChunkResult, identity_denoise, readout_depth, run_chunks, start_memory
 from .codecs import OfflineCodec, VideoCodec
 from .frames import TEMPORAL_STRIDE, Chunking, stitch_chunks
-from .memory import LatentSpatialMemory, Observation, RGBPointCloudMemory, SpatialMemory
+from .memory import MEMORY_KINDS, LatentSpatialMemory, MemoryConfig, SpatialMemory, make_memory
 from .paths import CameraPath
-from .scene import ColorBy, SceneState, cell_colors, export_path, point_colors, require_scene
+from .scene import ColorBy, SceneState, export_path, point_colors, require_path
 
 __all__ = [
     "METHODS",
@@ -37,7 +38,6 @@ __all__ = [
     "RunKind",
     "MethodRun",
     "RunResult",
-    "make_memory",
     "run_readout_preview",
     "generate_method",
     "run_generation",
@@ -47,8 +47,9 @@ __all__ = [
     "result_caption",
 ]
 
-METHODS = ("latent", "rgb")
+METHODS = MEMORY_KINDS  # the two memories, run side by side
 METHOD_LABELS = {"latent": "Latent memory (Mirage)", "rgb": "Pixel point cloud (baseline)"}
+assert set(METHOD_LABELS) == set(METHODS)
 RunKind = Literal["readout preview", "generation"]
 Progress = Callable[..., object]  # progress(fraction in [0, 1], desc=str)
 _CHARTED = set(plotting.STAGE_ORDER)  # "readout" holds its parts (project / rasterize / encode): chart the parts
@@ -92,29 +93,10 @@ class RunResult:
         return self.methods["latent"].ranges
 
 
-def make_memory(method: str, codec: VideoCodec, device: torch.device | str = "cpu") -> SpatialMemory:
-    """A fresh memory of one kind, with the settings both memories share (surface band, no dedup)."""
-    if method == "latent":
-        return LatentSpatialMemory(codec=codec, device=device)
-    if method == "rgb":
-        return RGBPointCloudMemory(codec, device=device)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-def _cell_colors_of(frames: Tensor, cells: Tensor) -> Tensor:  # frames [3, F, H, W], cells [F, g_h, g_w] -> [M, 3]
-    """Image colour of each appended cell (the mean of its pixels), whatever the memory's grid."""
-    return cell_colors(frames, cells, frames.shape[-1] // cells.shape[-1])
-
-
-def _new_frames(chunk: ChunkResult, temporal_stride: int) -> Tensor:  # -> [3, F_c - P, H, W]
-    """The latent-aligned frames the memory was updated with (those after the pinned latents)."""
-    return chunk.frames[:, chunk.pinned_latents * temporal_stride :: temporal_stride]
-
-
 def _method_run(memory: SpatialMemory, initial_colors: Tensor, chunks: list[ChunkResult], videos: list[Tensor],
                 masks: list[Tensor], temporal_stride: int, seconds: float, charted: set[str] = _CHARTED,
                 overlap: int = 1) -> MethodRun:  # fmt: skip
-    colors = [initial_colors] + [_cell_colors_of(_new_frames(c, temporal_stride), c.added_cells) for c in chunks]
+    colors = [initial_colors] + [c.update.colors(c.new_frames(temporal_stride)) for c in chunks]
     return MethodRun(
         video=stitch_chunks(videos, 1, overlap), received=stitch_chunks([c.frames for c in chunks], 1, overlap),
         mask=stitch_chunks(masks, 0, overlap),
@@ -130,44 +112,34 @@ def run_readout_preview(
     chunking: Chunking = Chunking(),
     progress: Progress | None = None,
     codec: VideoCodec | None = None,
+    config: MemoryConfig | None = None,
 ) -> RunResult:
-    """Both memories along ``path`` (default: the scene's) with the identity denoiser (module docstring).
-    Memories start from the scene's image each run; the scene's own memory is not modified."""
-    state = require_scene(state)
-    path = path if path is not None else state.path
-    if path is None:
-        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
+    """Both memories along ``path`` (default: the scene's) with the identity denoiser (module docstring),
+    each made with ``config`` (default ``MemoryConfig()``). Memories start from the scene's image each
+    run; the scene's own memory is not modified."""
+    path = path if path is not None else require_path(state)
     codec = codec or OfflineCodec()
     report = progress if progress is not None else (lambda *a, **k: None)  # gr.Progress is falsy (it has a length)
-    first_latent = codec.encode(state.image[None, :, None]).float()  # [1, C, 1, h, w]
     n_chunks = len(chunking.ranges(len(path), codec.temporal_stride))
     methods = {}
     for i, method in enumerate(METHODS):
         t0 = time.perf_counter()
-        mem = make_memory(method, codec)
-        mem.initialize(Observation.single(state.camera, state.depth, first_latent[0, :, 0], state.image))
-        initial_colors = _cell_colors_of(state.image[:, None], mem.last_added)  # [N0, 3]
+        mem = make_memory(method, config, codec=codec)
+        first_latent, initial = start_memory(mem, state.camera, state.image, state.depth, codec.encode)
         renders: list[Tensor] = []
         masks: list[Tensor] = []
 
         def show(chunk, renders=renders, masks=masks, mem=mem):  # what the memory shows at every pixel frame
-            read = chunk.readout
-            if read.renders is None:  # the latent memory: every camera read and decoded as one image
-                r = mem.render(chunk.cameras)
-                frames, mask = r.frames, r.mask
-            else:  # a pixel memory rasterized every frame of the chunk for its read already
-                frames, mask = read.renders, read.pixel_mask
-            renders.append(frames.cpu())
-            masks.append(mask.cpu())
+            r = mem.render(chunk.cameras)  # [3, T, H, W], [T, H, W]
+            renders.append(r.frames.cpu())
+            masks.append(r.mask.cpu())
 
         def stage(c, name, i=i, method=method):
             report((i + (c + 0.5) / n_chunks) / len(METHODS), desc=f"{METHOD_LABELS[method]}: chunk {c + 1}/{n_chunks}, {name}")
 
-        chunks = run_chunks(
-            mem, path, first_latent, encode=codec.encode, decode=lambda z: codec.decode(z)[0],
-            condition=lambda chunk: None, denoise=identity_denoise, depth=readout_depth,
-            chunking=chunking, temporal_stride=codec.temporal_stride, on_readout=show, on_stage=stage,
-        )  # fmt: skip
+        parts = ChunkParts(codec, lambda chunk: None, identity_denoise, readout_depth, on_readout=show, on_stage=stage)
+        chunks = run_chunks(mem, path, first_latent, parts, chunking)
+        initial_colors = initial.colors(state.image[:, None])  # [N0, 3]
         methods[method] = _method_run(mem, initial_colors, chunks, renders, masks, codec.temporal_stride,
                                       time.perf_counter() - t0, _CHARTED - _IDENTITY_IN_PREVIEW, chunking.overlap)  # fmt: skip
     report(1.0, desc="done")
@@ -187,9 +159,7 @@ def generate_method(
     """Generate along the scene's path with one memory (``pipe_kwargs``: prompt, steps, guidance, ...).
 
     Each chunk's conditioning latent is decoded with the pipeline's VAE to show what the model received."""
-    state = require_scene(state)
-    if state.path is None:
-        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
+    require_path(state)
     report = progress if progress is not None else (lambda *a, **k: None)  # gr.Progress is falsy (it has a length)
     lo, hi = progress_span
     device = pipe._execution_device
@@ -202,11 +172,10 @@ def generate_method(
 
     out = pipe(state.image, state.path, image_depth=state.depth, memory=method,
                generator=torch.Generator(device).manual_seed(int(seed)), callback=step, **pipe_kwargs)  # fmt: skip
-    H, W = state.size
     ts = pipe.codec.temporal_stride
     received = [pipe.codec.decode(r.latents[None])[0].float().cpu() for r in out.readouts]  # [3, T_c, H, W] each
-    masks = [video.upsample_latent_mask(r.mask.cpu(), b - a, H, W, ts) for r, (a, b) in zip(out.readouts, out.frame_ranges)]
-    initial_colors = _cell_colors_of(state.image[:, None].cpu(), out.initial_cells)
+    masks = [r.pixel_mask.cpu() for r in out.readouts]  # [T_c, H, W] what each memory showed the model
+    initial_colors = out.initial.colors(state.image[:, None].cpu())
     overlap = out.settings["chunking"].overlap
     run = _method_run(out.memory, initial_colors, out.chunks, [c.frames for c in out.chunks], masks, ts,
                       time.perf_counter() - t0, overlap=overlap)  # fmt: skip

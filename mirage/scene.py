@@ -3,31 +3,33 @@ working size, its latent memory, and the current camera path.
 
 ``build_scene`` fits an input (``RawScene``: an example or an upload at its own resolution) to the
 model aspect at a working size, encodes it with a codec and initializes a ``LatentSpatialMemory``
-for the 3D view. Paths come from presets, strokes, keyframes or files; every one is a
-``mirage.paths.CameraPath`` of the scene's source camera, checked against the scene when it is set
-(``set_path``). Changing the path never recomputes depth or encoding.
+for the 3D view (``mirage.chunks.start_memory``). Paths come from presets, strokes, keyframes or
+files; every one is a ``mirage.paths.CameraPath`` of the scene's source camera, checked against the
+scene when it is set (``set_path``) together with how it was made (``PathRecipe``). Changing the path
+never recomputes depth or encoding. What a user session keeps beside a scene (its folder, its last
+result, the controls' last accepted values) is the app's (``app_runtime.Session``).
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from . import camera_io, paths, plotting, strokes
 from .cameras import Camera, Cameras, fov_from_intrinsics, intrinsics_from_fov
+from .chunks import start_memory
 from .codecs import OfflineCodec, VideoCodec
 from .depth import FileDepth, PlanarPriorBackend, make_depth_backend, weights_available
 from .examples import EXAMPLES, load_example
 from .frames import TEMPORAL_STRIDE
 from .geometry import valid_depth
-from .images import choose_resolution, fit_image_depth_camera, load_image, to_uint8
-from .memory import LatentSpatialMemory, Observation
+from .images import choose_resolution, fit_image_depth_camera, load_image
+from .memory import LatentSpatialMemory, make_memory
 from .paths import CameraPath
 
 __all__ = [
@@ -44,8 +46,10 @@ __all__ = [
     "usable_depth",
     "compact_raw",
     "rebuild_at",
-    "cell_colors",
+    "recipe_at",
     "require_scene",
+    "require_path",
+    "PathRecipe",
     "set_path",
     "preset_path",
     "stroke_path",
@@ -59,13 +63,15 @@ __all__ = [
 ]
 
 DepthChoice = Literal["auto", "depth-pro", "upload", "ground-truth", "planar-prior"]
-DEPTH_CHOICE_KEYS = ("auto", "depth-pro", "upload", "ground-truth", "planar-prior")
+DEPTH_CHOICE_KEYS: tuple[str, ...] = get_args(DepthChoice)
 LONG_SIDES = (256, 384, 512)  # preview working sizes (long side); 1280 (704x1280) for the GPU pipeline
 FULL_LONG_SIDE = 1280
 FULL_SIZE = (704, 1280)  # (short, long) sides of the model resolution: no input needs more than covers it
 DEPTH_RANGE_M = (1e-3, 1e5)  # plausible metric depth (1 mm .. 100 km); values outside are invalid
 MIN_DEPTH_COVERAGE = 0.1  # fraction of the source view that needs valid depth for a usable scene
 ColorBy = Literal["latent", "image"]
+COLOR_BY: tuple[str, ...] = get_args(ColorBy)
+NO_PATH = "no camera path yet: make one with a preset, a stroke, keyframes or an import"
 PLANAR_PRIOR_LABEL = "planar prior (placeholder geometry, not a depth estimate)"
 
 
@@ -166,7 +172,7 @@ def raw_from_upload(
 
 @dataclass
 class SceneState:
-    """One scene at the working resolution (the app keeps one per session)."""
+    """One scene at the working resolution with its current path."""
 
     raw: RawScene  # the input at its own resolution
     image: Tensor  # [3, H, W] in [-1, 1], fitted to the model aspect
@@ -179,24 +185,10 @@ class SceneState:
     path: CameraPath | None = None  # current camera path (T = 4N + 1 frames at W x H, frame 0 = camera)
     path_label: str = ""  # how the path was made, for captions and file names
     recipe: "PathRecipe | None" = None  # how to make the path again (another frame count, other stroke settings)
-    last_preset: "PathRecipe | None" = None  # the last preset path accepted (what the preset controls show)
-    last_stroke: "PathRecipe | None" = None  # the last stroke path accepted (what the stroke controls show)
-    result: Any = None  # last run on this path (mirage.preview.RunResult, without its videos)
-    version: int = 0  # bumped when the path changes (stale results are not shown)
-    workdir: Path | None = None  # this session's temporary folder (set by the app)
 
     @property
     def size(self) -> tuple[int, int]:  # (H, W)
         return tuple(self.image.shape[1:])
-
-
-def cell_colors(frames: Tensor, cells: Tensor, stride: int = 16) -> Tensor:
-    """Mean colour of the given latent cells, in the memory's point order.
-
-    frames: ``[3, F, H, W]`` in [-1, 1]; cells: ``[F, h, w]`` bool, e.g. ``memory.last_added``.
-    Returns ``[M, 3]`` uint8, row-major over ``(F, h, w)`` as the memory's ``update`` appends."""
-    mean = torch.nn.functional.avg_pool2d(frames.permute(1, 0, 2, 3).float(), stride)  # [3, F, H, W] -> [F, 3, h, w]
-    return to_uint8(mean).permute(0, 2, 3, 1)[cells.to(mean.device)]  # [F, h, w, 3] -> [M, 3]
 
 
 def build_scene(raw: RawScene, long_side: int = 512, codec: VideoCodec | None = None) -> SceneState:
@@ -208,11 +200,11 @@ def build_scene(raw: RawScene, long_side: int = 512, codec: VideoCodec | None = 
     image, depth, K = fit_image_depth_camera(raw.image, raw.depth, raw.K, W, H)  # [3, H, W], [H, W], [3, 3]
     depth = usable_depth(depth, raw)  # [H, W]
     camera = Camera(K, torch.eye(4), W, H)
-    latent = codec.encode(image[None, :, None])[0].float()  # [1, 3, 1, H, W] -> [C, 1, h, w]
-    memory = LatentSpatialMemory(codec=codec).initialize(Observation.single(camera, depth, latent, image))
-    colors = cell_colors(image[:, None], memory.last_added, codec.spatial_stride)  # [N, 3]
+    memory = make_memory("latent", codec=codec)
+    latent, stored = start_memory(memory, camera, image, depth, codec.encode)  # [1, C, 1, h, w]
+    colors = stored.colors(image[:, None])  # [N, 3] the image colour of each point
     scene_depth = float(depth[valid_depth(depth)].median())
-    return SceneState(raw, image, depth, camera, latent, memory, colors, scene_depth)
+    return SceneState(raw, image, depth, camera, latent[0], memory, colors, scene_depth)
 
 
 def usable_depth(depth: Tensor, raw: RawScene) -> Tensor:  # [H, W] metres -> [H, W], NaN outside DEPTH_RANGE_M
@@ -249,16 +241,14 @@ def rebuild_at(state: SceneState, long_side: int) -> SceneState:
     (the fit's crop can differ between sizes, so the path is re-anchored, not only rescaled)."""
     new = build_scene(require_scene(state).raw, long_side)
     H, W = new.size
-    at_new_size = functools.partial(_recipe_at, new_camera=new.camera, old_camera=state.camera)
-    new.last_preset, new.last_stroke = state.last_preset, at_new_size(state.last_stroke)
     if state.path is not None:
         motion = Cameras.rescaled(state.path, W, H)  # [T] the old path at the new size
         path = paths.anchored_path(new.camera, motion, len(state.path))
-        set_path(new, path, state.path_label, recipe=at_new_size(state.recipe))
+        set_path(new, path, state.path_label, recipe=recipe_at(state.recipe, new.camera, state.camera))
     return new
 
 
-def _recipe_at(recipe: "PathRecipe | None", new_camera: Camera, old_camera: Camera) -> "PathRecipe | None":
+def recipe_at(recipe: "PathRecipe | None", new_camera: Camera, old_camera: Camera) -> "PathRecipe | None":
     """``recipe`` (made for the scene seen by ``old_camera``) for the same input fitted as
     ``new_camera`` sees it: a stroke's pixels go through the fits' pixel map ``K_new @ K_old^-1``
     (scale and crop), an import's cameras are rescaled; presets and keyframes do not depend on it."""
@@ -295,6 +285,14 @@ def require_scene(state: SceneState | None) -> SceneState:
     return state
 
 
+def require_path(state: SceneState | None) -> CameraPath:
+    """The scene's current path; ``ValueError`` saying how to make one when there is none."""
+    path = require_scene(state).path
+    if path is None:
+        raise ValueError(NO_PATH)
+    return path
+
+
 @dataclass(frozen=True)
 class PathRecipe:
     """How the current path was made, to make it again with another frame count or other settings
@@ -314,9 +312,8 @@ class PathRecipe:
 def remake_path(state: SceneState, num_frames: int, max_frames: int | None = None, **changes: Any) -> SceneState:
     """Make the current path again with ``num_frames`` frames and ``changes`` to its recipe (e.g.
     ``depth_fraction`` of a stroke path); the path is unchanged when this raises."""
-    state = require_scene(state)
-    if state.recipe is None:
-        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
+    if require_scene(state).recipe is None:
+        raise ValueError(NO_PATH)
     r = replace(state.recipe, **changes)
     if r.kind == "preset":
         return preset_path(state, r.preset, r.amount, num_frames, max_frames)
@@ -342,12 +339,6 @@ def set_path(state: SceneState, path: CameraPath, label: str, max_frames: int | 
         raise ValueError(f"too many frames: {len(path)} (at most {max_frames})")
     paths.path_bounds_check(path, state.scene_depth, depth=state.depth)  # against the surface each camera crosses
     state.path, state.path_label, state.recipe = path, label, recipe
-    if recipe is not None and recipe.kind == "preset":
-        state.last_preset = recipe
-    if recipe is not None and recipe.kind == "stroke":
-        state.last_stroke = recipe
-    state.result = None
-    state.version += 1
     return state
 
 
@@ -380,8 +371,8 @@ def _stroke_path(state: SceneState, pixels: Tensor, num_frames: int, depth_fract
     """The camera along stroke ``pixels [16, 2]`` (u, v at the working size) lifted to ``depth_fraction``."""
     if not 0.0 < float(depth_fraction) < 1.0:
         raise ValueError(f"the stroke's depth fraction must be between 0 and 1 (exclusive), got {depth_fraction!r}")
-    if look not in ("source", "forward"):
-        raise ValueError(f"look must be 'source' or 'forward', got {look!r}")
+    if look not in paths.LOOKS:
+        raise ValueError(f"look must be one of {paths.LOOKS}, got {look!r}")
     points = strokes.lift_stroke(pixels, state.depth, state.camera, float(depth_fraction))  # [16, 3] world
     path = paths.path_from_points(state.camera, points, num_frames, look=look)
     recipe = PathRecipe("stroke", stroke=pixels, depth_fraction=float(depth_fraction), look=look)
@@ -435,10 +426,7 @@ def _anchored_import(state: SceneState, cams: Cameras, name: str, num_frames: in
 
 def export_path(state: SceneState, folder: Path, fps: float = 16) -> list[Path]:
     """The current path as RealEstate10K ``.txt``, nerfstudio ``transforms.json`` and mirage JSON."""
-    state = require_scene(state)
-    if state.path is None:
-        raise ValueError("no camera path yet: make one with a preset, a stroke, keyframes or an import")
-    files = camera_io.export_path_files(state.path, folder, "camera_path", fps=fps)
+    files = camera_io.export_path_files(require_path(state), folder, "camera_path", fps=fps)
     return [files["re10k"], files["nerfstudio"], files["mirage"]]
 
 

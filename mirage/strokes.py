@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Camera
+from .geometry import unproject_points, valid_depth
 
 __all__ = ["stroke_mask", "order_stroke", "stroke_pixels_from_layers", "lift_stroke"]
 
@@ -208,7 +209,7 @@ def lift_stroke(
         i = int(outside.nonzero()[0])
         raise ValueError(f"stroke outside the image: point {i} (u={float(pixels[i,0]):.1f}, v={float(pixels[i,1]):.1f}) not in {W}x{H}")
     d = depth.detach().cpu().double()
-    valid = torch.isfinite(d) & (d > 0)  # [H, W]
+    valid = valid_depth(d)  # [H, W]
     if not valid.any():
         raise ValueError("depth map has no valid pixel to lift the stroke onto")
     median = float(d[valid].median())
@@ -228,9 +229,5 @@ def lift_stroke(
         u, v = u[inside], v[inside]
         hits = valid[v, u].nonzero()
         z[m] = d[v[hits[0, 0]], u[hits[0, 0]]] if len(hits) else median
-    K = camera.K.double().cpu()
-    rays = torch.linalg.solve(K, torch.cat([xy, torch.ones(len(xy), 1, dtype=torch.float64)], 1).T).T  # [M, 3]
-    cam_points = rays / rays[:, 2:3] * (depth_fraction * z)[:, None]  # [M, 3] camera space, z = fraction * depth
-    world_from_cam = camera.world_from_cam.double().cpu()  # [4, 4]
-    world = cam_points @ world_from_cam[:3, :3].T + world_from_cam[:3, 3]
+    world = unproject_points(xy, depth_fraction * z, camera.K.cpu(), camera.world_from_cam.cpu())  # [M, 3] in float64
     return world.float()

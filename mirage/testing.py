@@ -212,13 +212,12 @@ def save_tiny_branch(folder: str | Path, kind: str, transformer_config: dict[str
     ``lora.safetensors``), one branch block per stride of the tiny transformer's layers."""
     from safetensors.torch import save_file
 
-    from .checkpoints import MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE, SPATIA_BRANCH_FILE, SPATIA_LORA_FILE
-    from .pipeline import BRANCH_STRIDE
+    from .families import FAMILIES
 
+    family = FAMILIES[kind]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    names = {"spatia": (SPATIA_BRANCH_FILE, SPATIA_LORA_FILE), "mirage": (MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE)}[kind]
-    layers = tuple(range(0, transformer_config["num_layers"], BRANCH_STRIDE[kind]))
-    save_file(tiny_branch_state_dict(transformer_config, layers, seed), str(folder / names[0]))
-    save_file(tiny_lora_state_dict(transformer_config, seed=seed, default=kind == "spatia"), str(folder / names[1]))
+    layers = tuple(range(0, transformer_config["num_layers"], family.layer_stride))
+    save_file(tiny_branch_state_dict(transformer_config, layers, seed), str(folder / family.branch_file))
+    save_file(tiny_lora_state_dict(transformer_config, seed=seed, default=kind == "spatia"), str(folder / family.lora_file))
     return folder

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .frames import pixel_to_latent_frame
+from .frames import causal_upsample
 from .images import from_uint8, to_uint8
 
 __all__ = [
@@ -208,11 +208,7 @@ def upsample_latent_mask(
     """Latent-grid mask to pixel frames: latent frame ``k`` fills pixel frames ``4k-3 .. 4k`` (and
     frame 0 fills pixel 0); each cell becomes its ``H/h x W/w`` block (nearest)."""
     mask = _check_mask(mask, "latent mask")
-    latent_of_pixel = pixel_to_latent_frame(num_frames, temporal_stride)  # [T]
-    expected = (num_frames - 1) // temporal_stride + 1
-    if mask.shape[0] != expected:
-        raise ValueError(f"latent mask has {mask.shape[0]} frames; {num_frames} pixel frames need {expected}")
-    return _resize_mask(mask[latent_of_pixel], height, width)
+    return _resize_mask(causal_upsample(mask, num_frames, 1, temporal_stride), height, width)  # [T, h, w] -> [T, H, W]
 
 
 def mask_to_video(mask: Tensor, size: tuple[int, int] | None = None) -> Tensor:  # mask: [T, h, w] bool

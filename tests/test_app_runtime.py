@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import app_runtime as rt
 
@@ -231,14 +232,45 @@ def test_path_controls_follow_the_accepted_paths():
     camera = default_camera(256, 160, 60.0)
     image, depth = default_scene().render(camera)
     state = scene.build_scene(scene.RawScene("room", image[0], depth[0], camera.K, "ground truth"), 256)
-    assert rt.path_controls(state) == rt.PathControls(None, None, None, None, None)
+    session = rt.Session().new_scene(state)
+    assert rt.path_controls(session) == rt.PathControls(None, None, None, None, None)
     scene.preset_path(state, "pan_right", 12.0, 65)
-    assert rt.path_controls(state) == rt.PathControls(65, "pan_right", 12.0, None, None)
+    assert rt.path_controls(session.path_changed()) == rt.PathControls(65, "pan_right", 12.0, None, None)
     scene.keyframe_path(state, scene.default_keyframe_rows(state), 33)  # another kind: the preset controls keep their values
-    assert rt.path_controls(state) == rt.PathControls(33, "pan_right", 12.0, None, None)
+    assert rt.path_controls(session.path_changed()) == rt.PathControls(33, "pan_right", 12.0, None, None)
+    version = session.version
     with pytest.raises(ValueError):
         scene.preset_path(state, "dolly_in", 0.99, 33)
-    assert rt.path_controls(state) == rt.PathControls(33, "pan_right", 12.0, None, None)  # a refusal changes nothing
+    assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None)  # a refusal changes nothing
+    assert session.version == version
+
+
+def test_a_new_working_size_keeps_the_controls_last_accepted_values():
+    """``Session.resized``: the preset and stroke settings the controls show survive a size change
+    (the stroke's own recipe, pixels mapped into the new fit, is ``scene.rebuild_at``'s: test_scene)."""
+    from mirage import scene
+    from mirage.synthetic import default_camera, default_scene
+    from test_scene import _stroke_editor
+
+    camera = default_camera(256, 160, 60.0)
+    image, depth = default_scene().render(camera)
+    state = scene.build_scene(scene.RawScene("room", image[0], depth[0], camera.K, "ground truth"), 256)
+    session = rt.Session().new_scene(state)
+    scene.preset_path(state, "pan_left", 10.0, 33)
+    session.path_changed()
+    scene.keyframe_path(state, scene.default_keyframe_rows(state), 33)
+    big = scene.rebuild_at(state, 512)
+    session.resized(big)
+    assert session.scene is big and big.recipe.kind == "keyframes"
+    assert session.last_preset.preset == "pan_left" and session.last_preset.amount == 10.0
+
+    H, W = big.size
+    scene.stroke_path(big, _stroke_editor(H, W, (W // 2, H // 2), (W - 20, H // 2)), 33, depth_fraction=0.4)
+    session.path_changed()
+    small = scene.rebuild_at(big, 256)
+    session.resized(small)
+    assert session.last_stroke.depth_fraction == 0.4
+    torch.testing.assert_close(session.last_stroke.stroke, small.recipe.stroke, rtol=0, atol=0)  # mapped like the path's
 
 
 def test_examples_say_where_their_depth_comes_from_and_look_different():

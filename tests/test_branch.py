@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mirage.branch import MIRAGE_BRANCH, SPATIA_BRANCH, BranchConfig, MemoryBranch, branched_forward, rotary_embedding
+from mirage.branch import BranchConfig, MemoryBranch, branched_forward, rotary_embedding
+from mirage.families import FAMILIES
+
+MIRAGE_BRANCH, SPATIA_BRANCH = FAMILIES["mirage"].branch_config, FAMILIES["spatia"].branch_config
 from mirage.testing import TINY_TEXT_DIM, randomize_parameters, tiny_branch_transformer
 
 R, F, H, W = 2, 3, 4, 6  # reference frames, other frames, latent height/width (post-patch 2 x 3)

@@ -11,6 +11,7 @@ import torch
 
 from mirage.cameras import Cameras
 from mirage.conditioning import mirage_references, spatia_references, visible_points, voxel_iou
+from mirage.memory import Observation, RGBPointCloudMemory
 
 W, H = 12, 8
 
@@ -63,31 +64,39 @@ def test_mirage_references_best_overlap_first_above_threshold_at_most_four():
     assert mirage_references(pts, targets, candidates[:0], H, W) == []
 
 
-class FakeMemory:
-    """A memory whose z-buffer point ids per camera are given (keyed by the camera's x position)."""
+def wall_memory() -> RGBPointCloudMemory:
+    """A real pixel memory of 50 points on a wall at z = 4, one per metre at x = 0.5 .. 49.5 (a 50x1
+    image seen from x = 25), so that a camera seeing the wall between x = a and x = b shows exactly
+    the points in [a, b) (``segment_cameras``)."""
+    K = torch.tensor([[4.0, 0, 25.0], [0, 4.0, 0.5], [0, 0, 1]])
+    T = torch.eye(4)
+    T[0, 3] = -25.0  # the camera at x = 25
+    source = Cameras(K[None], T[None], 50, 1)
+    memory = RGBPointCloudMemory()
+    memory.initialize(Observation(source, torch.full((1, 1, 50), 4.0), frames=torch.zeros(3, 1, 1, 50)))
+    return memory
 
-    def __init__(self, shown: dict[float, list[int]]) -> None:
-        self.shown = shown
-        self.num_points = 100
 
-    def point_ids(self, cameras: Cameras) -> torch.Tensor:  # -> [1, rows, cols]
-        x = round(float(-cameras.cam_from_world[0, 0, 3]), 3)
-        ids = torch.full((H * W,), -1, dtype=torch.long)
-        ids[: len(self.shown[x])] = torch.tensor(self.shown[x], dtype=torch.long)
-        return ids.view(1, H, W)
+def segment_cameras(segments: list[tuple[float, float]]) -> Cameras:
+    """50x1 cameras on the x axis looking along +z, each framing the wall at z = 4 from x = a to x = b."""
+    K = torch.zeros(len(segments), 3, 3)
+    T = torch.eye(4).repeat(len(segments), 1, 1)
+    for i, (a, b) in enumerate(segments):
+        f = 25.0 / ((b - a) / 2 / 4)  # 25 pixels span half the segment at 4 m
+        K[i] = torch.tensor([[f, 0, 25.0], [0, f, 0.5], [0, 0, 1]])
+        T[i, 0, 3] = -(a + b) / 2
+    return Cameras(K, T, 50, 1)
 
 
 def test_spatia_references_hungarian_not_greedy_one_per_target_in_target_order():
     # target 0 shares 10 points with candidate A and 8 with B; target 1 shares 9 with A and none with B.
     # Greedy (target 0 takes A) would total 10; the assignment target 0 -> B, target 1 -> A totals 17.
-    memory = FakeMemory({
-        0.0: list(range(0, 10)) + list(range(20, 28)),  # target 0
-        1.0: list(range(0, 9)) + list(range(40, 50)),  # target 1
-        2.0: list(range(0, 10)),  # candidate A
-        3.0: list(range(20, 28)),  # candidate B
-        4.0: list(range(60, 70)),  # candidate C: shares nothing
-    })  # fmt: skip
-    targets, candidates = cameras_at([0.0, 1.0]), cameras_at([4.0, 2.0, 3.0])
+    memory = wall_memory()
+    targets = segment_cameras([(0, 20), (11, 20)])
+    candidates = segment_cameras([(40, 50), (10, 20), (0, 8)])  # C (shares nothing), A, B
+    shown = [set(memory.point_ids(c)[memory.point_ids(c) >= 0].tolist()) for c in (targets[:1], targets[1:])]
+    seen = [set(memory.point_ids(c)[memory.point_ids(c) >= 0].tolist()) for c in (candidates[i : i + 1] for i in range(3))]
+    assert [[len(t & c) for c in seen] for t in shown] == [[0, 10, 8], [0, 9, 0]]  # the real z-buffer gives the setup
     assert spatia_references(memory, targets, candidates) == [2, 1]  # target 0 -> B (index 2), target 1 -> A (index 1)
     assert spatia_references(memory, targets, candidates, max_references=1) == [2]
-    assert spatia_references(memory, targets, cameras_at([4.0])) == []  # no shared points: no reference
+    assert spatia_references(memory, targets, candidates[:1]) == []  # no shared points: no reference

@@ -23,6 +23,7 @@ from mirage.depth import (
     save_depth_png16,
     weights_available,
 )
+from mirage.testing import tiny_depth_anything_config, tiny_depth_pro_config
 
 H, W = 24, 40
 
@@ -38,12 +39,12 @@ def _K(f=30.0, w=W, h=H):  # -> [3, 3] centred camera
 
 @pytest.fixture(scope="module")
 def depth_pro():
-    return DepthProBackend.from_config(seed=0)
+    return DepthProBackend.from_config(tiny_depth_pro_config(), seed=0)
 
 
 def _constant_depth_pro(canonical=0.25, fov_deg=50.0):
     """Tiny Depth Pro whose canonical inverse depth is ``canonical`` everywhere and whose fov is ``fov_deg``."""
-    backend = DepthProBackend.from_config(seed=1)
+    backend = DepthProBackend.from_config(tiny_depth_pro_config(), seed=1)
     last_conv = backend.model.head.layers[-2]  # Conv2d(32, 1, 1) before the final ReLU
     fov_conv = backend.model.fov_model.head.layers[-1]  # final Conv2d -> one value per image
     with torch.no_grad():
@@ -186,7 +187,7 @@ def test_missing_weights_errors(tmp_path):
 # ----------------------------------------------------------------------------- Depth Anything V2 metric
 @pytest.fixture(scope="module")
 def depth_anything():
-    backend = DepthAnythingV2MetricBackend.from_config(seed=0, fov_x_deg=60.0)
+    backend = DepthAnythingV2MetricBackend.from_config(tiny_depth_anything_config(), seed=0, fov_x_deg=60.0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # the default init gives a constant map on this tiny model; make the head vary
         for p in backend.model.head.parameters():
@@ -207,7 +208,7 @@ def test_depth_anything_shapes_and_K(depth_anything):
 
 
 def test_depth_anything_analytic_constant_head():
-    backend = DepthAnythingV2MetricBackend.from_config(seed=0)
+    backend = DepthAnythingV2MetricBackend.from_config(tiny_depth_anything_config(), seed=0)
     with torch.no_grad():
         backend.model.head.conv3.weight.zero_()
         backend.model.head.conv3.bias.fill_(1.0)
@@ -243,7 +244,7 @@ def test_depth_anything_rejects_relative_and_bad_fov():
     with pytest.raises(ValueError, match="metric"):
         DepthAnythingV2MetricBackend(DepthAnythingForDepthEstimation(cfg), None)
     with pytest.raises(ValueError, match="fov_x_deg"):
-        DepthAnythingV2MetricBackend.from_config(fov_x_deg=180.0)
+        DepthAnythingV2MetricBackend.from_config(tiny_depth_anything_config(), fov_x_deg=180.0)
 
 
 # ----------------------------------------------------------------------------- files

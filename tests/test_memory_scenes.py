@@ -4,7 +4,7 @@ import torch
 
 from mirage.codecs import OfflineCodec
 from mirage.examples import crop_to_multiple, load_middlebury_motorcycle
-from mirage.memory import LatentSpatialMemory, Observation, RGBPointCloudMemory
+from mirage.memory import LatentSpatialMemory, MemoryConfig, Observation, RGBPointCloudMemory
 from mirage.paths import make_preset_path
 from mirage.synthetic import default_camera, default_scene
 
@@ -20,7 +20,8 @@ def test_middlebury_left_warped_into_right_matches_real_right_for_both_memories(
     right_cam = ex.camera_right.batch()
 
     # RGB point cloud: rasterize the right view at full resolution
-    rgb_mem = RGBPointCloudMemory(codec).initialize(Observation.single(ex.camera_left, ex.depth_left, image=ex.left))
+    rgb_mem = RGBPointCloudMemory(codec=codec)
+    rgb_mem.initialize(Observation.single(ex.camera_left, ex.depth_left, image=ex.left))
     r = rgb_mem.render(right_cam)
     render, seen = r.frames, r.mask  # [3, 1, H, W], [1, H, W]
     seen = seen[0]
@@ -31,7 +32,8 @@ def test_middlebury_left_warped_into_right_matches_real_right_for_both_memories(
 
     # latent memory: tokens of the left view, read for the right camera, decoded
     latent = codec.encode(ex.left[:, None][None])[0]  # [48, 1, 31, 46]
-    lat_mem = LatentSpatialMemory().initialize(Observation.single(ex.camera_left, ex.depth_left, latent))
+    lat_mem = LatentSpatialMemory()
+    lat_mem.initialize(Observation.single(ex.camera_left, ex.depth_left, latent))
     out = lat_mem.read_views(right_cam)
     decoded = codec.decode(out.latents[None])[0, :, 0]  # [3, H, W]
     cells = out.mask[0].repeat_interleave(16, 0).repeat_interleave(16, 1)  # [H, W]
@@ -65,7 +67,8 @@ def test_detour_and_revisit_gives_back_original_tokens_and_dedup_bounds_growth()
     latents = codec.encode(video[None])[0]  # [48, 9, h, w]
     aligned = path[4::4]  # cameras of latent frames 1..8 (pixel frames 4k)
 
-    mem = LatentSpatialMemory().initialize(Observation.single(src, depth[0], latents[:, 0]))
+    mem = LatentSpatialMemory()
+    mem.initialize(Observation.single(src, depth[0], latents[:, 0]))
     before = mem.read_views(src.batch())
     mem.update(Observation(aligned, depth[4::4], latents[:, 1:]))
     assert mem.num_points > 2 * before.mask.sum()  # the detour added new cells
@@ -92,12 +95,14 @@ def test_detour_and_revisit_gives_back_original_tokens_and_dedup_bounds_growth()
     first = mem.num_points
     mem.update(Observation(aligned, noisy, latents[:, 1:]))
     assert mem.num_points <= 1.01 * first, (first, mem.num_points)
-    plain = LatentSpatialMemory(update_policy="append").initialize(Observation.single(src, depth[0], latents[:, 0]))
+    plain = LatentSpatialMemory(MemoryConfig(update_policy="append"))
+    plain.initialize(Observation.single(src, depth[0], latents[:, 0]))
     plain.update(Observation(aligned, depth[4::4], latents[:, 1:]))
     n1 = plain.num_points
     plain.update(Observation(aligned, noisy, latents[:, 1:]))
     assert plain.num_points > 1.8 * n1
-    dd = LatentSpatialMemory(voxel_size=0.05, update_policy="append").initialize(Observation.single(src, depth[0], latents[:, 0]))
+    dd = LatentSpatialMemory(MemoryConfig(voxel_size=0.05, update_policy="append"))
+    dd.initialize(Observation.single(src, depth[0], latents[:, 0]))
     dd.update(Observation(aligned, depth[4::4], latents[:, 1:]))
     n1 = dd.num_points
     dd.update(Observation(aligned, noisy, latents[:, 1:]))
@@ -106,7 +111,8 @@ def test_detour_and_revisit_gives_back_original_tokens_and_dedup_bounds_growth()
 
 def test_rgb_memory_revisit_renders_start_view_unchanged():
     src, path, video, depth = _detour()
-    mem = RGBPointCloudMemory(OfflineCodec()).initialize(Observation.single(src, depth[0], image=video[:, 0]))
+    mem = RGBPointCloudMemory(codec=OfflineCodec())
+    mem.initialize(Observation.single(src, depth[0], image=video[:, 0]))
     r0 = mem.render(src.batch())
     before, m0 = r0.frames, r0.mask
     mem.update(Observation(path[4::4], depth[4::4], frames=video[:, 4::4]))

@@ -1,6 +1,7 @@
 """Camera paths: analytic preset checks, keyframes, strokes, resampling, bounds."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -503,6 +504,18 @@ def test_keyframe_table_holds_at_most_64_keyframes():
     assert keyframes_from_table(np.array([row(0), row(1)])) == [Keyframe((0, 0, 0)), Keyframe((0.01, 0, 0))]
 
 
+def test_keyframe_angles_are_bounded_like_preset_amounts():
+    """A yaw past a full turn, a pitch past straight up or down, a roll past upside down: refused by name."""
+    assert Keyframe((0, 0, 0), yaw=-360, pitch=90, roll=180).yaw == -360.0  # the bounds themselves are fine
+    for name, value, bound in (("yaw", 1e9, 360), ("pitch", -90.5, 90), ("roll", 181, 180)):
+        with pytest.raises(ValueError, match=rf"Keyframe.{name} must be within \+-{bound} degrees \(.*\), got {re.escape(f'{value:g}')}"):
+            Keyframe((0, 0, 0), **{name: value})
+        row = [0.1, 0, 0, 0, 0, 0, 60]
+        row[KEYFRAME_COLUMNS.index(name)] = value
+        with pytest.raises(ValueError, match=rf"^keyframe table row 2, column '{name}': {re.escape(f'{value:g}')} is past \+-{bound} degrees"):
+            keyframes_from_table([[0, 0, 0, 0, 0, 0, 60], row])
+
+
 # ----------------------------------------------------------------------------- strokes
 def test_path_from_points_follows_a_line_with_source_orientation():
     src = tilted_source()
@@ -607,7 +620,8 @@ def test_reading_frame_zero_of_any_path_returns_the_source_tokens(kind):
     g = torch.Generator().manual_seed(1)
     latent = torch.randn(48, 8, 16, generator=g).to(torch.bfloat16)
     depth = 1.5 + torch.rand(128, 256, generator=g)
-    mem = LatentSpatialMemory().initialize(Observation.single(src, depth, latent))
+    mem = LatentSpatialMemory()
+    mem.initialize(Observation.single(src, depth, latent))
     out = mem.read(every_path_source(src)[kind][:9])  # the first chunk's first latent frame is frame 0
     assert out.mask[0].all() and torch.equal(out.latents[:, 0], latent)
 

@@ -18,7 +18,9 @@ from mirage.depth import PlanarPriorBackend
 from mirage.frames import Chunking
 from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory
 from mirage.paths import CameraPath, make_preset_path
-from mirage.pipeline import DEFAULTS, WAN_NEGATIVE_PROMPT, WAN_UNIPC_CONFIG, MiragePipeline, token_visible
+from mirage.chunks import STAGES
+from mirage.families import DEFAULTS, WAN_NEGATIVE_PROMPT
+from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline, token_visible
 from mirage.synthetic import default_camera, default_scene
 from mirage.testing import TINY_TEXT_DIM, TINY_VAE_CONFIG, save_tiny_wan_checkpoint, tiny_text_encoder, tiny_transformer
 
@@ -119,7 +121,10 @@ def test_two_chunks_give_the_right_frames_and_shapes(replace_run):
     for c, timing in enumerate(out.chunk_timings):
         stages = {"readout", "project", "condition", "denoise", "decode", "depth", "update", "total"} | ({"prompt", "init"} if c == 0 else set())
         assert set(timing) == stages
-        assert all(v >= 0 for v in timing.values())
+        assert all(v > 0 for v in timing.values())  # every stage ran
+        steps = sum(v for k, v in timing.items() if k in STAGES and k not in ("prompt", "init"))  # one after another
+        # (prompt and init run before chunk 0 and are not in its total)
+        assert timing["project"] <= timing["readout"] and steps <= timing["total"] <= steps + 0.05, timing
     assert out.peak_memory_bytes == [0, 0]  # CPU
 
 
@@ -213,10 +218,28 @@ def test_rgb_memory_runs_through_the_same_loop(rgb_run):
     assert sizes[0] == H * W and sizes[0] < sizes[1] < sizes[2]
     for timing, readout, latents in zip(out.chunk_timings, out.readouts, out.latents):
         assert {"rasterize", "encode", "readout"} <= set(timing)
-        assert readout.renders.shape == (3, CHUNK, H, W)
+        assert readout.pixel_mask.shape == readout.pixel_depth.shape == (CHUNK, H, W)  # every pixel frame rasterized
         visible = later_frames(readout.mask)
         assert visible.any()
         assert torch.equal(latents[:, visible], readout.latents[:, visible].float())
+
+
+def test_the_depth_stage_brings_an_estimate_to_the_memory_scale(pipe, scene):
+    """A depth model that sees the wall at a third of its true depth: the depth stage finds the scale
+    (3) on the cells the memory shows, and every point the chunks store lies on the true wall (z = 2 m)."""
+    from mirage.depth import GroundTruthDepth
+
+    image, _, _, embeds = scene
+    cam = default_camera(W, H)
+    wall = torch.full((H, W), 2.0)  # [H, W] a fronto-parallel wall: every camera of a truck path sees it at 2 m
+    path = make_preset_path("truck_right", cam, num_frames=T, amount=0.6, scene_depth=2.0)
+    third = MiragePipeline(pipe.transformer, pipe.vae, pipe.scheduler, depth_backend=GroundTruthDepth(wall / 3, cam.K))
+    out = third(image, path, prompt_embeds=embeds, num_frames=T, chunking=Chunking(CHUNK, CHUNK, 1), num_inference_steps=STEPS,
+                image_depth=wall, generator=torch.Generator().manual_seed(0), continuation="latent", guidance_scale=1.0)  # fmt: skip
+    assert out.depth_scales == pytest.approx([3.0, 3.0], rel=1e-5) and out.depth_aligned == [True, True]
+    stored = out.memory.frame_ids >= 1  # the points the chunks added (the right edge the truck uncovers)
+    assert int(stored.sum()) == sum(c.added for c in out.chunks) > 0
+    torch.testing.assert_close(out.memory.points[stored, 2], torch.full((int(stored.sum()),), 2.0), rtol=1e-5, atol=0)
 
 
 def test_a_passed_memory_instance_is_initialized_and_returned(pipe, scene):

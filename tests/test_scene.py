@@ -122,12 +122,12 @@ def test_preset_path_and_a_path_that_leaves_the_scene(scene):
     preview.preset_path(scene, "orbit_left", 15.0, 65)
     assert len(scene.path) == 65 and scene.path_label.startswith("preset orbit_left")
     torch.testing.assert_close(scene.path.cam_from_world[0], torch.eye(4))
-    before, version = scene.path, scene.version
+    before, label, recipe = scene.path, scene.path_label, scene.recipe
     with pytest.raises(ValueError, match="through the scene"):
         preview.preset_path(scene, "dolly_in", 2.0, 33)
     with pytest.raises(ValueError, match="too many frames"):
         preview.preset_path(scene, "orbit_left", None, 165, max_frames=161)
-    assert scene.path is before and scene.version == version  # a bad input leaves the session as it was
+    assert scene.path is before and (scene.path_label, scene.recipe) == (label, recipe)  # a bad input leaves the scene as it was
     with pytest.raises(ValueError, match="no scene yet"):
         preview.preset_path(None, "orbit_left", None, 33)
 
@@ -251,12 +251,12 @@ def test_the_active_path_is_made_again_from_its_recipe(scene):
     assert scene.recipe.kind == "stroke" and scene.recipe.depth_fraction == 0.6
     assert float(scene.path.centers[-1].norm()) > float(near.norm())  # farther along the same stroke
 
-    version, path, label, recipe = scene.version, scene.path, scene.path_label, scene.recipe
+    path, label, recipe = scene.path, scene.path_label, scene.recipe
     with pytest.raises(ValueError, match="4N\\+1"):
         remake_path(scene, 64)
     with pytest.raises(ValueError, match="depth fraction"):
         remake_path(scene, 33, depth_fraction=1.5)
-    assert (scene.version, scene.path, scene.path_label, scene.recipe) == (version, path, label, recipe)
+    assert (scene.path, scene.path_label, scene.recipe) == (path, label, recipe)
 
 
 def test_a_source_view_without_usable_geometry_is_refused(room):
@@ -297,8 +297,7 @@ def test_another_working_size_keeps_the_path_and_how_it_was_made(scene, room):
     preview.preset_path(scene, "pan_left", 10.0, 33)
     preview.keyframe_path(scene, preview.default_keyframe_rows(scene), 33)
     big = preview.rebuild_at(scene, 512)
-    assert big.path_label == scene.path_label and big.recipe.kind == "keyframes"
-    assert big.last_preset.preset == "pan_left" and big.last_preset.amount == 10.0
+    assert big.path_label == scene.path_label and big.recipe.kind == "keyframes"  # the controls' values: test_app_runtime
     from mirage.scene import remake_path
 
     remake_path(big, 65)
@@ -312,4 +311,4 @@ def test_another_working_size_keeps_the_path_and_how_it_was_made(scene, room):
     # 512x288 (16 rows off the top): v' = 2 (v + 16) - 16, u' = 2 u
     expected = scene.recipe.stroke * 2 + torch.tensor([0.0, 16.0])
     torch.testing.assert_close(big.recipe.stroke, expected, atol=1e-4, rtol=0)
-    assert big.last_stroke.depth_fraction == 0.4
+    assert big.recipe.depth_fraction == 0.4

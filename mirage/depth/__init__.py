@@ -21,7 +21,7 @@ which never touches the network to answer whether weights are present.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from .. import weights
 from .align import MIN_ALIGN_PIXELS, align_scale, estimate_frames
@@ -80,6 +80,7 @@ DEPTH_SOURCES: dict[str, DepthSourceInfo] = {
         "planar-prior", False, None, (), None, "placeholder ground plane + back wall, NOT an estimate (no weights)"
     ),
 }  # fmt: skip
+assert set(DEPTH_SOURCES) == set(get_args(DepthSourceName))
 
 
 def _source(name: str) -> DepthSourceInfo:

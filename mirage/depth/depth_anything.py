@@ -86,15 +86,11 @@ class DepthAnythingV2MetricBackend:
         return cls(model.to(device), processor, fov_x_deg=fov_x_deg, batch_size=batch_size)
 
     @classmethod
-    def from_config(
-        cls, config=None, seed: int = 0, fov_x_deg: float = 60.0, device="cpu"
-    ) -> "DepthAnythingV2MetricBackend":
-        """Random weights; ``config=None`` gives ``mirage.testing.tiny_depth_anything_config()``; processor sized to the backbone."""
+    def from_config(cls, config, seed: int = 0, fov_x_deg: float = 60.0, device="cpu") -> "DepthAnythingV2MetricBackend":
+        """Random weights for a metric ``DepthAnythingConfig`` (tests use
+        ``mirage.testing.tiny_depth_anything_config()``); the processor sized to its backbone."""
         from transformers import DepthAnythingForDepthEstimation
 
-        from ..testing import tiny_depth_anything_config
-
-        config = config if config is not None else tiny_depth_anything_config()
         torch.manual_seed(seed)
         model = DepthAnythingForDepthEstimation(config)
         processor = depth_anything_processor(config.backbone_config.image_size, config.patch_size)

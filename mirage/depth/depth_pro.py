@@ -74,14 +74,12 @@ class DepthProBackend:
         return cls(model.to(device), batch_size=batch_size)
 
     @classmethod
-    def from_config(cls, config=None, seed: int = 0, device="cpu") -> "DepthProBackend":
-        """Random weights (``torch.manual_seed(seed)``); ``config=None`` gives ``mirage.testing.tiny_depth_pro_config()``."""
+    def from_config(cls, config, seed: int = 0, device="cpu") -> "DepthProBackend":
+        """Random weights (``torch.manual_seed(seed)``) for a ``DepthProConfig`` (tests use
+        ``mirage.testing.tiny_depth_pro_config()``, benchmarks ``depth_pro_large_config()``)."""
         from transformers import DepthProForDepthEstimation
 
-        from ..testing import tiny_depth_pro_config
-
         torch.manual_seed(seed)
-        config = config if config is not None else tiny_depth_pro_config()
         model = DepthProForDepthEstimation(config, use_fov_model=True)
         return cls(model.to(device))
 

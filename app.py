@@ -115,8 +115,8 @@ def _controls(session):  # -> N_CONTROLS values: the path controls as the sessio
     return _or_skip(c.frames), _or_skip(c.preset), amount, info, _or_skip(c.depth_fraction), _or_skip(c.look)
 
 
-def _path_view(session, color_by):  # PATH_UI outputs after an accepted change
-    state = session.path_changed().scene
+def _path_view(session, color_by):  # PATH_UI outputs after an accepted change (Session.change_path)
+    state = session.scene
     note = f"Path set: {state.path_label}, {len(state.path)} frames."
     return (session, scene.scene_summary(state), scene.scene_figure(state, color_by), note, rt.active_path_line(state),
             *_controls(session))  # fmt: skip
@@ -195,31 +195,32 @@ def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, am
     return (*out[:5], f"{out[5]} {out[6]}")
 
 
-def _api_path(make):
-    """An API handler that applies ``make(scene, *args) -> scene`` to the session's scene (raises when refused)."""
+def _api_path(make, name: str):
+    """An API handler that applies ``make(scene, *args)`` to the session's scene (raises when refused)."""
 
-    @ui_errors
-    def handler(session, *args, **kwargs):
+    def handler(session, *args):
         *args, color_by = args
-        make(scene.require_scene(session.scene), *args, **kwargs)
-        return _path_view(session, color_by)[:4]
+        return _path_view(session.change_path(make, *args), color_by)[:4]
 
-    return handler
+    handler.__name__ = name  # the log line of a refusal names the endpoint
+    return ui_errors(handler)
 
 
-use_preset = _api_path(lambda st, preset, amount, frames: scene.preset_path(st, preset, _amount(amount), _frames(frames)))
-use_keyframes = _api_path(lambda st, table, frames: scene.keyframe_path(st, table, _frames(frames)))
+use_preset = _api_path(lambda st, preset, amount, frames: scene.preset_path(st, preset, _amount(amount), _frames(frames)),
+                       "preset_path")  # fmt: skip
+use_keyframes = _api_path(lambda st, table, frames: scene.keyframe_path(st, table, _frames(frames)), "keyframe_path")
+_stroke = _api_path(lambda st, ed, f, fr, lk: scene.stroke_path(st, ed, _frames(f), float(fr), lk), "stroke_path")
+_import = _api_path(lambda st, fl, f: scene.imported_path(st, fl, _frames(f)), "import_path")
 
 
 def use_stroke(session, editor, frames, depth_fraction, look, color_by, request: gr.Request):
     _track(request, *(editor or {}).get("files", ()))
-    make = lambda st, ed, f, fr, lk: scene.stroke_path(st, ed, _frames(f), float(fr), lk)  # noqa: E731
-    return _api_path(make)(session, editor, frames, depth_fraction, look, color_by)
+    return _stroke(session, editor, frames, depth_fraction, look, color_by)
 
 
 def use_import(session, file, frames, color_by, request: gr.Request):
     _track(request, file)
-    return _api_path(lambda st, fl, f: scene.imported_path(st, fl, _frames(f)))(session, file, frames, color_by)
+    return _import(session, file, frames, color_by)
 
 
 # The page: a refused value changes nothing and says so beside the control.
@@ -265,8 +266,7 @@ def _page_path(make):
     def handler(session, *args):
         *args, color_by = args
         try:
-            make(scene.require_scene(session.scene), *args)
-            return _path_view(session, color_by)
+            return _path_view(session.change_path(make, *args), color_by)
         except ValueError as err:
             return _path_refused(session, err)
 
@@ -542,7 +542,7 @@ def build_demo() -> gr.Blocks:
                         export_button = gr.Button("Export current path (3 formats)")
                         export_files = gr.File(label="Path files", file_count="multiple", interactive=False)
                 path_status = gr.Markdown(elem_id="path-status")
-                color_by = gr.Radio([("latent features (PCA)", "latent"), ("image colour", "image")], value="latent",
+                color_by = gr.Radio([(label, c) for c, label in rt.COLOR_BY_LABELS.items()], value="latent",
                                     label="Colour the points by")
                 plot = gr.Plot(label="Latent point cache and camera path (hover: frame, depth)", elem_id="cache-plot")
 

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -55,6 +55,8 @@ ZEROGPU_MAX_ENV = "MIRAGE_ZEROGPU_MAX_SECONDS"
 FRAME_CHOICES = (33, 65, 97, 129, 161)  # 4N+1 path lengths offered in the UI
 MAX_FRAMES = 161  # longest path accepted (5 chunks)
 FPS = 16  # playback rate of the offline previews (the paper's); generation uses its mode's default
+COLOR_BY_LABELS = {"latent": "latent features (PCA)", "image": "image colour"}  # mirage.scene.ColorBy -> UI label
+assert tuple(COLOR_BY_LABELS) == scene.COLOR_BY
 DEPTH_CHOICES: dict[str, str] = {  # UI label -> mirage.scene.DepthChoice
     "Automatic (uploaded map > ground truth > Depth Pro > planar prior)": "auto",
     "Depth Pro (needs its weights)": "depth-pro",
@@ -436,7 +438,7 @@ def conditioning_choices(mode: AppMode) -> list[tuple[str, str]]:
 
 
 def generation_defaults(conditioning: str = "replace") -> dict[str, Any]:
-    """The settings the UI shows for a conditioning (``mirage.pipeline.DEFAULTS``: Wan2.2's own for the
+    """The settings the UI shows for a conditioning (``mirage.families.DEFAULTS``: Wan2.2's own for the
     training-free modes, the reference's for a trained branch), with where they come from."""
     d = DEFAULTS["training-free" if conditioning in TRAINING_FREE_CHOICES else conditioning]
     return {"steps": d.num_inference_steps, "guidance": d.guidance_scale, "negative_prompt": d.negative_prompt, "fps": d.fps,
@@ -554,17 +556,23 @@ class Session:
     def new_scene(self, state: SceneState) -> "Session":
         """A scene just loaded (its path, if any, made for it)."""
         self.scene, self.last_preset, self.last_stroke = state, None, None
-        return self.path_changed()
+        return self._path_changed()
 
     def resized(self, state: SceneState) -> "Session":
         """The same input at another working size (``scene.rebuild_at``): the controls keep their
         last accepted values, a stroke's pixels mapped into the new fit."""
         old, self.scene = self.scene, state
         self.last_stroke = scene.recipe_at(self.last_stroke, state.camera, old.camera)
-        return self.path_changed()
+        return self._path_changed()
 
-    def path_changed(self) -> "Session":
-        """The scene's path was just set: note how (for the controls), drop the old result."""
+    def change_path(self, make: Callable[..., Any], *args: Any) -> "Session":
+        """Make the scene's path with ``make(scene, *args)`` (``mirage.scene.preset_path``, ``stroke_path``,
+        ...) and note it: the controls' last accepted values, the old result dropped, the version
+        bumped. A refused path (``ValueError``) changes nothing, here or in the scene."""
+        make(scene.require_scene(self.scene), *args)
+        return self._path_changed()
+
+    def _path_changed(self) -> "Session":
         recipe = None if self.scene is None else self.scene.recipe
         if recipe is not None and recipe.kind == "preset":
             self.last_preset = recipe

@@ -33,15 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diffsynth_equivalence import load_vendored  # noqa: E402
 
-from mirage.checkpoints import MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE, SPATIA_BRANCH_FILE, SPATIA_LORA_FILE  # noqa: E402
+from mirage.families import FAMILIES  # noqa: E402
 
 # Wan2.2-TI2V-5B as DiffSynth builds it (model_config.py, hash 1f5ab7703c6fc803fdded85ff040c316)
 TI2V_5B_DIFFSYNTH = dict(dim=3072, in_dim=48, ffn_dim=14336, out_dim=48, text_dim=4096, freq_dim=256, eps=1e-6,
                          patch_size=(1, 2, 2), num_heads=24, num_layers=30, has_image_input=False,
                          seperated_timestep=True, require_vae_embedding=False, require_clip_embedding=False,
                          fuse_vae_embedding_in_latents=True)  # fmt: skip
-BRANCH_LAYERS = {"mirage": tuple(range(0, 30, 2)), "spatia": tuple(range(0, 30, 4))}
-FILES = {"mirage": (MIRAGE_BRANCH_FILE, MIRAGE_LORA_FILE), "spatia": (SPATIA_BRANCH_FILE, SPATIA_LORA_FILE)}
+BRANCH_LAYERS = {k: f.branch_config.layers for k, f in FAMILIES.items()}  # the released layouts
+FILES = {k: (f.branch_file, f.lora_file) for k, f in FAMILIES.items()}
 LORA_TARGETS = ("q", "k", "v", "o", "ffn.0", "ffn.2")  # PEFT target_modules of both trainers
 
 
@@ -61,7 +61,7 @@ def lora_shapes(root: Path, kind: str, rank: int = 32) -> dict[str, tuple[int, .
     dit, _, _ = load_vendored(root)
     with torch.device("meta"):
         model = dit.WanModel(**TI2V_5B_DIFFSYNTH)
-    tag = ".default" if kind == "spatia" else ""  # DiffSynth 1.x keeps PEFT's adapter name; Mirage's export drops it
+    tag = FAMILIES[kind].lora_key_tag  # DiffSynth 1.x keeps PEFT's adapter name; Mirage's export drops it
     shapes = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.startswith("blocks.") and name.endswith(tuple(f".{t}" for t in LORA_TARGETS)):

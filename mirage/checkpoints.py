@@ -185,9 +185,10 @@ def infer_branch_config(
     in_channels = int(converted["vace_patch_embedding.weight"].shape[1])
     n = len(blocks)
     if layers is None:
-        known = {15: tuple(range(0, 30, 2)), 8: tuple(range(0, 30, 4))}
+        known = {f.blocks: f.branch_config.layers for f in FAMILIES.values()}  # the released layouts
         if n not in known:
-            raise ValueError(f"the branch has {n} blocks; only 15 (Mirage) and 8 (Spatia) are known: pass layers=")
+            names = " and ".join(f"{f.blocks} ({f.label})" for f in sorted(FAMILIES.values(), key=lambda f: -f.blocks))
+            raise ValueError(f"the branch has {n} blocks; only {names} are known: pass layers=")
         layers = known[n]
     elif len(layers) != n:
         raise ValueError(f"layers={tuple(layers)} names {len(layers)} DiT layers but the branch has {n} blocks")

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Camera, Cameras
-from .frames import Chunking, latent_aligned
+from .frames import Chunking, latent_aligned, new_latent_frames
 from .memory import MemoryReadout, MemoryUpdate, Observation, SpatialMemory
 from .paths import CameraPath
 from .timing import StageTimer
@@ -98,6 +98,7 @@ class ChunkParts:
     depth: Callable[[Chunk, Tensor, float], DepthResult]  # (chunk, new frames [3, F-P, H, W], previous scale)
     on_readout: Callable[[Chunk], Any] | None = None  # after each read (untimed); its value -> ChunkResult.extras
     on_stage: Callable[[int, str], None] | None = None  # (chunk index, stage) as each stage starts (progress)
+    render: bool = False  # the read also renders what the memory shows at every pixel frame (readout.render)
 
 
 @dataclass
@@ -131,7 +132,7 @@ class ChunkResult:
 
     def new_frames(self, temporal_stride: int) -> Tensor:  # -> [3, F_c - P, H, W]
         """The latent-aligned frames the memory was updated with (those after the pinned latents)."""
-        return self.frames[:, self.pinned_latents * temporal_stride :: temporal_stride]
+        return new_latent_frames(self.frames, self.pinned_latents, temporal_stride)
 
 
 def identity_denoise(chunk: Chunk, conditioning: Any) -> Tensor:  # -> [1, C, F, h, w]
@@ -209,7 +210,7 @@ def run_chunk(
                 pinned = _continue(history[-1], continuation, chunking, parts.codec, device)
         report(index, "readout")
         with timer.stage("readout"):
-            readout = memory.read(cams)  # latents [C, F, h, w], mask [F, h, w], depth [F, h, w]
+            readout = memory.read(cams, render=parts.render)  # latents [C, F, h, w], mask and depth [F, h, w]
         rec.update(readout.timings)
         chunk = Chunk(index, (start, stop), cams, latent_cams, pinned, readout, list(history))
         if parts.on_readout is not None:
@@ -228,7 +229,7 @@ def run_chunk(
         report(index, "depth")
         P = pinned.shape[2]  # the pinned latents are already in the memory: the new ones follow
         with timer.stage("depth"):
-            new_frames = frames[:, P * ts :: ts]  # [3, F-P, H, W] new latent-aligned frames 4k
+            new_frames = new_latent_frames(frames, P, ts)  # [3, F-P, H, W] the latent-aligned frames 4k generated
             est = parts.depth(chunk, new_frames, scale)
         report(index, "update")
         with timer.stage("update"):

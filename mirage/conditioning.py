@@ -84,9 +84,9 @@ def mirage_references(
     height: int,
     width: int,
     *,
-    max_references: int = 4,
-    threshold: float = 0.04,
-    voxel_size: float = 0.1,
+    max_references: int = FAMILIES["mirage"].max_references,
+    threshold: float = FAMILIES["mirage"].reference_rule["threshold"],
+    voxel_size: float = FAMILIES["mirage"].reference_rule["voxel_size"],
 ) -> list[int]:
     """Indices of at most ``max_references`` candidates whose visible voxels overlap the targets'
     (IoU >= ``threshold``), the best first (Mirage's rule)."""
@@ -105,7 +105,7 @@ def spatia_references(
     targets: Cameras,  # [K] target cameras at pixel size
     candidates: Cameras,  # [M] cameras of the earlier decoded frames at pixel size
     *,
-    max_references: int = 7,
+    max_references: int = FAMILIES["spatia"].max_references,
 ) -> list[int]:
     """One candidate frame per target camera (at most ``max_references``), chosen by the Hungarian
     assignment that maximises the points both see in front (a z-buffer of the memory from each
@@ -176,8 +176,9 @@ class SpatiaConditioner:
     """Spatia's branch inputs for each chunk (module docstring); one per generation run."""
 
     def __init__(self, memory: SpatialMemory, path: CameraPath, encode: Encode, *, temporal_stride: int = 4,
-                 max_references: int = FAMILIES["spatia"].max_references, reference_every: int = 4,
-                 target_every: int = 12) -> None:  # fmt: skip
+                 max_references: int = FAMILIES["spatia"].max_references,
+                 reference_every: int = int(FAMILIES["spatia"].reference_rule["reference_every"]),
+                 target_every: int = int(FAMILIES["spatia"].reference_rule["target_every"])) -> None:  # fmt: skip
         self.memory, self.path, self.encode = memory, path, encode
         self.ts, self.max_references = temporal_stride, max_references
         self.reference_every, self.target_every = reference_every, target_every

@@ -100,8 +100,10 @@ class BranchFamily:
     layer_stride: int  # branch block k follows DiT layer layer_stride * k
     blocks: int  # branch blocks of the released / reference layout
     max_references: int  # clean reference latents placed before the chunk, at most
+    reference_rule: dict[str, float]  # how references are chosen (the family's selection function's parameters)
     max_preceding: int  # clean preceding latents placed after the chunk, at most
     lora_from_chunk: int  # the LoRA is active from this chunk (0-based) on
+    lora_key_tag: str  # PEFT adapter name inside the released LoRA's keys ("lora_A.default.weight"), "" if none
     defaults: GenerationDefaults
 
     @property
@@ -121,7 +123,8 @@ FAMILIES: dict[str, BranchFamily] = {  # the one with public weights first (the 
     "spatia": BranchFamily(
         kind="spatia", label="Spatia", code="ZhaoJingjing713/Spatia", weights_repo="Jinjing713/Spatia",
         branch_file="step-8500.safetensors", lora_file="lora_weights_10000.safetensors", layer_stride=4, blocks=8,
-        max_references=7, max_preceding=0, lora_from_chunk=1,
+        max_references=7, reference_rule={"reference_every": 4, "target_every": 12}, max_preceding=0, lora_from_chunk=1,
+        lora_key_tag=".default",  # DiffSynth 1.x keeps PEFT's adapter name
         defaults=GenerationDefaults(
             num_inference_steps=40, guidance_scale=3.5, negative_prompt=SPATIA_NEGATIVE_PROMPT, flow_shift=5.0,
             chunking=Chunking(121, 81, 9), fps=24, continuation="reencode", memory_strength=0.0, reference_schedule=True,
@@ -134,7 +137,8 @@ FAMILIES: dict[str, BranchFamily] = {  # the one with public weights first (the 
     "mirage": BranchFamily(
         kind="mirage", label="Mirage", code="microsoft/LatentSpatialMemory", weights_repo=None,
         branch_file="vace.safetensors",  # names in the official README; the trainer writes step_XXXXXXX_vace.safetensors
-        lora_file="lora.safetensors", layer_stride=2, blocks=15, max_references=4, max_preceding=2, lora_from_chunk=0,
+        lora_file="lora.safetensors", layer_stride=2, blocks=15, max_references=4,
+        reference_rule={"threshold": 0.04, "voxel_size": 0.1}, max_preceding=2, lora_from_chunk=0, lora_key_tag="",
         defaults=GenerationDefaults(
             num_inference_steps=20, guidance_scale=1.0, negative_prompt="", flow_shift=5.0, chunking=Chunking(33, 33, 1),
             fps=16, continuation="latent", memory_strength=0.0, reference_schedule=True, prompt_suffix="",

@@ -30,6 +30,7 @@ __all__ = [
     "pixel_frames_of_latent",
     "pixel_to_latent_frame",
     "latent_aligned",
+    "new_latent_frames",
     "causal_upsample",
     "Chunking",
     "chunk_ranges",
@@ -89,6 +90,12 @@ def latent_aligned(frames: _S, temporal_stride: int = TEMPORAL_STRIDE) -> _S:
     a tensor's first axis)."""
     check_num_frames(len(frames), temporal_stride)
     return frames[::temporal_stride]
+
+
+def new_latent_frames(video: Tensor, pinned_latents: int, temporal_stride: int = TEMPORAL_STRIDE) -> Tensor:
+    """The latent-aligned frames of a chunk's video ``[3, T, H, W]`` after its first ``pinned_latents``
+    (those it generated): pixel frames ``s*P, s*(P+1), ..., T-1`` -> ``[3, F-P, H, W]``."""
+    return latent_aligned(video.transpose(0, 1), temporal_stride)[pinned_latents:].transpose(0, 1)
 
 
 def causal_upsample(x: Tensor, num_frames: int, spatial_stride: int = 1,

@@ -104,7 +104,7 @@ def _unit_to_rgb(unit: np.ndarray, alpha: AlphaMode, name: str) -> np.ndarray:  
     color = unit[:, :, :1].repeat(3, axis=2) if channels in (1, 2) else unit[:, :, :3]  # [H, W, 3]
     if channels in (2, 4):
         if alpha not in ALPHA_MODES:
-            raise ValueError(f"alpha must be 'white' or 'drop', got {alpha!r}")
+            raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
         if alpha == "white":
             a = unit[:, :, -1:]  # [H, W, 1]
             color = color * a + (1.0 - a)
@@ -326,7 +326,7 @@ def fit_depth(depth: Tensor, target_width: int, target_height: int, mode: DepthR
     if depth.dim() != 2:
         raise ValueError(f"depth must be [H, W], got {tuple(depth.shape)}")
     if mode not in DEPTH_RESIZES:
-        raise ValueError(f"depth resize mode must be 'bilinear' or 'nearest', got {mode!r}")
+        raise ValueError(f"depth resize mode must be one of {DEPTH_RESIZES}, got {mode!r}")
     plan = plan_fit(depth.shape[1], depth.shape[0], target_width, target_height)
     depth = depth.float()
     valid = valid_depth(depth)  # [H, W]

@@ -39,6 +39,7 @@ memory's resolution; ``"append"`` stores every valid cell, as in the paper.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, get_args, runtime_checkable
@@ -85,23 +86,24 @@ MemoryKind = Literal["latent", "rgb"]
 MEMORY_KINDS: tuple[str, ...] = get_args(MemoryKind)
 UpdatePolicy = Literal["fuse", "append"]
 UPDATE_POLICIES: tuple[str, ...] = get_args(UpdatePolicy)
-TOKEN_DTYPES = ("bfloat16", "float16", "float32")  # storage of the latent memory's tokens
+TokenDtype = Literal["bfloat16", "float16", "float32"]  # storage of the latent memory's tokens
+TOKEN_DTYPES: tuple[str, ...] = get_args(TokenDtype)
 
 
 @dataclass(frozen=True)
 class MemoryConfig:
     """What a memory stores and how it reads, saved with the cache. Fields marked *latent* or
-    *pixel* are used by that memory only; the strides come from the codec when one is given."""
+    *pixel* are used by that memory only; the strides are the codec's (checked when one is given)."""
 
     surface_tolerance: float = 0.05  # relative depth band of one surface (in it the oldest frame wins); 0 = plain z-buffer
     voxel_size: float | None = None  # metres: a new point is dropped next to a stored one (dedup); None = no dedup
     max_depth: float | None = None  # metres: cells farther than this are not stored (far / sky); None = no cut
     update_policy: UpdatePolicy = "fuse"  # "fuse": store what the memory does not explain; "append": every valid cell
     max_footprint_cells: int = 4  # candidate cells per axis of a projected footprint
-    token_dtype: str | None = "bfloat16"  # latent: storage of the tokens (the paper's bf16); None keeps the latents' dtype
+    token_dtype: TokenDtype | None = "bfloat16"  # latent: storage of the tokens (the paper's bf16); None keeps the latents' dtype
     hole_value: float = 0.0  # pixel: colour of empty pixels in the renders, in [-1, 1]
     visible_fraction: float = 0.5  # pixel: a latent cell counts as seen when this share of its pixels is
-    spatial_stride: int = 16  # pixels per latent cell (Wan2.2 VAE: 16)
+    spatial_stride: int = 16  # pixels per latent cell (Wan2.2 VAE: 16; a codec given must have the same)
     temporal_stride: int = 4  # pixel frames per latent frame (Wan2.2 VAE: 4)
 
     def __post_init__(self) -> None:
@@ -125,11 +127,13 @@ class MemoryConfig:
         number("hole_value", lambda v: -1 <= v <= 1, "a number in [-1, 1]")
         number("visible_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]")
 
-    def with_codec(self, codec) -> "MemoryConfig":
-        """This config with the strides of ``codec`` (unchanged without one)."""
-        if codec is None:
-            return self
-        return replace(self, spatial_stride=int(codec.spatial_stride), temporal_stride=int(codec.temporal_stride))
+    def check_codec(self, codec) -> "MemoryConfig":
+        """This config, after checking that ``codec`` (if any) has its strides (``ValueError`` naming both)."""
+        if codec is not None and (self.spatial_stride, self.temporal_stride) != (codec.spatial_stride, codec.temporal_stride):
+            raise ValueError(f"the memory's strides {self.spatial_stride}/{self.temporal_stride} (spatial/temporal) are not "
+                             f"the codec's {codec.spatial_stride}/{codec.temporal_stride} "
+                             f"({getattr(codec, 'name', type(codec).__name__)})")  # fmt: skip
+        return self
 
 
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(MemoryConfig))
@@ -188,14 +192,44 @@ class MemoryUpdate:
 @dataclass
 class MemoryReadout:
     """What a memory returns for ``T`` pixel frames read as ``F`` latent frames (``read``: ``T = 4N + 1``,
-    ``F = N + 1``; ``read_views``: one latent frame per camera, ``T = F``)."""
+    ``F = N + 1``, latent frame ``k`` at pixel frame ``4k``; ``read_views``: one latent frame per
+    camera, ``T = F``).
+
+    Both memories give every field. ``pixel_mask`` and ``pixel_depth`` are what the memory shows at
+    every pixel frame: a pixel memory rasterized them (``raster``); the latent memory's are its grid's,
+    each cell its ``spatial_stride`` block and latent frame ``k`` over pixel frames ``4k-3 .. 4k``
+    (``frames.causal_upsample``), made when first asked for: a read of the latent memory stays a read
+    of the grid."""
 
     latents: Tensor  # [C, F, h, w] normalized latents; zeros where hidden
     mask: Tensor  # [F, h, w] bool, True where the memory saw the cell
     depth: Tensor  # [F, h, w] readout depth in metres, NaN where hidden
-    pixel_mask: Tensor  # [T, H, W] bool: what the memory shows at every pixel frame
-    pixel_depth: Tensor  # [T, H, W] metres at every pixel frame, NaN where hidden
+    num_frames: int  # T: the pixel frames read
+    spatial_stride: int  # pixels per cell of the latent grid
+    temporal_stride: int  # pixel frames per latent frame of this readout (1 for read_views)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds for this read
+    raster: tuple[Tensor, Tensor] | None = field(default=None, repr=False)  # (mask, depth) [T, H, W] a pixel memory drew
+    render: MemoryRender | None = field(default=None, repr=False)  # what the memory shows at every pixel frame
+    # (read(..., render=True): the pixel memory's raster of the read itself, the latent memory's views decoded)
+
+    @property
+    def pixel_mask(self) -> Tensor:  # [T, H, W] bool: what the memory shows at every pixel frame
+        return self._pixels()[0]
+
+    @property
+    def pixel_depth(self) -> Tensor:  # [T, H, W] metres at every pixel frame, NaN where hidden
+        return self._pixels()[1]
+
+    def cell_mask(self) -> Tensor:  # -> [T, H, W] bool
+        """The latent-grid visibility (the cells the model is given) at every pixel frame: each cell its
+        block, latent frame ``k`` over pixel frames ``4k-3 .. 4k``."""
+        return causal_upsample(self.mask, self.num_frames, self.spatial_stride, self.temporal_stride)
+
+    def _pixels(self) -> tuple[Tensor, Tensor]:
+        if self.raster is None:  # the grid's, upsampled once
+            depth = causal_upsample(self.depth, self.num_frames, self.spatial_stride, self.temporal_stride)
+            self.raster = (self.cell_mask(), depth)  # [T, H, W] each
+        return self.raster
 
     @property
     def hole_fraction(self) -> float:
@@ -203,13 +237,14 @@ class MemoryReadout:
 
     def frame_depths(self, first: int = 1) -> Tensor:  # -> [F - first, H, W]
         """Depth at pixel resolution of the latent-aligned frames ``first .. F-1`` (pixel frames ``s * k``)."""
-        F_, T = self.mask.shape[0], self.pixel_mask.shape[0]
-        stride = (T - 1) // (F_ - 1) if F_ > 1 else 1
-        return self.pixel_depth[first * stride :: stride]
+        return latent_aligned(self.pixel_depth, self.temporal_stride)[first:]
 
     def to(self, device: torch.device | str) -> "MemoryReadout":
+        raster = None if self.raster is None else (self.raster[0].to(device), self.raster[1].to(device))
+        r = self.render
+        render = None if r is None else MemoryRender(r.frames.to(device), r.mask.to(device), r.depth.to(device))
         return replace(self, latents=self.latents.to(device), mask=self.mask.to(device), depth=self.depth.to(device),
-                       pixel_mask=self.pixel_mask.to(device), pixel_depth=self.pixel_depth.to(device))  # fmt: skip
+                       raster=raster, render=render)  # fmt: skip
 
     def cpu(self) -> "MemoryReadout":
         return self.to("cpu")
@@ -251,7 +286,7 @@ class SpatialMemory(Protocol):
 
     def update(self, observation: Observation) -> MemoryUpdate: ...
 
-    def read(self, cameras: Cameras) -> MemoryReadout: ...
+    def read(self, cameras: Cameras, render: bool = False) -> MemoryReadout: ...
 
     def read_views(self, cameras: Cameras) -> MemoryReadout: ...
 
@@ -319,7 +354,7 @@ class _PointMemory:
                  compact_footprints: bool | None = None, compile_reads: bool = False) -> None:  # fmt: skip
         if config is not None and not isinstance(config, MemoryConfig):
             raise TypeError(f"config must be a mirage.memory.MemoryConfig, got {type(config).__name__}")
-        self.config = (config or MemoryConfig()).with_codec(codec)
+        self.config = (config or MemoryConfig()).check_codec(codec)
         self.codec = codec  # a mirage.codecs.VideoCodec (read / render need one where they encode or decode)
         # performance switches, never saved: the same result either way
         self.compact_footprints = self._default_compact if compact_footprints is None else bool(compact_footprints)
@@ -368,6 +403,19 @@ class _PointMemory:
         self.values = None if self.values is None else self.values.to(device)
         self.timings.device = self.device
         return self
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """What a file holds of the memory: points ``[N, 3]``, frame ids ``[N]``, footprint axes
+        ``[N, 2, 3]``, values ``[N, D]`` (``mirage.memory_files``)."""
+        return {"points": self.points, "frame_ids": self.frame_ids, "axes": self.axes, "values": self.values}
+
+    def load_state(self, tensors: dict[str, Tensor], grid: tuple[int, int], frames_stored: int,
+                   size_history: list[dict]) -> None:  # fmt: skip
+        """The memory as a file described it (``mirage.memory_files`` checks it first)."""
+        dev = self.device
+        self.points, self.frame_ids = tensors["points"].to(dev), tensors["frame_ids"].to(dev)
+        self.axes, self.values = tensors["axes"].to(dev), tensors["values"].to(dev)
+        self.grid, self.frames_stored, self.size_history = (int(grid[0]), int(grid[1])), int(frames_stored), list(size_history)
 
     def _require_grid(self) -> tuple[int, int]:
         if self.grid is None:
@@ -576,10 +624,12 @@ def _readout(latents: Tensor, render: MemoryRender, stride: int, visible_fractio
              timings: dict) -> MemoryReadout:  # fmt: skip
     """A pixel memory's readout of rasterized frames ``render`` and their ``latents [C, F, h, w]``: a
     latent cell is seen where ``visible_fraction`` of its pixels are, at the latent-aligned frames."""
-    seen = F.avg_pool2d(render.mask[::temporal_stride].float()[:, None], stride)[:, 0]  # [F, h, w] share of seen pixels
+    aligned_mask = latent_aligned(render.mask, temporal_stride)  # [F, H, W]
+    seen = F.avg_pool2d(aligned_mask.float()[:, None], stride)[:, 0]  # [F, h, w] share of seen pixels
     mask = (seen >= visible_fraction).to(latents.device)
-    depth = downsample_depth(render.depth[::temporal_stride], stride).to(latents.device)  # [F, h, w] on the latent grid
-    return MemoryReadout(latents, mask, torch.where(mask, depth, torch.nan), render.mask, render.depth, dict(timings))
+    depth = downsample_depth(latent_aligned(render.depth, temporal_stride), stride).to(latents.device)  # [F, h, w]
+    return MemoryReadout(latents, mask, torch.where(mask, depth, torch.nan), render.mask.shape[0], stride, temporal_stride,
+                         dict(timings), raster=(render.mask, render.depth))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- latent memory
@@ -628,25 +678,30 @@ class LatentSpatialMemory(_PointMemory):
         lat = lat if dtype is None else lat.to(getattr(torch, dtype))
         return lat.permute(1, 2, 3, 0)  # [C, F, h, w] -> [F, h, w, C]
 
-    def _read(self, cameras: Cameras, num_frames: int) -> MemoryReadout:
-        """One latent frame per camera; the pixel-level fields at ``num_frames`` pixel frames (causal map)."""
-        s, ts = self.config.spatial_stride, self.config.temporal_stride
+    def _read(self, cameras: Cameras, num_frames: int, temporal_stride: int) -> MemoryReadout:
+        """One latent frame per camera, standing for ``num_frames`` pixel frames ``temporal_stride`` apart."""
         with self.timings.record("read") as rec:
             with self.timings.stage("project"):
                 out = self._splat(cameras, self.values)  # cameras stay where they are: one [V, 3, 4] projection moves
                 latents = out.features.permute(1, 0, 2, 3)  # [V, C, h, w] -> [C, V, h, w]
-        up = lambda x: causal_upsample(x, num_frames, s, ts if num_frames != len(cameras) else 1)  # noqa: E731  [V, h, w] -> [T, H, W]
-        return MemoryReadout(latents, out.mask, out.depth, up(out.mask), up(out.depth), dict(rec))
+        return MemoryReadout(latents, out.mask, out.depth, num_frames, self.config.spatial_stride, temporal_stride, dict(rec))
 
-    def read(self, cameras: Cameras) -> MemoryReadout:
-        """Read a chunk: ``T = 4N + 1`` pixel-frame cameras -> ``F = N + 1`` latent frames (frame ``4k``)."""
+    def read(self, cameras: Cameras, render: bool = False) -> MemoryReadout:
+        """Read a chunk: ``T = 4N + 1`` pixel-frame cameras -> ``F = N + 1`` latent frames (frame ``4k``).
+        ``render``: also what the memory shows at every pixel frame (``render``; timed as "render", apart)."""
         cameras = _as_cameras(cameras)
-        return self._read(latent_aligned(cameras, self.config.temporal_stride), len(cameras))
+        ts = self.config.temporal_stride
+        out = self._read(latent_aligned(cameras, ts), len(cameras), ts)
+        if render:
+            t0 = time.perf_counter()
+            out.render = self.render(cameras)
+            out.timings["render"] = time.perf_counter() - t0
+        return out
 
     def read_views(self, cameras: Cameras) -> MemoryReadout:
         """One latent frame per camera: latents ``[C, V, h, w]``, mask ``[V, h, w]``."""
         cameras = _as_cameras(cameras)
-        return self._read(cameras, len(cameras))
+        return self._read(cameras, len(cameras), 1)
 
     def render(self, cameras: Cameras) -> MemoryRender:
         """Each camera's readout decoded as a single image with the codec (every view, not only frames 4k)."""
@@ -716,8 +771,9 @@ class RGBPointCloudMemory(_PointMemory):
             raise ValueError("the pixel memory needs a codec to read latents: RGBPointCloudMemory(codec=...)")
         return self.codec
 
-    def read(self, cameras: Cameras) -> MemoryReadout:
-        """Rasterize all ``T = 4N + 1`` pixel frames and encode them as one video: latents ``[C, N+1, h, w]``."""
+    def read(self, cameras: Cameras, render: bool = False) -> MemoryReadout:
+        """Rasterize all ``T = 4N + 1`` pixel frames and encode them as one video: latents ``[C, N+1, h, w]``.
+        ``render``: the readout also keeps the frames rasterized for it (no second rasterization)."""
         cameras = _as_cameras(cameras)
         codec, ts = self._codec(), self.config.temporal_stride
         latent_aligned(cameras, ts)  # validates T
@@ -726,7 +782,9 @@ class RGBPointCloudMemory(_PointMemory):
                 r = self.render(cameras)  # frames [3, T, H, W], mask [T, H, W], depth [T, H, W]
             with self.timings.stage("encode"):
                 latents = codec.encode(r.frames[None])[0]  # [C, F, h, w]
-        return _readout(latents, r, self.config.spatial_stride, self.config.visible_fraction, ts, rec)
+        out = _readout(latents, r, self.config.spatial_stride, self.config.visible_fraction, ts, rec)
+        out.render = r if render else None
+        return out
 
     def read_views(self, cameras: Cameras) -> MemoryReadout:
         """Rasterize ``V`` views and encode each as a single image: latents ``[C, V, h, w]``."""

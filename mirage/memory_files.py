@@ -51,9 +51,8 @@ def save_memory(memory, path: str | Path) -> Path:
         "config": json.dumps({**config, "grid": [rows, cols], "frames_stored": memory.frames_stored}),
         "size_history": json.dumps(memory.size_history),
     }  # fmt: skip
-    tensors = {"points": memory.points, "frame_ids": memory.frame_ids, "axes": memory.axes, "values": memory.values}
     path = Path(path)
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
+    save_file({k: v.contiguous().cpu() for k, v in memory.state_tensors().items()}, str(path), metadata=meta)
     return path
 
 
@@ -69,8 +68,7 @@ def load_memory_file(path: str | Path, kinds=MEMORY_KINDS, codec=None, device=No
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta, keys = f.metadata() or {}, set(f.keys())
     except Exception as err:  # safetensors raises its own error types for non-safetensors files
         raise ValueError(f"{name} is not a safetensors file: {err}") from None
     kind = meta.get("kind")
@@ -84,15 +82,17 @@ def load_memory_file(path: str | Path, kinds=MEMORY_KINDS, codec=None, device=No
     history = _json(meta.get("size_history", "[]"), "size_history", bad)
     if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
         raise bad("size_history must be a JSON list of records")
-    _check_tensors(tensors, kind, config, frames_stored, bad)
-    memory = make_memory(kind, config, codec=codec, device=device, **performance)
-    if memory.config != config:  # the codec's strides differ from the file's
-        raise bad(f"saved for strides {config.spatial_stride}/{config.temporal_stride}, the codec has "
-                  f"{memory.config.spatial_stride}/{memory.config.temporal_stride}")  # fmt: skip
-    dev = memory.device
-    memory.points, memory.frame_ids = tensors["points"].to(dev), tensors["frame_ids"].to(dev)
-    memory.axes, memory.values = tensors["axes"].to(dev), tensors["values"].to(dev)
-    memory.grid, memory.frames_stored, memory.size_history = grid, frames_stored, history
+    missing, extra = [k for k in TENSORS if k not in keys], sorted(keys - set(TENSORS))
+    if missing or extra:
+        raise bad(f"tensors missing: {missing or 'none'}; unexpected: {extra or 'none'}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in TENSORS}
+    except Exception as err:  # a truncated or corrupt tensor block
+        raise bad(f"its tensors cannot be read: {err}") from None
+    _check_tensors(tensors, kind, config, grid, frames_stored, history, bad)
+    memory = make_memory(kind, config, codec=codec, device=device, **performance)  # ValueError: the codec's strides differ
+    memory.load_state(tensors, grid, frames_stored, history)
     return memory
 
 
@@ -109,8 +109,10 @@ def _config(meta: dict, kind: str, version: str, bad) -> tuple[MemoryConfig, tup
     raw = _json(meta["config"], "config", bad)
     if not isinstance(raw, dict):
         raise bad(f"its config must be a JSON object, got {type(raw).__name__}")
-    expected = set(CONFIG_KEYS) if version == VERSION else _V3_SETTINGS[kind] | _V3_PERFORMANCE
-    missing, extra = sorted(expected - set(raw) - {"grid", "frames_stored"}), sorted(set(raw) - expected - {"grid", "frames_stored"})
+    expected = set(CONFIG_KEYS) if version == VERSION else _V3_SETTINGS[kind]
+    optional = set() if version == VERSION else _V3_PERFORMANCE  # version 3 saved some speed switches (never needed)
+    given = set(raw) - {"grid", "frames_stored"} - optional
+    missing, extra = sorted(expected - given), sorted(given - expected)
     missing += [k for k in ("grid", "frames_stored") if k not in raw]
     if missing or extra:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unexpected {', '.join(extra)}"] if extra else [])
@@ -132,10 +134,8 @@ def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
-def _check_tensors(tensors: dict, kind: str, config: MemoryConfig, frames_stored: int, bad) -> None:
-    missing, extra = [k for k in TENSORS if k not in tensors], sorted(set(tensors) - set(TENSORS))
-    if missing or extra:
-        raise bad(f"tensors missing: {missing or 'none'}; unexpected: {extra or 'none'}")
+def _check_tensors(tensors: dict, kind: str, config: MemoryConfig, grid: tuple[int, int], frames_stored: int,
+                   history: list[dict], bad) -> None:  # fmt: skip
     points, frame_ids, axes, values = (tensors[k] for k in TENSORS)
     if points.dim() != 2 or points.shape[1] != 3 or points.dtype != torch.float32:
         raise bad(f"points must be [N, 3] float32, got {tuple(points.shape)} {points.dtype}")
@@ -164,3 +164,7 @@ def _check_tensors(tensors: dict, kind: str, config: MemoryConfig, frames_stored
     lo, hi = (int(frame_ids.min()), int(frame_ids.max()))
     if lo < 0 or hi >= frames_stored:
         raise bad(f"frame_ids must be in [0, frames_stored={frames_stored}), got {lo}..{hi}")
+    if n > grid[0] * grid[1] * frames_stored:
+        raise bad(f"{n} points cannot come from {frames_stored} frames of a {grid[0]}x{grid[1]} grid (one per cell at most)")
+    if history and history[-1].get("num_points") != n:
+        raise bad(f"its size history ends at {history[-1].get('num_points')!r} points, the file holds {n}")

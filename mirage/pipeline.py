@@ -362,6 +362,7 @@ class MiragePipeline(DiffusionPipeline):
         chunking: Chunking,
         num_inference_steps: int,
         memory: Any,
+        memory_config: MemoryConfig | None,
         memory_mode: str,
         memory_strength: float,
         continuation: str,
@@ -397,6 +398,8 @@ class MiragePipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         if not (isinstance(memory, SpatialMemory) or memory in MEMORY_KINDS):
             raise ValueError(f"memory must be one of {MEMORY_KINDS} or a memory instance, got {memory!r}")
+        if isinstance(memory, SpatialMemory) and memory_config is not None:
+            raise ValueError("memory_config makes a new memory: pass it with memory='latent' or 'rgb', not with an instance")
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
         if memory_mode == "branch" and self.branch is None:
@@ -622,7 +625,7 @@ class MiragePipeline(DiffusionPipeline):
             prompt = prompt + d.prompt_suffix
         # 1. Check inputs
         self.check_inputs(
-            image, path, num_frames, chunking, num_inference_steps, memory, memory_mode, memory_strength,
+            image, path, num_frames, chunking, num_inference_steps, memory, memory_config, memory_mode, memory_strength,
             continuation, prompt, prompt_embeds, guidance_scale, negative_prompt_embeds, image_depth,
         )
         device = self._execution_device

@@ -126,19 +126,15 @@ def run_readout_preview(
         t0 = time.perf_counter()
         mem = make_memory(method, config, codec=codec)
         first_latent, initial = start_memory(mem, state.camera, state.image, state.depth, codec.encode)
-        renders: list[Tensor] = []
-        masks: list[Tensor] = []
-
-        def show(chunk, renders=renders, masks=masks, mem=mem):  # what the memory shows at every pixel frame
-            r = mem.render(chunk.cameras)  # [3, T, H, W], [T, H, W]
-            renders.append(r.frames.cpu())
-            masks.append(r.mask.cpu())
-
         def stage(c, name, i=i, method=method):
             report((i + (c + 0.5) / n_chunks) / len(METHODS), desc=f"{METHOD_LABELS[method]}: chunk {c + 1}/{n_chunks}, {name}")
 
-        parts = ChunkParts(codec, lambda chunk: None, identity_denoise, readout_depth, on_readout=show, on_stage=stage)
+        # render=True: each read also gives what the memory shows at every pixel frame (the pixel memory's own
+        # raster of the read; the latent memory's views decoded)
+        parts = ChunkParts(codec, lambda chunk: None, identity_denoise, readout_depth, on_stage=stage, render=True)
         chunks = run_chunks(mem, path, first_latent, parts, chunking)
+        renders = [c.readout.render.frames for c in chunks]  # [3, T_c, H, W] each
+        masks = [c.readout.render.mask for c in chunks]  # [T_c, H, W] each
         initial_colors = initial.colors(state.image[:, None])  # [N0, 3]
         methods[method] = _method_run(mem, initial_colors, chunks, renders, masks, codec.temporal_stride,
                                       time.perf_counter() - t0, _CHARTED - _IDENTITY_IN_PREVIEW, chunking.overlap)  # fmt: skip
@@ -174,7 +170,7 @@ def generate_method(
                generator=torch.Generator(device).manual_seed(int(seed)), callback=step, **pipe_kwargs)  # fmt: skip
     ts = pipe.codec.temporal_stride
     received = [pipe.codec.decode(r.latents[None])[0].float().cpu() for r in out.readouts]  # [3, T_c, H, W] each
-    masks = [r.pixel_mask.cpu() for r in out.readouts]  # [T_c, H, W] what each memory showed the model
+    masks = [r.cell_mask().cpu() for r in out.readouts]  # [T_c, H, W] the latent cells each memory gave the model
     initial_colors = out.initial.colors(state.image[:, None].cpu())
     overlap = out.settings["chunking"].overlap
     run = _method_run(out.memory, initial_colors, out.chunks, [c.frames for c in out.chunks], masks, ts,

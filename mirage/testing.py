@@ -217,7 +217,8 @@ def save_tiny_branch(folder: str | Path, kind: str, transformer_config: dict[str
     family = FAMILIES[kind]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    layers = tuple(range(0, transformer_config["num_layers"], family.layer_stride))
+    layers = family.layers(-(-transformer_config["num_layers"] // family.layer_stride))  # as many as fit the layers
     save_file(tiny_branch_state_dict(transformer_config, layers, seed), str(folder / family.branch_file))
-    save_file(tiny_lora_state_dict(transformer_config, seed=seed, default=kind == "spatia"), str(folder / family.lora_file))
+    lora = tiny_lora_state_dict(transformer_config, seed=seed, default=family.lora_key_tag == ".default")
+    save_file(lora, str(folder / family.lora_file))
     return folder

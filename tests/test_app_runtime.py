@@ -234,15 +234,17 @@ def test_path_controls_follow_the_accepted_paths():
     state = scene.build_scene(scene.RawScene("room", image[0], depth[0], camera.K, "ground truth"), 256)
     session = rt.Session().new_scene(state)
     assert rt.path_controls(session) == rt.PathControls(None, None, None, None, None)
-    scene.preset_path(state, "pan_right", 12.0, 65)
-    assert rt.path_controls(session.path_changed()) == rt.PathControls(65, "pan_right", 12.0, None, None)
-    scene.keyframe_path(state, scene.default_keyframe_rows(state), 33)  # another kind: the preset controls keep their values
-    assert rt.path_controls(session.path_changed()) == rt.PathControls(33, "pan_right", 12.0, None, None)
-    version = session.version
-    with pytest.raises(ValueError):
-        scene.preset_path(state, "dolly_in", 0.99, 33)
-    assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None)  # a refusal changes nothing
-    assert session.version == version
+    session.change_path(scene.preset_path, "pan_right", 12.0, 65)
+    assert rt.path_controls(session) == rt.PathControls(65, "pan_right", 12.0, None, None)
+    session.change_path(scene.keyframe_path, scene.default_keyframe_rows(state), 33)  # another kind: the preset controls keep
+    assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None)
+    session.result, version, path = "a result", session.version, state.path
+    with pytest.raises(ValueError, match="through the scene"):
+        session.change_path(scene.preset_path, "dolly_in", 0.99, 33)
+    assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None)  # a refusal changes nothing:
+    assert (session.version, session.result, state.path) == (version, "a result", path)  # nor the result, nor the path
+    session.change_path(scene.preset_path, "pan_left", 5.0, 33)
+    assert session.version == version + 1 and session.result is None  # an accepted path drops the last result
 
 
 def test_a_new_working_size_keeps_the_controls_last_accepted_values():
@@ -256,17 +258,15 @@ def test_a_new_working_size_keeps_the_controls_last_accepted_values():
     image, depth = default_scene().render(camera)
     state = scene.build_scene(scene.RawScene("room", image[0], depth[0], camera.K, "ground truth"), 256)
     session = rt.Session().new_scene(state)
-    scene.preset_path(state, "pan_left", 10.0, 33)
-    session.path_changed()
-    scene.keyframe_path(state, scene.default_keyframe_rows(state), 33)
+    session.change_path(scene.preset_path, "pan_left", 10.0, 33)
+    session.change_path(scene.keyframe_path, scene.default_keyframe_rows(state), 33)
     big = scene.rebuild_at(state, 512)
     session.resized(big)
     assert session.scene is big and big.recipe.kind == "keyframes"
     assert session.last_preset.preset == "pan_left" and session.last_preset.amount == 10.0
 
     H, W = big.size
-    scene.stroke_path(big, _stroke_editor(H, W, (W // 2, H // 2), (W - 20, H // 2)), 33, depth_fraction=0.4)
-    session.path_changed()
+    session.change_path(scene.stroke_path, _stroke_editor(H, W, (W // 2, H // 2), (W - 20, H // 2)), 33, 0.4)
     small = scene.rebuild_at(big, 256)
     session.resized(small)
     assert session.last_stroke.depth_fraction == 0.4

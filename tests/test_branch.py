@@ -7,9 +7,9 @@ import torch
 
 from mirage.branch import BranchConfig, MemoryBranch, branched_forward, rotary_embedding
 from mirage.families import FAMILIES
+from mirage.testing import TINY_TEXT_DIM, randomize_parameters, tiny_branch_transformer
 
 MIRAGE_BRANCH, SPATIA_BRANCH = FAMILIES["mirage"].branch_config, FAMILIES["spatia"].branch_config
-from mirage.testing import TINY_TEXT_DIM, randomize_parameters, tiny_branch_transformer
 
 R, F, H, W = 2, 3, 4, 6  # reference frames, other frames, latent height/width (post-patch 2 x 3)
 N = (H // 2) * (W // 2)  # tokens per latent frame

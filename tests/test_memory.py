@@ -374,6 +374,8 @@ def test_load_checks_the_whole_file_before_returning_a_memory(tmp_path):
         (None, {"points": nan_points}, f"1 of {n} points are not finite \\(first at index 3\\)"),
         (None, {"frame_ids": mem.frame_ids + 5}, "frame_ids must be in \\[0, frames_stored=1\\), got 5..5"),
         ({"size_history": "[1, 2]"}, None, "size_history must be a JSON list of records"),
+        ({"size_history": json.dumps([{"num_points": n + 1}])}, None, f"its size history ends at {n + 1} points, the file holds {n}"),
+        ({"config": json.dumps({**meta, "grid": [1, 1]})}, None, f"{n} points cannot come from 1 frames of a 1x1 grid"),
         ({"version": "9"}, None, "unknown memory file version '9'"),
     ]
     for i, (meta_changes, tensor_changes, message) in enumerate(cases, start=1):
@@ -385,18 +387,28 @@ def test_load_checks_the_whole_file_before_returning_a_memory(tmp_path):
 
 
 def test_version_3_files_still_load(tmp_path):
-    """Files written before MemoryConfig (each memory's own settings and its performance switches)."""
+    """Files written before MemoryConfig: each memory's own settings and the speed switches it had (the
+    latent memory saved compact_footprints and compile_reads, the pixel memory compact_footprints)."""
     import json
 
-    latent, depth = _latent_and_depth()
-    mem = _started(LatentSpatialMemory(MemoryConfig(voxel_size=0.1)), Observation.single(_source(), depth, latent))
-    v3 = {"surface_tolerance": 0.05, "voxel_size": 0.1, "max_depth": None, "update_policy": "fuse", "max_footprint_cells": 4,
-          "compact_footprints": False, "spatial_stride": 16, "temporal_stride": 4, "compile_reads": False,
-          "token_dtype": "bfloat16", "grid": [h, w], "frames_stored": 1}  # fmt: skip
-    old = _resave(mem.save(tmp_path / "new.safetensors"), tmp_path / "old.safetensors", None,
-                  {"version": "3", "config": json.dumps(v3)})  # fmt: skip
-    back = LatentSpatialMemory.load(old)
-    assert back.config == mem.config and torch.equal(back.points, mem.points)
+    obs, memories = _both_memories()
+    common = {"surface_tolerance": 0.05, "voxel_size": None, "max_depth": None, "update_policy": "fuse",
+              "max_footprint_cells": 4, "compact_footprints": False, "frames_stored": 1}  # fmt: skip
+    v3 = {"latent": {**common, "spatial_stride": 16, "temporal_stride": 4, "compile_reads": False, "token_dtype": "bfloat16",
+                     "grid": [h, w]},
+          "rgb": {**common, "hole_value": 0.0, "visible_fraction": 0.5, "compact_footprints": True, "grid": [H, W]}}  # fmt: skip
+    from mirage.memory import load_memory
+
+    for kind, mem in memories.items():
+        old = _resave(mem.save(tmp_path / f"{kind}.safetensors"), tmp_path / f"old_{kind}.safetensors", None,
+                      {"version": "3", "config": json.dumps(v3[kind])})  # fmt: skip
+        back = load_memory(old, codec=OfflineCodec())
+        assert back.kind == kind and back.config == mem.config and torch.equal(back.points, mem.points)
+
+
+def test_settings_that_would_be_ignored_are_refused():
+    with pytest.raises(ValueError, match=r"strides 8/4 \(spatial/temporal\) are not the codec's 16/4 \(offline-dct\)"):
+        LatentSpatialMemory(MemoryConfig(spatial_stride=8), codec=OfflineCodec())
 
 
 def test_the_memory_moves_between_devices_whole():

@@ -6,6 +6,7 @@ the rates)."""
 import torch
 
 from mirage.cameras import Camera, Cameras
+from mirage.codecs import OfflineCodec
 from mirage.examples import crop_to_multiple, load_middlebury_motorcycle
 from mirage.memory import LatentSpatialMemory, MemoryConfig, Observation, RGBPointCloudMemory
 from test_footprints import GRID_H, GRID_K, GRID_W, MOTIONS, SCENES, _away_from, _ground_truth, _motion
@@ -22,7 +23,7 @@ def _both(scene, **kw):
     g = torch.Generator().manual_seed(0)
     K_pix = GRID_K.clone()
     K_pix[:2] *= S
-    latent = LatentSpatialMemory(MemoryConfig(**kw))
+    latent = LatentSpatialMemory(MemoryConfig(**kw), codec=OfflineCodec())  # renders: each view's tokens decoded
     latent.initialize(Observation(Camera(K_pix, torch.eye(4), GRID_W * S, GRID_H * S).batch(), depth,
                                   torch.randn(48, 1, GRID_H, GRID_W, generator=g)))  # fmt: skip
     image = torch.rand(3, 1, GRID_H, GRID_W, generator=g) * 2 - 1
@@ -70,6 +71,8 @@ def test_a_one_frame_memory_reads_like_the_plain_zbuffer():
             cams = _cameras(banded, K, T)
             a, b = banded.point_ids(cams), hard.point_ids(cams)  # the point each cell shows: the same point, the same read
             assert torch.equal(a, b) and (a >= 0).any(), (kind, name)
+            ra, rb = banded.render(cams), hard.render(cams)  # and what each shows in pixels
+            assert torch.equal(ra.frames, rb.frames) and torch.equal(ra.mask, rb.mask), (kind, name)
 
 
 def test_middlebury_warp_of_the_pixel_memory_is_the_plain_zbuffer():

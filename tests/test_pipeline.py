@@ -16,7 +16,7 @@ from mirage.cameras import Cameras
 from mirage.codecs import WanVAECodec
 from mirage.depth import PlanarPriorBackend
 from mirage.frames import Chunking
-from mirage.memory import LatentSpatialMemory, RGBPointCloudMemory
+from mirage.memory import LatentSpatialMemory, MemoryConfig, RGBPointCloudMemory
 from mirage.paths import CameraPath, make_preset_path
 from mirage.chunks import STAGES
 from mirage.families import DEFAULTS, WAN_NEGATIVE_PROMPT
@@ -124,7 +124,7 @@ def test_two_chunks_give_the_right_frames_and_shapes(replace_run):
         assert all(v > 0 for v in timing.values())  # every stage ran
         steps = sum(v for k, v in timing.items() if k in STAGES and k not in ("prompt", "init"))  # one after another
         # (prompt and init run before chunk 0 and are not in its total)
-        assert timing["project"] <= timing["readout"] and steps <= timing["total"] <= steps + 0.05, timing
+        assert timing["project"] <= timing["readout"] and steps <= timing["total"], timing
     assert out.peak_memory_bytes == [0, 0]  # CPU
 
 
@@ -276,6 +276,7 @@ def test_guidance_calls_the_transformer_twice_per_step(pipe, scene):
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"prompt_embeds": torch.zeros(1, 8, 7)}, "\\[1, L, 32\\]"),
         ({"image_depth": torch.ones(32, 32)}, "image_depth"),
+        ({"memory": LatentSpatialMemory(), "memory_config": MemoryConfig()}, "memory_config makes a new memory"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(pipe, scene, kwargs, message):

@@ -18,7 +18,8 @@ from mirage.codecs import WanVAECodec
 from mirage.depth import PlanarPriorBackend
 from mirage.frames import Chunking
 from mirage.paths import make_preset_path
-from mirage.pipeline import DEFAULTS, WAN_UNIPC_CONFIG, MiragePipeline
+from mirage.families import DEFAULTS
+from mirage.pipeline import WAN_UNIPC_CONFIG, MiragePipeline
 from mirage.synthetic import default_camera, default_scene
 from mirage.testing import (
     TINY_BRANCH_TRANSFORMER_CONFIG,

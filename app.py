@@ -1,10 +1,12 @@
 """Mirage demo: latent 3D memory vs pixel point cloud along a camera path (Gradio).
 
-Layout and wiring only: scenes and paths are in ``mirage.scene``, runs, files and figures in
-``mirage.preview``, and the app's own runtime (mode, device, sessions, UI formats, ZeroGPU) in
-``app_runtime``. ``python app.py [--host H] [--port P] [--share]``; without flags gradio's own
-``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` / ``GRADIO_SHARE`` apply. Environment settings:
-see ``app_runtime``.
+Wiring only: scenes and paths are ``mirage.scene``, runs and what they show ``mirage.preview``, the
+app's runtime (mode, weights, sessions, page text) ``app_runtime`` and its runs (settings, per-chunk
+GPU calls and their durations, files) ``app_runs``. Each action is one function that returns
+``{component: value}``; ``action`` makes its page variant (a refusal is said beside the control and
+puts the controls back) and its API variant (a refusal raises with its message).
+``python app.py [--host H] [--port P] [--share]``; without flags gradio's own ``GRADIO_SERVER_NAME``
+/ ``GRADIO_SERVER_PORT`` / ``GRADIO_SHARE`` apply. Environment settings: see ``app_runtime``.
 """
 
 from __future__ import annotations
@@ -12,22 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import inspect
 import logging
 import shutil
 import threading
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 
-import gradio as gr
-from gradio.utils import NamedString
-from gradio_client.utils import is_valid_file
-
-import app_runtime as rt
-from mirage import paths, preview, scene
-from mirage.examples import ASSETS_DIR, EXAMPLES
-
-try:  # Hugging Face ZeroGPU; a no-op decorator elsewhere
+try:  # Hugging Face ZeroGPU (before anything touches CUDA); a no-op decorator elsewhere
     import spaces
 
     gpu = spaces.GPU
@@ -35,12 +31,22 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     def gpu(fn=None, **_):
         return fn if fn is not None else (lambda f: f)
 
+import gradio as gr
+import torch
+from gradio.utils import NamedString
+from gradio_client.utils import is_valid_file
+
+import app_runs as runs
+import app_runtime as rt
+from mirage import paths, preview, scene
+from mirage.examples import ASSETS_DIR, EXAMPLES
+
 LOG = logging.getLogger("mirage.app")
+WEIGHTS_NOTE = rt.ensure_weights(log=LOG.warning)  # on a Space: what its preload lacks, before anything loads
 MODE = rt.detect_mode()
 UPLOAD_TTL_S = rt.upload_ttl()  # checked at start: a bad $MIRAGE_UPLOAD_TTL stops the app with its message
 DIRS = rt.SessionDirs(Path(gr.utils.get_upload_folder()) / "mirage-sessions")  # in Gradio's cache: results served in place
 LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
-PRESETS = list(paths.PRESETS)
 GEN = rt.generation_defaults()
 _WHAT = "generated video" if MODE.generation else "memory render at every frame (readout preview, no generative model)"
 VIDEO_LABELS = {m: f"{label}: {_WHAT}" for m, label in preview.METHOD_LABELS.items()}
@@ -49,26 +55,165 @@ INPUT_LABELS = {m: f"{label}: what the model receives (the conditioning latent d
                 for m, label in preview.METHOD_LABELS.items()}  # fmt: skip
 if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @spaces.GPU)
     rt.load_pipeline(MODE.model_path, MODE.device)
+    runs.init_costs(MODE)
+ui = types.SimpleNamespace()  # the page's components (build_demo); handlers return {ui.<component>: value}
+_LOCAL_GPU = threading.Lock()  # off ZeroGPU, one chunk at a time shares this process's device
 
 
-def ui_errors(fn):
-    """Turn the library's ValueError / FileNotFoundError (a refused input) into the client's error
-    message, logged as one line; the app keeps serving."""
+# ----------------------------------------------------------------------------------------- chunks
+@gpu(duration=runs.chunk_duration)
+def gpu_chunk(spec: runs.RunSpec, inp: preview.RunInput, kind: str, run):
+    """One chunk of one memory: on a ZeroGPU Space, one GPU call in a worker process (its arguments and
+    what it yields travel pickled; its duration from ``app_runs.chunk_duration``). A generator: the
+    chunk's progress reaches the page while it runs, then the run after the chunk and its view."""
+    if MODE.zero_gpu:  # a worker forked from a process whose OpenMP threads did not come along: one CPU thread
+        torch.set_num_threads(1)  # (the work is on the GPU; a parallel CPU op would wait forever for the lost threads)
+    yield from runs.make_runner(spec, MODE).steps(inp, kind, run)
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+
+def _chunk_steps(spec: runs.RunSpec):
+    """How a chunk runs: a GPU call for generation (a local device serves one chunk at a time), in this
+    process for the readout preview."""
+    if not spec.generation:
+        return None
+    if MODE.zero_gpu:
+        return functools.partial(gpu_chunk, spec)
+
+    def local(inp, kind, run):
+        with _LOCAL_GPU:
+            yield from gpu_chunk(spec, inp, kind, run)
+
+    return local
+
+
+# ----------------------------------------------------------------------------------------- actions
+def _refused(err: Exception) -> str:
+    """One log line (no traceback), a toast, and the message for the status line beside the control."""
+    LOG.info("refused: %s", err)
+    gr.Warning(str(err))
+    return f"**Not applied:** {err}"
+
+
+def action(refusal):
+    """Give an action ``fn(session, ...) -> {component: value}`` (or a generator of them) its page variant
+    ``fn.page`` (a refused input -> ``refusal(session, err)``: said beside the control, controls put back)
+    and its API variant ``fn.api(outputs)`` (a refused input raises with its message; only ``outputs`` are
+    returned). The one place errors are handled."""
+
+    def wrap(fn):
+        def api(outputs):
+            keep = set(outputs)
+
+            def refuse(err):
+                LOG.info("refused (%s): %s", fn.__name__, err)
+                return gr.Error(str(err), duration=None, print_exception=False)
+
+            if inspect.isgeneratorfunction(fn):  # every update is every output as it now stands (nothing yet: None)
+
+                @functools.wraps(fn)
+                def stream(*args, **kwargs):
+                    now = {k: None for k in outputs if not isinstance(k, gr.State)}
+                    try:
+                        for update in fn(*args, **kwargs):
+                            now.update({k: v for k, v in update.items() if k in keep})
+                            yield dict(now)
+                    except (ValueError, FileNotFoundError) as err:
+                        raise refuse(err) from None
+
+                return stream
+
+            @functools.wraps(fn)
+            def handler(*args, **kwargs):
+                try:
+                    return {k: v for k, v in fn(*args, **kwargs).items() if k in keep}
+                except (ValueError, FileNotFoundError) as err:
+                    raise refuse(err) from None
+
+            return handler
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def page(session, *args, **kwargs):
+                try:
+                    yield from fn(session, *args, **kwargs)
+                except (ValueError, FileNotFoundError) as err:
+                    yield refusal(session, err)
+        else:
+            @functools.wraps(fn)
+            def page(session, *args, **kwargs):
+                try:
+                    return fn(session, *args, **kwargs)
+                except (ValueError, FileNotFoundError) as err:
+                    return refusal(session, err)
+
+        fn.page, fn.api = page, api
+        return fn
+
+    return wrap
+
+
+def _controls(session: rt.Session) -> dict:
+    """The path controls as the session's accepted paths set them (nothing shows a value not applied)."""
+    c = rt.path_controls(session)
+    out = {ui.frames: c.frames, ui.preset: c.preset, ui.depth_fraction: c.depth_fraction, ui.look: c.look}
+    out = {k: v for k, v in out.items() if v is not None}
+    if c.preset is not None:
+        out[ui.amount] = gr.update(value=c.amount, info=paths.PRESETS[c.preset].unit)
+        out[ui.preset_info] = rt.preset_description(c.preset)
+    return out
+
+
+def path_refused(session, err) -> dict:
+    return {ui.path_status: _refused(err), **_controls(session)}
+
+
+def scene_refused(session, err) -> dict:
+    out = {ui.status: _refused(err), **_controls(session)}
+    if session.scene is not None:
+        out[ui.long_side] = max(session.scene.size)
+    return out
+
+
+def run_refused(session, err) -> dict:
+    return {ui.run_status: _refused(err)}
+
+
+def _frames(frames) -> int:
+    return rt.check_frame_count(frames)
+
+
+def _amount(amount):
+    return None if amount is None or amount == "" else float(amount)
+
+
+def _path_view(session: rt.Session, color_by) -> dict:
+    state = session.scene
+    return {ui.session: session, ui.summary: scene.scene_summary(state), ui.plot: scene.scene_figure(state, color_by),
+            ui.path_status: f"Path set: {state.path_label}, {len(state.path)} frames.",
+            ui.active: rt.active_path_line(state), **_controls(session)}  # fmt: skip
+
+
+def _scene_view(session: rt.Session, new: scene.SceneState, request: gr.Request, preset, amount, frames, color_by,
+                note: str, resized: bool = False) -> dict:  # fmt: skip
+    """``new`` becomes the session's scene, with the preset path the controls show unless it keeps a
+    path of its own (the same input at a new working size)."""
+    if resized and new.path is not None:
+        path_note = f"Path kept: {new.path_label}, {len(new.path)} frames."
+    else:
         try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (ValueError, FileNotFoundError) as err:
-            LOG.info("refused (%s): %s", fn.__name__, err)
-            raise gr.Error(str(err), duration=None, print_exception=False) from None
+            scene.preset_path(new, preset, _amount(amount), _frames(frames))
+            path_note = f"Path set: {new.path_label}, {len(new.path)} frames."
+        except ValueError as err:
+            LOG.info("default path refused: %s", err)
+            path_note = f"**The preset path does not fit this scene:** {err} Choose another path."
+    session.resized(new) if resized else session.new_scene(new)
+    return {ui.session: session, ui.editor: rt.editor_value(new, _workdir(session, request)), ui.summary: scene.scene_summary(new),
+            ui.plot: scene.scene_figure(new, color_by), ui.table: scene.default_keyframe_rows(new),
+            ui.status: f"{note} {path_note}", ui.path_status: path_note, ui.active: rt.active_path_line(new),
+            ui.long_side: max(new.size), **_controls(session)}  # fmt: skip
 
-    return wrapper
 
-
-def _workdir(session: rt.Session, request: gr.Request):
+def _workdir(session: rt.Session, request: gr.Request) -> Path:
     session.workdir = DIRS.get(request.session_hash)
     return session.workdir
 
@@ -80,323 +225,239 @@ def _track(request: gr.Request, *files) -> None:
     DIRS.track(request.session_hash, *(f for f in files if f is not None and str(f) in uploaded))
 
 
-def _drop_state(session) -> None:  # gr.State delete_callback: the session's files go with its state
-    if session is not None and session.workdir is not None:
-        shutil.rmtree(session.workdir, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------- handlers
-# Each action that can be refused has two entry points: the API one raises (clients get the message
-# as an error), the page's one leaves every output as it was, puts the controls back to what the
-# active path is (``app_runtime.path_controls``) and says why beside them, so nothing on the page
-# shows a value that is not in effect and no plot hides behind an error badge.
-def _frames(frames) -> int:
-    return rt.check_frame_count(frames)
-
-
-def _refused(err: Exception) -> str:
-    """One log line (no traceback), a toast, and the message for the status line beside the control."""
-    LOG.info("refused: %s", err)
-    gr.Warning(str(err))
-    return f"**Not applied:** {err}"
-
-
-def _or_skip(value):
-    return gr.skip() if value is None else value
-
-
-N_CONTROLS = 6  # frames, preset, amount, preset_info, depth_fraction, look
-
-
-def _controls(session):  # -> N_CONTROLS values: the path controls as the session's accepted paths set them
-    c = rt.path_controls(session)
-    info = gr.skip() if c.preset is None else rt.preset_description(c.preset)
-    amount = gr.skip() if c.amount is None else gr.update(value=c.amount, info=paths.PRESETS[c.preset].unit)
-    return _or_skip(c.frames), _or_skip(c.preset), amount, info, _or_skip(c.depth_fraction), _or_skip(c.look)
-
-
-def _path_view(session, color_by):  # PATH_UI outputs after an accepted change (Session.change_path)
-    state = session.scene
-    note = f"Path set: {state.path_label}, {len(state.path)} frames."
-    return (session, scene.scene_summary(state), scene.scene_figure(state, color_by), note, rt.active_path_line(state),
-            *_controls(session))  # fmt: skip
-
-
-def _path_refused(session, err):  # PATH_UI outputs after a refused change: everything as it was
-    return (gr.skip(), gr.skip(), gr.skip(), _refused(err), gr.skip(), *_controls(session))
-
-
-N_PATH_UI = 5 + N_CONTROLS  # state, summary, plot, path_status, active, controls
-N_SCENE_UI = 8 + N_CONTROLS + 1  # state, editor, summary, plot, table, status, path_status, active, controls, size
-
-
-def _new_scene(state, preset, amount, frames):
-    """A loaded scene gets the preset path the controls show (if it fits), else stays without a path."""
-    try:
-        scene.preset_path(state, preset, _amount(amount), _frames(frames))
-        return f"Path set: {state.path_label}, {len(state.path)} frames."
-    except ValueError as err:
-        LOG.info("default path refused: %s", err)
-        return f"**The preset path does not fit this scene:** {err} Choose another path."
-
-
-def _amount(amount):
-    return None if amount is None or amount == "" else float(amount)
-
-
-def _scene_view(session, state, request, preset, amount, frames, color_by, note, resized=False):  # SCENE_UI outputs
-    """After a load: ``state`` becomes the session's scene, with the preset path the controls show
-    unless it keeps a path of its own (the same input at a new working size)."""
-    if resized and state.path is not None:
-        path_note = f"Path kept: {state.path_label}, {len(state.path)} frames."
-    else:
-        path_note = _new_scene(state, preset, amount, frames)
-    session.resized(state) if resized else session.new_scene(state)
-    return (session, rt.editor_value(state, _workdir(session, request)), scene.scene_summary(state),
-            scene.scene_figure(state, color_by), scene.default_keyframe_rows(state), note, path_note,
-            rt.active_path_line(state), *_controls(session), max(state.size))  # fmt: skip
-
-
-def _scene_refused(session, err):  # SCENE_UI outputs after a refused load: the previous scene stays
-    long_side = gr.skip() if session.scene is None else max(session.scene.size)
-    return (gr.skip(),) * 5 + (_refused(err), gr.skip(), gr.skip(), *_controls(session), long_side)
-
-
 def _build(raw, long_side):
     """The scene at ``long_side``, keeping of the input only what the largest working size needs."""
     return scene.build_scene(scene.compact_raw(raw, max(LONG_SIDES)), int(long_side))
 
 
-def _load_example(name, depth_choice, long_side, progress):
+@action(scene_refused)
+def load_example(session, name, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request,
+                 progress=gr.Progress()):  # fmt: skip
     progress(0.1, desc=f"loading {name}")
-    return _build(scene.raw_from_example(name, depth_choice), long_side)
-
-
-def _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress):
-    _track(request, image_file, depth_file)
-    progress(0.1, desc="reading the image and its depth")
-    return _build(scene.raw_from_upload(image_file, depth_file, depth_choice, float(fov)), long_side)
-
-
-# The API (gradio_client, curl): errors raise with the message.
-@ui_errors
-def load_example(name, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request,
-                 progress=gr.Progress()):  # fmt: skip
-    new = _load_example(name, depth_choice, long_side, progress)
-    out = _scene_view(rt.Session(), new, request, preset, amount, frames, color_by, "Loaded.")
-    return (*out[:5], f"{out[5]} {out[6]}")
-
-
-@ui_errors
-def load_upload(image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by, request: gr.Request,
-                progress=gr.Progress()):  # fmt: skip
-    new = _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress)
-    out = _scene_view(rt.Session(), new, request, preset, amount, frames, color_by, "Loaded.")
-    return (*out[:5], f"{out[5]} {out[6]}")
-
-
-def _api_path(make, name: str):
-    """An API handler that applies ``make(scene, *args)`` to the session's scene (raises when refused)."""
-
-    def handler(session, *args):
-        *args, color_by = args
-        return _path_view(session.change_path(make, *args), color_by)[:4]
-
-    handler.__name__ = name  # the log line of a refusal names the endpoint
-    return ui_errors(handler)
-
-
-use_preset = _api_path(lambda st, preset, amount, frames: scene.preset_path(st, preset, _amount(amount), _frames(frames)),
-                       "preset_path")  # fmt: skip
-use_keyframes = _api_path(lambda st, table, frames: scene.keyframe_path(st, table, _frames(frames)), "keyframe_path")
-_stroke = _api_path(lambda st, ed, f, fr, lk: scene.stroke_path(st, ed, _frames(f), float(fr), lk), "stroke_path")
-_import = _api_path(lambda st, fl, f: scene.imported_path(st, fl, _frames(f)), "import_path")
-
-
-def use_stroke(session, editor, frames, depth_fraction, look, color_by, request: gr.Request):
-    _track(request, *(editor or {}).get("files", ()))
-    return _stroke(session, editor, frames, depth_fraction, look, color_by)
-
-
-def use_import(session, file, frames, color_by, request: gr.Request):
-    _track(request, file)
-    return _import(session, file, frames, color_by)
-
-
-# The page: a refused value changes nothing and says so beside the control.
-def page_example(index, session, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request,
-                 progress=gr.Progress()):  # fmt: skip
-    try:
-        new = _load_example(EXAMPLES[int(index)].name, depth_choice, long_side, progress)
-    except (ValueError, FileNotFoundError) as err:
-        return _scene_refused(session, err)
+    new = _build(scene.raw_from_example(name, depth_choice), long_side)
     return _scene_view(session, new, request, preset, amount, frames, color_by, f"Loaded example **{new.raw.name}**.")
 
 
-def page_example_select(session, depth_choice, long_side, preset, amount, frames, color_by, evt: gr.SelectData,
-                        request: gr.Request, progress=gr.Progress()):  # fmt: skip
-    return page_example(evt.index, session, depth_choice, long_side, preset, amount, frames, color_by, request, progress)
+def select_example(session, depth_choice, long_side, preset, amount, frames, color_by, evt: gr.SelectData,
+                   request: gr.Request, progress=gr.Progress()):  # fmt: skip
+    return load_example.page(session, EXAMPLES[int(evt.index)].name, depth_choice, long_side, preset, amount, frames,
+                             color_by, request, progress)  # fmt: skip
 
 
-def page_upload(session, image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
+def first_example(session, depth_choice, long_side, preset, amount, frames, color_by, request: gr.Request):
+    return load_example.page(session, EXAMPLES[0].name, depth_choice, long_side, preset, amount, frames, color_by, request)
+
+
+@action(scene_refused)
+def load_upload(session, image_file, depth_file, depth_choice, fov, long_side, preset, amount, frames, color_by,
                 request: gr.Request, progress=gr.Progress()):  # fmt: skip
-    try:
-        new = _load_upload(image_file, depth_file, depth_choice, fov, long_side, request, progress)
-    except (ValueError, FileNotFoundError) as err:
-        return _scene_refused(session, err)
+    _track(request, image_file, depth_file)
+    progress(0.1, desc="reading the image and its depth")
+    new = _build(scene.raw_from_upload(image_file, depth_file, depth_choice, float(fov)), long_side)
     return _scene_view(session, new, request, preset, amount, frames, color_by, f"Loaded **{new.raw.name}**.")
 
 
-def page_size(session, long_side, preset, amount, frames, color_by, request: gr.Request, progress=gr.Progress()):
+@action(scene_refused)
+def set_size(session, long_side, preset, amount, frames, color_by, request: gr.Request, progress=gr.Progress()):
     """A new working size: the same input, the same path motion from the new source camera."""
-    if session.scene is None:
-        return (gr.skip(),) * N_SCENE_UI
-    try:
-        progress(0.1, desc=f"refitting at {long_side} px")
-        new = scene.rebuild_at(session.scene, int(long_side))
-    except ValueError as err:
-        return _scene_refused(session, err)
+    progress(0.1, desc=f"refitting at {long_side} px")
+    new = scene.rebuild_at(scene.require_scene(session.scene), int(long_side))
     return _scene_view(session, new, request, preset, amount, frames, color_by, f"Working size {new.size[1]}x{new.size[0]}.",
                        resized=True)  # fmt: skip
 
 
-def _page_path(make):
-    """A page handler that applies ``make(scene, *args) -> scene`` and shows it, or refuses."""
-
-    def handler(session, *args):
-        *args, color_by = args
-        try:
-            return _path_view(session.change_path(make, *args), color_by)
-        except ValueError as err:
-            return _path_refused(session, err)
-
-    return handler
+@action(path_refused)
+def use_preset(session, preset, amount, frames, color_by):
+    return _path_view(session.change_path(scene.preset_path, preset, _amount(amount), _frames(frames)), color_by)
 
 
-page_preset = _page_path(lambda st, preset, amount, frames: scene.preset_path(st, preset, _amount(amount), _frames(frames)))
-page_keyframes = _page_path(lambda st, table, frames: scene.keyframe_path(st, table, _frames(frames)))
+@action(path_refused)
+def pick_preset(session, preset, frames, color_by):  # a preset just picked: its default amount
+    return _path_view(session.change_path(scene.preset_path, preset, None, _frames(frames)), color_by)
 
 
-def page_stroke(session, editor, frames, fraction, look, color_by, request: gr.Request):
-    def make(st, ed, f, fr, lk):
-        _track(request, *(ed or {}).get("files", ()))
-        return scene.stroke_path(st, ed, _frames(f), float(fr), lk)
-
-    return _page_path(make)(session, editor, frames, fraction, look, color_by)
-
-
-def page_import(session, file, frames, color_by, request: gr.Request):
-    def make(st, fl, f):
-        _track(request, fl)
-        return scene.imported_path(st, fl, _frames(f))
-
-    return _page_path(make)(session, file, frames, color_by)
-
-
-page_frames = _page_path(lambda st, frames: scene.remake_path(st, _frames(frames)))
-page_preset_choice = _page_path(lambda st, preset, frames: scene.preset_path(st, preset, None, _frames(frames)))  # its default amount
-
-
-def page_amount(session, preset, amount, frames, color_by, amount_before):
+def edit_amount(session, preset, amount, frames, color_by, amount_before):
     """Amount edited (Enter or leaving the field): applied when it changed since the field took focus."""
-    if amount == amount_before:
-        return (gr.skip(),) * N_PATH_UI
-    return page_preset(session, preset, amount, frames, color_by)
+    return {} if amount == amount_before else use_preset.page(session, preset, amount, frames, color_by)
 
 
-def page_stroke_setting(session, depth_fraction, look, color_by):
+@action(path_refused)
+def use_stroke(session, editor, frames, depth_fraction, look, color_by, request: gr.Request):
+    _track(request, *(editor or {}).get("files", ()))
+    return _path_view(session.change_path(scene.stroke_path, editor, _frames(frames), float(depth_fraction), look), color_by)
+
+
+@action(path_refused)
+def stroke_setting(session, depth_fraction, look, color_by):
     """A stroke setting changed: applied at once when the active path is a stroke (else at 'Use stroke')."""
     state = session.scene
     if state is None or state.recipe is None or state.recipe.kind != "stroke":
-        return (gr.skip(),) * N_PATH_UI
-    make = lambda st, f, lk: scene.remake_path(st, len(st.path), depth_fraction=float(f), look=lk)  # noqa: E731
-    return _page_path(make)(session, depth_fraction, look, color_by)
+        return {}
+    remake = lambda st: scene.remake_path(st, len(st.path), depth_fraction=float(depth_fraction), look=look)  # noqa: E731
+    return _path_view(session.change_path(remake), color_by)
 
 
-@ui_errors
+@action(path_refused)
+def use_keyframes(session, table, frames, color_by):
+    return _path_view(session.change_path(scene.keyframe_path, table, _frames(frames)), color_by)
+
+
+@action(path_refused)
+def use_import(session, file, frames, color_by, request: gr.Request):
+    _track(request, file)
+    return _path_view(session.change_path(scene.imported_path, file, _frames(frames)), color_by)
+
+
+@action(path_refused)
+def set_frames(session, frames, color_by):
+    return _path_view(session.change_path(scene.remake_path, _frames(frames)), color_by)
+
+
+@action(path_refused)
 def export_path(session, request: gr.Request):
     state = scene.require_scene(session.scene)
-    return [str(p) for p in scene.export_path(state, _workdir(session, request) / "path")]
+    return {ui.export_files: [str(p) for p in scene.export_path(state, _workdir(session, request) / "path")]}
 
 
 def recolor(session, color_by):
-    state = session.scene
-    if state is None:
-        return gr.skip(), gr.skip()
-    growth = gr.skip() if session.result is None else preview.result_figures(state, session.result, color_by)[2]
-    return scene.scene_figure(state, color_by), growth
-
-
-def _gpu_seconds(state, method, conditioning, settings, *args, **kwargs) -> int:
-    return rt.gpu_seconds(len(state.path), settings["num_inference_steps"], settings["guidance_scale"], conditioning)
-
-
-@gpu(duration=_gpu_seconds)
-def generate_on_gpu(state, method, conditioning, settings, progress=None):
-    """One memory's generation: one GPU call (ZeroGPU schedules each call with its own duration)."""
-    pipe = rt.load_pipeline(MODE.model_path, MODE.device, MODE.branches.get(conditioning))
-    i = preview.METHODS.index(method)
-    return preview.generate_method(state, pipe, method, progress=progress, progress_span=(i / 2, (i + 1) / 2), **settings)
+    if session.scene is None:
+        return {}
+    out = {ui.plot: scene.scene_figure(session.scene, color_by)}
+    growth = runs.growth_figure(session, color_by)
+    if growth is not None:
+        out[ui.growth_plot] = growth
+    return out
 
 
 def set_conditioning(conditioning):
     """A conditioning's own defaults into the sampling controls (they stay editable)."""
     d = rt.generation_defaults(conditioning)
-    return (gr.update(value=d["steps"], info=f"{d['origin']} default: {d['steps']}"),
-            gr.update(value=d["guidance"], info=f"{d['origin']} default: {d['guidance']:g} (1 = off, half the time)"),
-            gr.update(value=d["negative_prompt"], label=f"Negative prompt ({d['origin']}'s default; used when guidance > 1)"))  # fmt: skip
+    return {ui.steps: gr.update(value=d["steps"], info=f"{d['origin']} default: {d['steps']}"),
+            ui.guidance: gr.update(value=d["guidance"], info=f"{d['origin']} default: {d['guidance']:g} (1 = off, half the time)"),
+            ui.negative_prompt: gr.update(value=d["negative_prompt"],
+                                          label=f"Negative prompt ({d['origin']}'s default; used when guidance > 1)")}  # fmt: skip
 
 
-def _run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress):
-    state = session.scene
-    scene.require_path(state)
-    fps = rt.FPS
-    if MODE.generation:
-        conditioning = conditioning or "replace"
-        settings = rt.pipe_settings(conditioning, prompt, int(steps), float(guidance), negative_prompt)
-        if conditioning not in rt.TRAINING_FREE_CHOICES and conditioning not in MODE.branches:
-            raise ValueError(f"{rt.CONDITIONINGS[conditioning]}: no checkpoint found ({'; '.join(MODE.branches_missing)})")
-        if MODE.zero_gpu:
-            rt.check_gpu_budget(len(state.path), int(steps), float(guidance), conditioning)
-        progress(0.0, desc=f"loading {rt.CONDITIONINGS[conditioning]}")
-        branch = MODE.branches.get(conditioning)
-        rt.load_pipeline(MODE.model_path, MODE.device, branch)  # outside the GPU call (ZeroGPU loads in the main process)
-        seed = int(seed)
-        report = None if MODE.zero_gpu else progress  # a ZeroGPU call runs in another process
-        methods = {m: generate_on_gpu(state, m, conditioning, {**settings, "seed": seed}, report) for m in preview.METHODS}
-        result = preview.RunResult("generation", methods, {
-            "conditioning": rt.short_conditioning(conditioning, branch), "branch": None if branch is None else branch.branch,
-            "weights": MODE.model_path, "device": MODE.device, "seed": seed, "steps": int(steps), "guidance": float(guidance),
-        })  # fmt: skip
-        fps = rt.generation_defaults(conditioning)["fps"]
-    else:
-        result = preview.run_readout_preview(state, progress=progress)
-    progress(0.95, desc="writing videos and the cache")
-    out = rt.finish_run(session, result, _workdir(session, request) / f"run{session.version}", color_by, fps)
-    f = out.files
-    return (session, str(f.videos["latent"]), str(f.videos["rgb"]), str(f.received["latent"]), str(f.received["rgb"]),
-            str(f.masks["latent"]), str(f.masks["rgb"]), str(f.side_by_side), *out.figures,
-            [str(p) for p in f.downloads()], out.caption)  # fmt: skip
+# ---------------------------------------------------------------------------------------- the run
+def _spec(seed, steps, guidance, prompt, negative_prompt, conditioning) -> runs.RunSpec:
+    if not MODE.generation:
+        return runs.RunSpec(False)
+    conditioning = conditioning or "replace"
+    if conditioning not in rt.TRAINING_FREE_CHOICES and conditioning not in MODE.branches:
+        raise ValueError(f"{rt.CONDITIONINGS[conditioning]}: no checkpoint found ({'; '.join(MODE.branches_missing)})")
+    return runs.RunSpec(True, conditioning, prompt or "", int(steps), float(guidance), negative_prompt or "", int(seed))
 
 
-@ui_errors
-def run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
-        progress=gr.Progress()):  # fmt: skip
-    return _run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress)
+def _run_controls(running: bool, active: runs.ActiveRun | None) -> dict:
+    """Stop while a run goes; afterwards Continue (when chunks are left), Undo (past the first chunk) and
+    a segment to add."""
+    left = active is not None and active.comparison.next_kind() is not None
+    chunks = 0 if active is None else min(active.comparison.chunks_done(m) for m in preview.METHODS)
+    return {ui.stop: gr.update(visible=running), ui.run_button: gr.update(interactive=not running),
+            ui.resume: gr.update(visible=not running and left), ui.undo: gr.update(visible=not running and chunks > 1),
+            ui.more: gr.update(visible=not running and active is not None)}  # fmt: skip
 
 
-def page_run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
+def _show(update: runs.RunUpdate) -> dict:
+    out = {ui.run_status: update.status}
+    for kind, files in (update.memory_files or {}).items():
+        out.update({ui.video[kind]: str(files["video"]), ui.received[kind]: str(files["received"]),
+                    ui.mask[kind]: str(files["mask"])})  # fmt: skip
+    if update.files is not None:
+        f = update.files
+        out.update({ui.side_video: str(f.side_by_side), ui.downloads: [str(p) for p in f.downloads()], ui.caption: update.caption})
+    if update.figures is not None:
+        out.update(dict(zip((ui.timing_plot, ui.size_plot, ui.growth_plot), update.figures)))
+    return out
+
+
+def _stream(session: rt.Session, active: runs.ActiveRun, color_by, request: gr.Request, progress):
+    """Run ``active`` on, showing every update; the final yield holds every output (the API returns it)."""
+    _workdir(session, request)
+    alive = lambda: DIRS.alive(request.session_hash)  # noqa: E731  a closed page: the run ends after its chunk
+    with DIRS.streaming(request.session_hash):  # a page closed meanwhile: its files go after the last result is sent
+        yield {ui.session: session, ui.run_status: "Starting…", **_run_controls(True, active)}
+        runner = runs.make_runner(active.spec, MODE)
+        for update in runs.stream(session, active, runner, _chunk_steps(active.spec), color_by, alive=alive):
+            progress(update.fraction, desc=update.status)
+            if not update.done:
+                yield _show(update)
+        yield _finished(session, active)
+
+
+def _finished(session: rt.Session, active: runs.ActiveRun) -> dict:
+    """Every output as the run now stands (the API returns this): what happened, and what was made."""
+    out = {ui.session: session, ui.run_status: active.note, **_run_controls(False, active)}
+    for kind, files in active.memory_files.items():
+        out.update({ui.video[kind]: str(files["video"]), ui.received[kind]: str(files["received"]), ui.mask[kind]: str(files["mask"])})
+    if active.files is not None:
+        out.update({ui.side_video: str(active.files.side_by_side), ui.downloads: [str(p) for p in active.files.downloads()]})
+    return out
+
+
+@action(run_refused)
+def generate(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
              progress=gr.Progress()):  # fmt: skip
-    """Generate from the page: a refusal (no path yet, a run too long for the GPU) keeps the last results."""
-    try:
-        out = _run(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request, progress)
-    except (ValueError, FileNotFoundError) as err:
-        return (gr.skip(),) * 13 + (_refused(err),)
-    state = session.scene
-    return (*out, f"Done: {state.path_label}, {len(state.path)} frames.")
+    """Generate (or preview) both memories along the active path, chunk by chunk, from scratch."""
+    active = runs.start_run(session, _spec(seed, steps, guidance, prompt, negative_prompt, conditioning), MODE)
+    yield from _stream(session, active, color_by, request, progress)
 
 
-RELEASE_AFTER_S = 15.0  # a page whose connection comes back within this keeps its session
+@action(run_refused)
+def resume(session, color_by, request: gr.Request, progress=gr.Progress()):
+    """Go on with the run where it stopped (Stop, a chunk that failed, a closed page)."""
+    if session.run is None:
+        raise ValueError("no run to continue: press Generate")
+    if session.run.comparison.next_kind() is None:
+        raise ValueError("the run is complete: add a segment from its last camera to go on")
+    yield from _stream(session, session.run, color_by, request, progress)
+
+
+@action(run_refused)
+def continue_run(session, segment, preset, amount, frames, editor, depth_fraction, look, table, color_by,
+                 request: gr.Request, progress=gr.Progress()):  # fmt: skip
+    """Add a segment from the run's last camera (a preset, back to the start, a stroke, keyframes) and
+    generate only its chunks; both memories go on from where they are."""
+    active = session.run
+    if active is None:
+        raise ValueError("no run to continue: press Generate first")
+    if active.comparison.next_kind() is not None:
+        raise ValueError("the run has chunks left: press Continue first, or Generate to start again")
+    segment_frames = rt.check_frame_count(frames, rt.MAX_TOTAL_FRAMES - len(active.scene.path) + 1)
+    _track(request, *(editor or {}).get("files", ()))
+    state = replace(active.scene)
+    scene.continue_path(state, segment, segment_frames, preset=preset, amount=_amount(amount), editor=editor,
+                        depth_fraction=float(depth_fraction), look=look, rows=table, max_frames=rt.MAX_TOTAL_FRAMES)  # fmt: skip
+    active.scene = state
+    active.comparison.extend(state.path)
+    session.scene = replace(state)  # the page's active path is the run's, with the new segment
+    session.change_path(lambda st: st)
+    yield {ui.plot: scene.scene_figure(session.scene, color_by), ui.active: rt.active_path_line(session.scene),
+           ui.summary: scene.scene_summary(session.scene)}  # fmt: skip
+    yield from _stream(session, active, color_by, request, progress)
+
+
+@action(run_refused)
+def undo(session, color_by, request: gr.Request):
+    """Take the last chunk back from both memories: their caches and videos as they were before it."""
+    active = session.run
+    if active is None:
+        raise ValueError("no run to undo a chunk of")
+    chunk = active.comparison.undo()
+    _workdir(session, request)
+    active.note = f"Chunk {chunk + 1} taken back: both memories and videos are as they were after chunk {chunk}."
+    return {**_show(runs.rewrite(session, active, color_by)), **_finished(session, active)}
+
+
+def stop(session):
+    """End the run after the chunk it is on (both memories); what was made stays."""
+    if session.run is not None:
+        session.run.stop = True
+    return {ui.run_status: "**Stopping** after the chunk in progress…"}
+
+
+# ------------------------------------------------------------------------------------ the session
+RELEASE_AFTER_S = rt.release_after()  # a page whose connection comes back within this keeps its session
 
 
 async def end_session(request: gr.Request) -> None:
@@ -416,8 +477,13 @@ def _release_session(session: str, closed_at: float) -> None:
         holder.delete_state(session)  # runs _drop_state on the session's values
         holder.session_data.pop(session, None)
         holder.time_last_used.pop(session, None)
-    DIRS.remove(session)  # later calls for this session are refused: a run still going writes nothing
+    DIRS.remove(session)  # later calls for this session are refused: a run still going stops after its chunk
     rt.trim_memory()
+
+
+def _drop_state(session) -> None:  # gr.State delete_callback: the session's files go with its state
+    if session is not None and session.workdir is not None and not DIRS.busy(session.workdir.name):
+        shutil.rmtree(session.workdir, ignore_errors=True)  # (a run still sending: SessionDirs removes it after)
 
 
 # Two behaviours of Gradio 6.31's components changed per instance (a subclass would make Gradio write
@@ -466,7 +532,7 @@ LAUNCH = dict(allowed_paths=[str(ASSETS_DIR)], theme=THEME, css=CSS, js=PLOTS_JS
 def build_demo() -> gr.Blocks:
     gallery = rt.example_gallery(MODE.depth_pro)
     with gr.Blocks(title="Mirage: latent spatial memory", delete_cache=(1800, 3600), analytics_enabled=False) as demo:
-        state = gr.State(rt.Session(), delete_callback=_drop_state)
+        ui.session = gr.State(rt.Session(), delete_callback=_drop_state)
         amount_before = gr.State(None)  # the amount when its field took focus (applied on leaving only if changed)
         gr.Markdown(
             "# Mirage: latent spatial memory\n"
@@ -474,7 +540,7 @@ def build_demo() -> gr.Blocks:
             "model's own latent tokens lifted to 3D, read with one projection on the latent grid) and the **pixel point "
             "cloud** baseline (rasterize every frame at full resolution, then encode it)."
         )
-        gr.Markdown(MODE.banner(), elem_id="mode-banner")
+        gr.Markdown(MODE.banner() + _gpu_note(), elem_id="mode-banner")
 
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------- 1. input
@@ -485,16 +551,16 @@ def build_demo() -> gr.Blocks:
                     rows=1, height=150, object_fit="contain", allow_preview=False, selected_index=0, elem_id="examples",
                 )  # fmt: skip
                 gr.Markdown(rt.example_notes(MODE.depth_pro), elem_classes="small-note")
-                status = gr.Markdown("Loading the first example…", elem_id="status")
+                ui.status = gr.Markdown("Loading the first example…", elem_id="status")
                 example_name = gr.Textbox(visible=False)
                 example_button = gr.Button(visible=False)
-                editor = _editor_listing_files(gr.ImageEditor(
+                ui.editor = _editor_listing_files(gr.ImageEditor(
                     label="Scene (draw a stroke here for a stroke path)", type="numpy", image_mode="RGBA", sources=(),
                     transforms=(), layers=False, fixed_canvas=False, format="png", elem_id="stroke-editor", height=380,
                     brush=gr.Brush(colors=["#ff2d2d"], default_color="#ff2d2d", color_mode="fixed", default_size=6),
                     eraser=gr.Eraser(default_size=12),
                 ))
-                summary = gr.Markdown(elem_id="summary")
+                ui.summary = gr.Markdown(elem_id="summary")
                 with gr.Accordion("Upload your own image", open=False):
                     image_file = _upload_file(gr.File(label="Image (PNG/JPEG/WebP/TIFF; RGB, RGBA, gray, 16-bit)",
                                                       file_types=["image"], type="filepath"))
@@ -508,43 +574,47 @@ def build_demo() -> gr.Blocks:
                     info="Depth Pro " + ("weights found." if MODE.depth_pro else "needs its weights: not found, so automatic "
                                          "depth for uploads is the planar prior (placeholder)."),
                 )  # fmt: skip
-                long_side = gr.Radio(LONG_SIDES, value=512, label="Working size (long side, px)",
-                                     info="The preview runs on CPU; 1280 (704x1280) only with the GPU pipeline.")
+                ui.long_side = gr.Radio(LONG_SIDES, value=512, label="Working size (long side, px)",
+                                        info="The preview runs on CPU; 1280 (704x1280) only with the GPU pipeline.")
 
             # ------------------------------------------------------------- 2. camera path
             with gr.Column(scale=1, min_width=380):
                 gr.Markdown("### 2. Camera path")
-                frames = gr.Dropdown(list(rt.FRAME_CHOICES), value=33, allow_custom_value=True, label="Frames",
-                                     info=f"4N+1; chunks of 33 then +32; at most {rt.MAX_FRAMES}. Applies to the active path.",
-                                     elem_id="frames")  # fmt: skip
+                ui.frames = gr.Dropdown(list(rt.FRAME_CHOICES), value=33, allow_custom_value=True, label="Frames",
+                                        info=f"4N+1; chunks of 33 then +32; at most {rt.MAX_FRAMES}. Applies to the active path.",
+                                        elem_id="frames")  # fmt: skip
                 with gr.Tabs():
                     with gr.Tab("Preset", elem_id="preset-tab"):
-                        preset = gr.Dropdown(PRESETS, value="orbit_left", label="Preset (applies at once)", elem_id="preset")
-                        preset_info = gr.Markdown(rt.preset_description("orbit_left"), elem_classes="small-note",
-                                                  elem_id="preset-info")  # fmt: skip
-                        amount = gr.Number(paths.PRESETS["orbit_left"].default, label="Amount (applies on Enter or leaving the field)",
-                                           info=paths.PRESETS["orbit_left"].unit, elem_id="amount")  # fmt: skip
+                        ui.preset = gr.Dropdown(list(paths.PRESETS), value="orbit_left", label="Preset (applies at once)",
+                                                elem_id="preset")  # fmt: skip
+                        ui.preset_info = gr.Markdown(rt.preset_description("orbit_left"), elem_classes="small-note",
+                                                     elem_id="preset-info")  # fmt: skip
+                        ui.amount = gr.Number(paths.PRESETS["orbit_left"].default, label="Amount (applies on Enter or leaving the field)",
+                                              info=paths.PRESETS["orbit_left"].unit, elem_id="amount")  # fmt: skip
                         preset_button = gr.Button("Use preset again", elem_id="use-preset")
                     with gr.Tab("Stroke", elem_id="stroke-tab"):
                         gr.Markdown("Draw on the scene image (left) from near the centre towards where the camera should go; "
                                     "the stroke is lifted to 3D with the depth and the camera travels along it.")
-                        depth_fraction = gr.Slider(0.05, 0.9, value=0.5, step=0.05, label="How far (fraction of the depth under the stroke)")
-                        look = gr.Radio(list(paths.LOOKS), value="source", label="Look", info="keep the source view or look along the stroke")
+                        ui.depth_fraction = gr.Slider(0.05, 0.9, value=0.5, step=0.05,
+                                                      label="How far (fraction of the depth under the stroke)")  # fmt: skip
+                        ui.look = gr.Radio(list(paths.LOOKS), value="source", label="Look",
+                                           info="keep the source view or look along the stroke")  # fmt: skip
                         stroke_button = gr.Button("Use stroke as path", variant="primary", elem_id="use-stroke")
                     with gr.Tab("Keyframes"):
-                        table = gr.Dataframe(headers=list(paths.KEYFRAME_COLUMNS), datatype="number", column_count=7, type="array",
-                                             row_count=3, interactive=True, label="Keyframes (world = source camera; metres, degrees)")
+                        ui.table = gr.Dataframe(headers=list(paths.KEYFRAME_COLUMNS), datatype="number", column_count=7,
+                                                type="array", row_count=3, interactive=True,
+                                                label="Keyframes (world = source camera; metres, degrees)")  # fmt: skip
                         keyframe_button = gr.Button("Use keyframes", variant="primary")
                     with gr.Tab("Import / export"):
                         path_file = _upload_file(gr.File(label="RealEstate10K .txt, nerfstudio transforms.json or mirage .json",
                                                          file_types=[".txt", ".json"], type="filepath"))
                         import_button = gr.Button("Import path", variant="primary")
                         export_button = gr.Button("Export current path (3 formats)")
-                        export_files = gr.File(label="Path files", file_count="multiple", interactive=False)
-                path_status = gr.Markdown(elem_id="path-status")
+                        ui.export_files = gr.File(label="Path files", file_count="multiple", interactive=False)
+                ui.path_status = gr.Markdown(elem_id="path-status")
                 color_by = gr.Radio([(label, c) for c, label in rt.COLOR_BY_LABELS.items()], value="latent",
                                     label="Colour the points by")
-                plot = gr.Plot(label="Latent point cache and camera path (hover: frame, depth)", elem_id="cache-plot")
+                ui.plot = gr.Plot(label="Latent point cache and camera path (hover: frame, depth)", elem_id="cache-plot")
 
         # ----------------------------------------------------------------- 3. generate
         gr.Markdown("### 3. Generate")
@@ -557,88 +627,127 @@ def build_demo() -> gr.Blocks:
             )  # fmt: skip
         with gr.Row(visible=MODE.generation):
             seed = gr.Number(0, precision=0, label="Seed", info="the same for both memories")
-            steps = gr.Slider(1, 100, value=GEN["steps"], step=1, label="Sampling steps",
-                              info=f"Wan2.2-TI2V-5B default: {GEN['steps']}")
-            guidance = gr.Slider(1.0, 10.0, value=GEN["guidance"], step=0.5, label="Guidance scale",
-                                 info=f"Wan2.2-TI2V-5B default: {GEN['guidance']:g} (1 = off, half the time)")
+            ui.steps = gr.Slider(1, 100, value=GEN["steps"], step=1, label="Sampling steps",
+                                 info=f"Wan2.2-TI2V-5B default: {GEN['steps']}")
+            ui.guidance = gr.Slider(1.0, 10.0, value=GEN["guidance"], step=0.5, label="Guidance scale",
+                                    info=f"Wan2.2-TI2V-5B default: {GEN['guidance']:g} (1 = off, half the time)")
         with gr.Row(visible=MODE.generation):
             prompt = gr.Textbox("", label="Prompt (optional)")
-            negative_prompt = gr.Textbox(GEN["negative_prompt"], label=f"Negative prompt ({GEN['origin']}'s default; used when guidance > 1)",
-                                         lines=2)  # fmt: skip
+            ui.negative_prompt = gr.Textbox(GEN["negative_prompt"], lines=2,
+                                            label=f"Negative prompt ({GEN['origin']}'s default; used when guidance > 1)")  # fmt: skip
         gr.Markdown(
-            f"Mode: **{MODE.name}**. " + ("Both memories run the diffusion model with the same seed and settings." if MODE.generation else
+            f"Mode: **{MODE.name}**. " + ("Both memories run the diffusion model with the same seed and settings, one "
+            "chunk at a time (latent, then pixel): both videos grow side by side." if MODE.generation else
             "Offline, Generate shows **readout previews** of both memories (needs no weights); generation needs the "
             "Wan2.2-TI2V-5B weights."), elem_classes="small-note",
         )  # fmt: skip
         with gr.Row(equal_height=True):
-            active = gr.Markdown(rt.active_path_line(None), elem_id="active-path")
-            run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary",
-                                   elem_id="run", scale=0, min_width=240)  # fmt: skip
-        run_status = gr.Markdown(elem_id="run-status")
-        run_api = gr.Button(visible=False)
+            ui.active = gr.Markdown(rt.active_path_line(None), elem_id="active-path")
+            ui.run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary",
+                                      elem_id="run", scale=0, min_width=240)  # fmt: skip
+            ui.stop = gr.Button("Stop after this chunk", variant="stop", elem_id="stop", scale=0, min_width=180, visible=False)
+            ui.resume = gr.Button("Continue", elem_id="resume", scale=0, min_width=140, visible=False)
+            ui.undo = gr.Button("Undo last chunk", elem_id="undo", scale=0, min_width=160, visible=False)
+        ui.run_status = gr.Markdown(elem_id="run-status")
+        run_api, resume_api, continue_api, undo_api, stop_api = (gr.Button(visible=False) for _ in range(5))
+        ui.video, ui.received, ui.mask = {}, {}, {}
         with gr.Row():
-            with gr.Column():
-                latent_video = gr.Video(label=VIDEO_LABELS["latent"], elem_id="latent-video", autoplay=True, loop=True)
-                latent_input = gr.Video(label=INPUT_LABELS["latent"], elem_id="latent-input", autoplay=True, loop=True)
-                latent_mask = gr.Video(label="Latent memory: hole mask (white = seen)", autoplay=True, loop=True)
-            with gr.Column():
-                rgb_video = gr.Video(label=VIDEO_LABELS["rgb"], elem_id="rgb-video", autoplay=True, loop=True)
-                rgb_input = gr.Video(label=INPUT_LABELS["rgb"], elem_id="rgb-input", autoplay=True, loop=True)
-                rgb_mask = gr.Video(label="Pixel point cloud: hole mask (white = seen)", autoplay=True, loop=True)
-        caption = gr.Markdown(elem_id="caption")
+            for kind in preview.METHODS:
+                with gr.Column():
+                    ui.video[kind] = gr.Video(label=VIDEO_LABELS[kind], elem_id=f"{kind}-video", autoplay=True, loop=True)
+                    ui.received[kind] = gr.Video(label=INPUT_LABELS[kind], elem_id=f"{kind}-input", autoplay=True, loop=True)
+                    ui.mask[kind] = gr.Video(label=f"{preview.METHOD_LABELS[kind]}: hole mask (white = seen)", autoplay=True,
+                                             loop=True, elem_id=f"{kind}-mask")  # fmt: skip
+        ui.caption = gr.Markdown(elem_id="caption")
+        with gr.Group(visible=False) as ui.more:
+            gr.Markdown("**Add a segment from the last camera**: lengthen the run's path and generate only its chunks; "
+                        "both memories go on from where they are. A stroke comes from the scene image, keyframes from the "
+                        "table (in the last camera's frame).")  # fmt: skip
+            with gr.Row():
+                segment = gr.Radio([("preset", "preset"), ("back to the start", "return"), ("stroke", "stroke"),
+                                    ("keyframes", "keyframes")], value="preset", label="Segment")  # fmt: skip
+                more_preset = gr.Dropdown(list(paths.PRESETS), value="pan_right", label="Preset")
+                more_amount = gr.Number(None, label="Amount (empty: the preset's default)")
+                more_frames = gr.Dropdown([33, 65, 97, 129], value=33, allow_custom_value=True, label="Frames of the segment")
+                more_button = gr.Button("Add segment and generate", variant="primary", elem_id="continue")
         with gr.Row():
-            timing_plot = gr.Plot(label="Time per stage", elem_id="timing-plot")
-            size_plot = gr.Plot(label="Cache size after the image and each chunk", elem_id="size-plot")
-        growth_plot = gr.Plot(label="Latent cache, chunk by chunk", elem_id="growth-plot")
+            ui.timing_plot = gr.Plot(label="Time per stage", elem_id="timing-plot")
+            ui.size_plot = gr.Plot(label="Cache size after the image and each chunk", elem_id="size-plot")
+        ui.growth_plot = gr.Plot(label="Latent cache, chunk by chunk", elem_id="growth-plot")
         with gr.Accordion("Downloads", open=True):
-            side_video = gr.Video(label="Side by side", show_label=False, loop=True)
-            downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple", interactive=False)
+            ui.side_video = gr.Video(label="Side by side", show_label=False, loop=True)
+            ui.downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple",
+                                   interactive=False)  # fmt: skip
 
         # ----------------------------------------------------------------- wiring
-        controls = [frames, preset, amount, preset_info, depth_fraction, look]  # N_CONTROLS
-        scene_ui = [state, editor, summary, plot, table, status, path_status, active, *controls, long_side]
-        path_ui = [state, summary, plot, path_status, active, *controls]
-        assert len(scene_ui) == N_SCENE_UI and len(path_ui) == N_PATH_UI
-        scene_api = [state, editor, summary, plot, table, status]
-        path_api = [state, summary, plot, path_status]
-        path_ctl = [preset, amount, frames, color_by]
+        S = ui.session
+        controls = [ui.frames, ui.preset, ui.amount, ui.preset_info, ui.depth_fraction, ui.look]
+        scene_ui = [S, ui.editor, ui.summary, ui.plot, ui.table, ui.status, ui.path_status, ui.active, *controls, ui.long_side]
+        path_ui = [S, ui.summary, ui.plot, ui.path_status, ui.active, *controls]
+        run_ui = [S, ui.run_status, *ui.video.values(), *ui.received.values(), *ui.mask.values(), ui.side_video,
+                  ui.timing_plot, ui.size_plot, ui.growth_plot, ui.downloads, ui.caption, ui.stop, ui.run_button, ui.resume,
+                  ui.undo, ui.more, ui.plot, ui.active, ui.summary]  # fmt: skip
+        scene_api = [S, ui.editor, ui.summary, ui.plot, ui.table, ui.status]
+        path_api = [S, ui.summary, ui.plot, ui.path_status]
+        run_api_out = [S, ui.run_status, ui.video["latent"], ui.video["rgb"], ui.received["latent"], ui.received["rgb"], ui.mask["latent"],
+                       ui.mask["rgb"], ui.side_video, ui.timing_plot, ui.size_plot, ui.growth_plot, ui.downloads, ui.caption]  # fmt: skip
+        path_ctl = [ui.preset, ui.amount, ui.frames, color_by]
         private = dict(api_visibility="private")
+        run_opts = dict(concurrency_limit=4, concurrency_id="run", show_progress_on=[ui.run_status])
         # the page
-        examples.select(page_example_select, [state, depth_choice, long_side, *path_ctl], scene_ui, **private)
-        load_button.click(page_upload, [state, image_file, depth_file, depth_choice, fov, long_side, *path_ctl], scene_ui, **private)
-        long_side.input(page_size, [state, long_side, *path_ctl], scene_ui, **private)
-        preset.input(page_preset_choice, [state, preset, frames, color_by], path_ui, **private)
-        amount.focus(lambda a: a, amount, amount_before, **private)
-        for event in (amount.submit, amount.blur):
-            event(page_amount, [state, preset, amount, frames, color_by, amount_before], path_ui, **private).then(
-                lambda a: a, amount, amount_before, **private)
-        frames.input(page_frames, [state, frames, color_by], path_ui, trigger_mode="always_last", **private)
-        preset_button.click(page_preset, [state, *path_ctl], path_ui, **private)
-        stroke_button.click(page_stroke, [state, editor, frames, depth_fraction, look, color_by], path_ui, **private)
-        depth_fraction.release(page_stroke_setting, [state, depth_fraction, look, color_by], path_ui, **private)
-        look.input(page_stroke_setting, [state, depth_fraction, look, color_by], path_ui, **private)
-        keyframe_button.click(page_keyframes, [state, table, frames, color_by], path_ui, **private)
-        import_button.click(page_import, [state, path_file, frames, color_by], path_ui, **private)
-        export_button.click(export_path, [state], export_files, api_name="export_path")
-        color_by.input(recolor, [state, color_by], [plot, growth_plot], **private)
-        run_out = [state, latent_video, rgb_video, latent_input, rgb_input, latent_mask, rgb_mask, side_video, timing_plot,
-                   size_plot, growth_plot, downloads, caption]  # fmt: skip
-        run_in = [state, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by]
-        conditioning.change(set_conditioning, conditioning, [steps, guidance, negative_prompt], **private)
-        run_button.click(page_run, run_in, [*run_out, run_status], concurrency_limit=1, concurrency_id="run", **private)
-        demo.load(page_example, [gr.State(0), state, depth_choice, long_side, *path_ctl], scene_ui, **private)
+        examples.select(select_example, [S, depth_choice, ui.long_side, *path_ctl], scene_ui, **private)
+        load_button.click(load_upload.page, [S, image_file, depth_file, depth_choice, fov, ui.long_side, *path_ctl], scene_ui,
+                          **private)  # fmt: skip
+        ui.long_side.input(set_size.page, [S, ui.long_side, *path_ctl], scene_ui, **private)
+        ui.preset.input(pick_preset.page, [S, ui.preset, ui.frames, color_by], path_ui, **private)
+        ui.amount.focus(lambda a: a, ui.amount, amount_before, **private)
+        for event in (ui.amount.submit, ui.amount.blur):
+            event(edit_amount, [S, ui.preset, ui.amount, ui.frames, color_by, amount_before], path_ui, **private).then(
+                lambda a: a, ui.amount, amount_before, **private)
+        ui.frames.input(set_frames.page, [S, ui.frames, color_by], path_ui, trigger_mode="always_last", **private)
+        preset_button.click(use_preset.page, [S, *path_ctl], path_ui, **private)
+        stroke_button.click(use_stroke.page, [S, ui.editor, ui.frames, ui.depth_fraction, ui.look, color_by], path_ui, **private)
+        ui.depth_fraction.release(stroke_setting.page, [S, ui.depth_fraction, ui.look, color_by], path_ui, **private)
+        ui.look.input(stroke_setting.page, [S, ui.depth_fraction, ui.look, color_by], path_ui, **private)
+        keyframe_button.click(use_keyframes.page, [S, ui.table, ui.frames, color_by], path_ui, **private)
+        import_button.click(use_import.page, [S, path_file, ui.frames, color_by], path_ui, **private)
+        export_button.click(export_path.api([ui.export_files]), [S], [ui.export_files], api_name="export_path")
+        color_by.input(recolor, [S, color_by], [ui.plot, ui.growth_plot], **private)
+        run_in = [S, seed, ui.steps, ui.guidance, prompt, ui.negative_prompt, conditioning, color_by]
+        conditioning.change(set_conditioning, conditioning, [ui.steps, ui.guidance, ui.negative_prompt], **private)
+        ui.run_button.click(generate.page, run_in, run_ui, api_name="page_run", **run_opts, **private)
+        ui.resume.click(resume.page, [S, color_by], run_ui, api_name="page_resume", **run_opts, **private)
+        more_in = [S, segment, more_preset, more_amount, more_frames, ui.editor, ui.depth_fraction, ui.look, ui.table, color_by]
+        more_button.click(continue_run.page, more_in, run_ui, api_name="page_add_segment", **run_opts, **private)
+        ui.undo.click(undo.page, [S, color_by], run_ui, api_name="page_undo", **private)
+        ui.stop.click(stop, [S], [ui.run_status], api_name="page_stop", concurrency_limit=None, **private)
+        demo.load(first_example, [S, depth_choice, ui.long_side, *path_ctl], scene_ui, **private)
         demo.unload(end_session)
         # the API (hidden triggers; a refusal raises with its message)
-        example_button.click(load_example, [example_name, depth_choice, long_side, *path_ctl], scene_api, api_name="load_example")
-        gr.Button(visible=False).click(load_upload, [image_file, depth_file, depth_choice, fov, long_side, *path_ctl], scene_api,
-                                       api_name="load_image")  # fmt: skip
-        gr.Button(visible=False).click(use_preset, [state, *path_ctl], path_api, api_name="preset_path")
-        gr.Button(visible=False).click(use_stroke, [state, editor, frames, depth_fraction, look, color_by], path_api, api_name="stroke_path")
-        gr.Button(visible=False).click(use_keyframes, [state, table, frames, color_by], path_api, api_name="keyframe_path")
-        gr.Button(visible=False).click(use_import, [state, path_file, frames, color_by], path_api, api_name="import_path")
-        run_api.click(run, run_in, run_out, api_name="run", concurrency_limit=1, concurrency_id="run")
+        example_button.click(load_example.api(scene_api), [S, example_name, depth_choice, ui.long_side, *path_ctl], scene_api,
+                             api_name="load_example")  # fmt: skip
+        gr.Button(visible=False).click(load_upload.api(scene_api), [S, image_file, depth_file, depth_choice, fov, ui.long_side,
+                                                                    *path_ctl], scene_api, api_name="load_image")  # fmt: skip
+        gr.Button(visible=False).click(use_preset.api(path_api), [S, *path_ctl], path_api, api_name="preset_path")
+        gr.Button(visible=False).click(use_stroke.api(path_api), [S, ui.editor, ui.frames, ui.depth_fraction, ui.look, color_by],
+                                       path_api, api_name="stroke_path")  # fmt: skip
+        gr.Button(visible=False).click(use_keyframes.api(path_api), [S, ui.table, ui.frames, color_by], path_api,
+                                       api_name="keyframe_path")  # fmt: skip
+        gr.Button(visible=False).click(use_import.api(path_api), [S, path_file, ui.frames, color_by], path_api, api_name="import_path")
+        run_api.click(generate.api(run_api_out), run_in, run_api_out, api_name="run", **run_opts)
+        resume_api.click(resume.api(run_api_out), [S, color_by], run_api_out, api_name="resume", **run_opts)
+        continue_api.click(continue_run.api(run_api_out), more_in, run_api_out, api_name="add_segment", **run_opts)
+        undo_api.click(undo.api(run_api_out), [S, color_by], run_api_out, api_name="undo")
+        stop_api.click(stop, [S], [ui.run_status], api_name="stop", concurrency_limit=None)
     demo.queue(default_concurrency_limit=4)
     return demo
+
+
+def _gpu_note() -> str:
+    """The banner's lines on the weights' start-up and on the device and what one chunk costs there."""
+    lines = [WEIGHTS_NOTE] if WEIGHTS_NOTE else []
+    lines += [runs.device_line(MODE, GEN["steps"], GEN["guidance"])] if MODE.generation else []
+    return "".join(f"\n\n{line}" for line in lines)
 
 
 demo = build_demo()

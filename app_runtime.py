@@ -23,6 +23,7 @@ Settings (environment variables):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import math
 import os
@@ -32,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,18 +43,18 @@ from mirage.codecs import WAN22_MODEL_ID
 from mirage.depth import weights_available
 from mirage.examples import EXAMPLES
 from mirage.families import DEFAULTS, FAMILIES, TRAINING_FREE_MODES
-from mirage.frames import Chunking, check_num_frames, num_latent_frames
+from mirage.frames import Chunking, check_num_frames
 from mirage.images import image_to_uint8
 from mirage.pipeline import WAN22_LAYOUT
-from mirage.preview import ResultFiles, RunResult, result_caption, result_figures, write_result_files
-from mirage.scene import ColorBy, PathRecipe, SceneState
+from mirage.scene import PathRecipe, SceneState
 
 MODEL_PATH_ENV = "MIRAGE_MODEL_PATH"
 DEVICE_ENV = "MIRAGE_DEVICE"
 OFFLINE_ENV = "MIRAGE_OFFLINE"
 ZEROGPU_MAX_ENV = "MIRAGE_ZEROGPU_MAX_SECONDS"
-FRAME_CHOICES = (33, 65, 97, 129, 161)  # 4N+1 path lengths offered in the UI
-MAX_FRAMES = 161  # longest path accepted (5 chunks)
+FRAME_CHOICES = (33, 65, 97, 129, 161, 225, 321)  # 4N+1 path lengths offered in the UI
+MAX_FRAMES = 321  # longest path Generate accepts at once (10 chunks); Continue adds to it
+MAX_TOTAL_FRAMES = 641  # longest a run may grow with Continue (20 chunks)
 FPS = 16  # playback rate of the offline previews (the paper's); generation uses its mode's default
 COLOR_BY_LABELS = {"latent": "latent features (PCA)", "image": "image colour"}  # mirage.scene.ColorBy -> UI label
 assert tuple(COLOR_BY_LABELS) == scene.COLOR_BY
@@ -197,6 +198,55 @@ def detect_mode(cache_dir: str | Path | None = None) -> AppMode:
     return AppMode(generation, folder, device, zero, weights_available("depth-pro"), why, branches, tuple(missing))
 
 
+# ------------------------------------------------------------------------------ weights on a Space
+SPACE_ENV = "SPACE_ID"  # Hugging Face sets it in a Space's container
+README = Path(__file__).with_name("README.md")
+
+
+def on_space() -> bool:
+    return bool(os.environ.get(SPACE_ENV, "").strip())
+
+
+def preload_files(readme: Path = README) -> list[tuple[str, list[str]]]:
+    """``(repo_id, files)`` of the README front matter's ``preload_from_hub``: what a Space downloads at
+    build time (the one list of the weights the app loads)."""
+    import yaml
+
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---\n"):
+        raise ValueError(f"{readme.name} has no front matter")
+    front = yaml.safe_load(text.split("---\n", 2)[1])
+    out = []
+    for entry in front.get("preload_from_hub") or []:
+        repo, _, rest = str(entry).partition(" ")
+        out.append((repo, rest.split()[0].split(",") if rest.strip() else []))
+    return out
+
+
+def ensure_weights(cache_dir: str | Path | None = None, log=print) -> str:
+    """On a Space, download what ``preload_from_hub`` lists and the HF cache lacks (the build normally
+    has it all): in the main process, before any GPU call, each file's progress in the log. Off a
+    Space nothing is downloaded. Returns one line for the banner."""
+    if not on_space():
+        return ""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    missing = [(repo, f) for repo, files in preload_files() for f in files
+               if not isinstance(try_to_load_from_cache(repo, f, cache_dir=cache_dir), str)]  # fmt: skip
+    if not missing:
+        return "Weights: all preloaded with the Space."
+    t0, done = time.time(), 0
+    log(f"[mirage] downloading {len(missing)} weight files the Space's preload did not bring")
+    for i, (repo, f) in enumerate(missing, start=1):
+        log(f"[mirage] weights {i}/{len(missing)}: {repo} {f}")
+        try:
+            hf_hub_download(repo, f, cache_dir=cache_dir)
+            done += 1
+        except Exception as err:  # noqa: BLE001 - said on the page; the app runs with what it has
+            log(f"[mirage] could not download {repo} {f}: {err}")
+    return f"Weights: {done} of {len(missing)} missing files downloaded at start-up in {time.time() - t0:.0f} s."
+
+
 # ----------------------------------------------------------------------------- session temp dirs
 class SessionDirs:
     """Everything a session leaves on disk, removed when the session ends: its folder under ``root``
@@ -212,6 +262,8 @@ class SessionDirs:
         self.root.mkdir(parents=True, exist_ok=True)
         self._sessions: set[str] = set()
         self._ended: set[str] = set()  # sessions removed: nothing more is made for them
+        self._streaming: dict[str, int] = {}  # session -> runs sending results from its folder right now
+        self._deferred: set[str] = set()  # ended sessions whose files go when their last run has sent its last result
         self._uploads: dict[Path, set[str]] = {}  # upload -> the sessions that handed it in
         self._lock = threading.Lock()
         atexit.register(self.remove_all)
@@ -230,6 +282,34 @@ class SessionDirs:
             self._sessions.add(session)
             return folder
 
+    @contextlib.contextmanager
+    def streaming(self, session: str) -> Iterator[None]:
+        """While a run sends results from the session's folder, ``remove`` refuses the session at once
+        but leaves its files until the run has sent its last result (Gradio reads each result's files
+        after the handler yields it)."""
+        with self._lock:
+            self._streaming[session] = self._streaming.get(session, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._streaming[session] = self._streaming[session] - 1
+                if not left:
+                    del self._streaming[session]
+                deferred = not left and session in self._deferred
+            if deferred:
+                self._deferred.discard(session)
+                self._sessions.add(session)
+                self.remove(session)
+
+    def busy(self, session: str | None) -> bool:
+        """Whether a run of ``session`` is sending results now (its files must stay)."""
+        return bool(session) and session in self._streaming
+
+    def alive(self, session: str | None) -> bool:
+        """False once ``session`` was removed (its page closed): a run of it ends after its chunk."""
+        return bool(session) and session not in self._ended
+
     def track(self, session: str, *files: str | Path | None) -> None:
         """Note uploads (paths in Gradio's cache) that ``session`` handed in; ``None`` and anything
         inside ``root`` (session folders are removed as folders) are skipped."""
@@ -246,6 +326,10 @@ class SessionDirs:
         if not session or session not in self._sessions:
             return False
         with self._lock:
+            if session in self._streaming:  # refused from now on; the files go when its run has sent its last result
+                self._ended.add(session)
+                self._deferred.add(session)
+                return True
             folder = self.root / session
             existed = folder.is_dir()
             shutil.rmtree(folder, ignore_errors=True)
@@ -289,16 +373,29 @@ class SessionDirs:
 UPLOAD_TTL_ENV = "MIRAGE_UPLOAD_TTL"
 
 
+RELEASE_AFTER_ENV = "MIRAGE_RELEASE_AFTER"
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"${name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
 def upload_ttl() -> float:
     """``$MIRAGE_UPLOAD_TTL`` in seconds (default 600): how long an unclaimed upload is kept."""
-    raw = os.environ.get(UPLOAD_TTL_ENV, "").strip() or "600"
-    try:
-        ttl = float(raw)
-    except ValueError:
-        ttl = math.nan
-    if not (math.isfinite(ttl) and ttl > 0):
-        raise ValueError(f"${UPLOAD_TTL_ENV} must be a positive number of seconds, got {raw!r}")
-    return ttl
+    return _seconds(UPLOAD_TTL_ENV, 600)
+
+
+def release_after() -> float:
+    """``$MIRAGE_RELEASE_AFTER`` in seconds (default 15): how long a closed page's session waits for
+    the page to come back before its state and files go (and a run of it stops after its chunk)."""
+    return _seconds(RELEASE_AFTER_ENV, 15)
 
 
 def _unlink_upload(upload: Path) -> bool:
@@ -470,7 +567,10 @@ def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = Non
             depth = "depth-pro" if weights_available("depth-pro") else "planar-prior"
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
             pipe = MiragePipeline.from_pretrained(model_path, torch_dtype=dtype, depth_backend=depth, local_files_only=True)
-            _PIPELINE.update(key=(model_path, device), pipe=pipe.to(device), depth=depth, branch=None)
+            pipe.to(device)
+            if device == "cuda":  # the text encoder (11 GB) works once per prompt, then rests on the CPU: every
+                pipe.enable_text_encoder_offload()  # conditioning fits a half Blackwell card (README, "GPU memory")
+            _PIPELINE.update(key=(model_path, device), pipe=pipe, depth=depth, branch=None)
         pipe = _PIPELINE["pipe"]
         if branch is not None and _PIPELINE["branch"] != branch:
             pipe.load_branch(branch.kind, branch.branch, branch.lora, local_files_only=True)
@@ -478,67 +578,13 @@ def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = Non
         return pipe
 
 
-def zerogpu_max_seconds() -> int:
-    return int(os.environ.get(ZEROGPU_MAX_ENV, "120"))
-
-
-# Seconds per transformer call at 704x1280 for L latent frames in the sequence: a * L + b * L^2 (linear
-# layers, then attention), fitted to the H100 runs in benchmarks/results (9 latents: 0.27 s without a
-# branch; 31 latents: 1.55 s with Spatia's 8 branch blocks); a branch of n blocks adds n / 30 of the
-# 30 main blocks' cost. It predicts Mirage's branch chunks (15 latents with references and preceding
-# latents: 0.73 s against 0.72 s measured).
-_CALL_A, _CALL_B = 0.0262, 0.000425
-_SECONDS_PER_FRAME = 0.15  # decode, depth, readout, update and the branch inputs, per pixel frame of a chunk
-
-
-def gpu_seconds(num_frames: int, steps: int, guidance_scale: float, conditioning: str = "replace") -> int:
-    """Seconds to reserve on a ZeroGPU for one memory's run at 704x1280 (an upper bound: the largest
-    size and every reference slot used), chunk by chunk with the conditioning's chunking, plus 20 s
-    for the call's start; a ZeroGPU slice of an H200 is not slower than the H100 measured."""
-    calls = 2 if guidance_scale > 1 else 1
-    family = FAMILIES.get(conditioning)  # None: training-free
-    chunking = generation_defaults(conditioning)["chunking"]
-    total = 20.0
-    for c, (start, stop) in enumerate(chunking.ranges(int(num_frames))):
-        latents = num_latent_frames(stop - start) + (family.extra_latents if family is not None and c > 0 else 0)
-        call = (_CALL_A * latents + _CALL_B * latents**2) * (1 + (family.blocks / 30 if family is not None else 0))
-        total += calls * int(steps) * call + _SECONDS_PER_FRAME * (stop - start)
-    return int(math.ceil(total))
-
-
-def check_gpu_budget(num_frames: int, steps: int, guidance_scale: float, conditioning: str = "replace") -> int:
-    """The duration of one memory's GPU call, or ``ValueError`` saying what to shorten when it
-    exceeds what a ZeroGPU Space may request."""
-    need, cap = gpu_seconds(num_frames, steps, guidance_scale, conditioning), zerogpu_max_seconds()
-    if need > cap:
-        raise ValueError(
-            f"{num_frames} frames with {steps} steps{' and guidance' if guidance_scale > 1 else ''} need about {need} s of GPU "
-            f"per memory ({CONDITIONINGS[conditioning]}), more than the {cap} s this Space may request: use fewer frames "
-            f"or steps{', or guidance 1' if guidance_scale > 1 else ''}."
-        )
-    return need
-
-
-# ------------------------------------------------------------------------------------- results
-@dataclass
-class RunOutputs:
-    """Everything the app shows after a run."""
-
-    files: ResultFiles  # videos, cache and path files
-    figures: tuple  # (timing, cache size, cache growth) plotly figures
-    caption: str  # markdown under the videos
-
-
-def finish_run(session: "Session", result: RunResult, folder: Path, color_by: ColorBy = "latent", fps: float = FPS) -> RunOutputs:
-    """Write the files and figures of ``result``; keep a slim copy (no videos) in ``session.result``
-    so that the colour toggle can redraw the growth figure without holding the videos."""
-    files = write_result_files(session.scene, result, folder, fps)
-    out = RunOutputs(files, result_figures(session.scene, result, color_by), result_caption(result))
-    for run in result.methods.values():
-        run.video = run.received = run.mask = None
-        run.memory = run.memory if run is result.methods["latent"] else None
-    session.result = result
-    return out
+def loaded_pipeline(model_path: str, device: str, branch: BranchFiles | None = None):
+    """The pipeline ``load_pipeline`` loaded with exactly ``branch`` (None: no trained branch asked
+    for), or None, without taking its lock: what a GPU worker forked from this process uses (a lock
+    held by another thread at the fork would never be released there)."""
+    if _PIPELINE.get("key") != (model_path, device) or (branch is not None and _PIPELINE.get("branch") != branch):
+        return None
+    return _PIPELINE["pipe"]
 
 
 # ------------------------------------------------------------------------------------- sessions
@@ -549,9 +595,10 @@ class Session:
     scene: SceneState | None = None  # the loaded scene with its active path
     last_preset: PathRecipe | None = None  # the last preset path accepted (what the preset controls show)
     last_stroke: PathRecipe | None = None  # the last stroke path accepted (what the stroke controls show)
-    result: RunResult | None = None  # the last run on the active path, without its videos
     version: int = 0  # bumped whenever the path changes
     workdir: Path | None = None  # this session's folder (SessionDirs), removed with the session
+    run: "Any | None" = None  # the active run (app_runs.ActiveRun): its scene, settings, both memories, files
+    runs: int = 0  # runs started in this session (each writes into its own folder)
 
     def new_scene(self, state: SceneState) -> "Session":
         """A scene just loaded (its path, if any, made for it)."""
@@ -567,8 +614,9 @@ class Session:
 
     def change_path(self, make: Callable[..., Any], *args: Any) -> "Session":
         """Make the scene's path with ``make(scene, *args)`` (``mirage.scene.preset_path``, ``stroke_path``,
-        ...) and note it: the controls' last accepted values, the old result dropped, the version
-        bumped. A refused path (``ValueError``) changes nothing, here or in the scene."""
+        ...) and note it: the controls' last accepted values, the version bumped. A refused path
+        (``ValueError``) changes nothing, here or in the scene. A run already made keeps its own copy
+        of the scene and path (``app_runs.ActiveRun``)."""
         make(scene.require_scene(self.scene), *args)
         return self._path_changed()
 
@@ -578,6 +626,5 @@ class Session:
             self.last_preset = recipe
         if recipe is not None and recipe.kind == "stroke":
             self.last_stroke = recipe
-        self.result = None
         self.version += 1
         return self

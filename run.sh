@@ -13,8 +13,9 @@ if [ ! -f "$stamp" ]; then
   echo "[run.sh] creating $VENV and installing requirements (first run only)..."
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -r requirements.txt -r requirements-dev.txt
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"  # the local CPU wheel; the Space's pin is in requirements.txt
+  grep -v '^torch==' requirements.txt > "$VENV/requirements-no-torch.txt"
+  "$VENV/bin/python" -m pip install -q -r "$VENV/requirements-no-torch.txt" -r requirements-dev.txt
   touch "$stamp"
 fi
 

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .cameras import Camera, Cameras
 from .frames import Chunking, latent_aligned, new_latent_frames
-from .memory import MemoryReadout, MemoryUpdate, Observation, SpatialMemory
+from .memory import MemoryReadout, MemorySnapshot, MemoryUpdate, Observation, SpatialMemory
 from .paths import CameraPath
 from .timing import StageTimer
 
@@ -50,9 +50,13 @@ __all__ = [
     "Chunk",
     "ChunkParts",
     "DepthResult",
+    "ChunkRecord",
     "ChunkResult",
+    "ChunkRun",
+    "history_frames",
     "start_memory",
     "run_chunk",
+    "step",
     "run_chunks",
     "identity_denoise",
     "readout_depth",
@@ -78,7 +82,7 @@ class Chunk:
     latent_cameras: Cameras  # [F_c] cameras of the latent-aligned frames 0, 4, 8, ...
     pinned: Tensor  # [1, C, P, h, w] the clean latents pinned at the chunk's first P latent frames
     readout: MemoryReadout  # the memory read for ``cameras`` (latents [C, F_c, h, w], mask, depth)
-    history: list["ChunkResult"]  # the chunks before this one (their latents, frames and readouts)
+    history: list["ChunkRecord"]  # the chunks before this one, as later chunks read them
 
 
 @dataclass
@@ -99,6 +103,20 @@ class ChunkParts:
     on_readout: Callable[[Chunk], Any] | None = None  # after each read (untimed); its value -> ChunkResult.extras
     on_stage: Callable[[int, str], None] | None = None  # (chunk index, stage) as each stage starts (progress)
     render: bool = False  # the read also renders what the memory shows at every pixel frame (readout.render)
+    keep_frame: Callable[[int], bool] | None = None  # path frames later chunks read (e.g. references), kept decoded
+
+
+@dataclass
+class ChunkRecord:
+    """What later chunks read of an earlier one (``ChunkResult.record``): small enough to travel with
+    a run between GPU calls. On the CPU."""
+
+    index: int
+    frame_range: tuple[int, int]  # (start, stop) pixel frames of the path
+    latents: Tensor  # [C, F_c, h, w] float32 denoised latents
+    readout_latents: Tensor  # [C, F_c, h, w] the readout the chunk was conditioned on
+    depth_scale: float  # the scale its depth was aligned with (the next chunk starts from it)
+    frames: dict[int, Tensor]  # path frame -> [3, H, W] float32 decoded: the chunk's last shared frames and kept ones
 
 
 @dataclass
@@ -134,6 +152,27 @@ class ChunkResult:
         """The latent-aligned frames the memory was updated with (those after the pinned latents)."""
         return new_latent_frames(self.frames, self.pinned_latents, temporal_stride)
 
+    def record(self, overlap: int, keep_frame: Callable[[int], bool] | None = None) -> ChunkRecord:
+        """What later chunks read of this one: its latents, its readout's latents, its depth scale, and
+        the decoded frames they need (the last ``overlap`` frames, which the next chunk shares, and
+        those ``keep_frame`` names)."""
+        start, stop = self.frame_range
+        keep = [t for t in range(start, stop) if t >= stop - overlap or (keep_frame is not None and keep_frame(t))]
+        return ChunkRecord(self.index, self.frame_range, self.latents, self.readout.latents, self.depth_scale,
+                           {t: self.frames[:, t - start].clone() for t in keep})  # fmt: skip
+
+
+def history_frames(history: list[ChunkRecord], frames: list[int]) -> Tensor:  # -> [3, len(frames), H, W]
+    """Decoded path frames kept by the records (where two chunks share a frame, the earlier one's, as
+    the stitched video shows it)."""
+    out = []
+    for t in frames:
+        holder = next((r for r in history if t in r.frames), None)
+        if holder is None:
+            raise ValueError(f"path frame {t} was not kept by the chunks before this one")
+        out.append(holder.frames[t])
+    return torch.stack(out, dim=1)
+
 
 def identity_denoise(chunk: Chunk, conditioning: Any) -> Tensor:  # -> [1, C, F, h, w]
     """The preview's denoiser: the latents are the readout, the first ones the pinned latents."""
@@ -158,12 +197,13 @@ def start_memory(memory: SpatialMemory, camera: Camera, image: Tensor, depth: Te
     return first_latent, update
 
 
-def _continue(previous: ChunkResult, continuation: Continuation, chunking: Chunking, codec,
+def _continue(previous: ChunkRecord, continuation: Continuation, chunking: Chunking, codec,
               device: torch.device) -> Tensor:  # fmt: skip
-    """The pinned latents ``[1, C, P, h, w]`` of the next chunk from the previous chunk's results."""
+    """The pinned latents ``[1, C, P, h, w]`` of the next chunk from the previous chunk's record."""
     if continuation == "latent":
         return previous.latents[None, :, -chunking.pinned_latents(codec.temporal_stride) :].to(device)
-    shared = previous.frames[None, :, -chunking.overlap :].to(device)  # [1, 3, overlap, H, W] the shared frames
+    stop = previous.frame_range[1]
+    shared = history_frames([previous], list(range(stop - chunking.overlap, stop)))[None].to(device)  # [1, 3, overlap, H, W]
     return codec.encode(shared).float()  # encoded on their own: [1, C, P, h, w]
 
 
@@ -172,32 +212,30 @@ def run_chunk(
     path: CameraPath,
     first_latent: Tensor,  # [1, C, 1, h, w] the input image's latent (chunk 0's pinned latent)
     parts: ChunkParts,
-    index: int,
-    history: list[ChunkResult],  # the chunks before this one, in order
+    frame_range: tuple[int, int],  # (start, stop) pixel frames of the path this chunk covers
+    history: list[ChunkRecord],  # the chunks before this one, in order
     chunking: Chunking = Chunking(),
     *,
     continuation: Continuation = "reencode",
     max_depth: float | None = None,
     first_timings: dict[str, float] | None = None,
 ) -> ChunkResult:
-    """Chunk ``index`` of ``path`` on ``memory``, which holds the image and the chunks in ``history``:
-    read -> condition -> denoise -> decode -> depth -> update (module docstring). first_timings:
-    stages measured before the chunk (``prompt``, ``init``), added to its record."""
+    """The chunk of ``path`` at ``frame_range`` on ``memory``, which holds the image and the chunks in
+    ``history``: read -> condition -> denoise -> decode -> depth -> update (module docstring).
+    first_timings: stages measured before the chunk (``prompt``, ``init``), added to its record."""
     if not isinstance(path, CameraPath):
         raise TypeError(f"path must be a mirage.paths.CameraPath (frame 0 = the source camera), got {type(path).__name__}")
     if continuation not in CONTINUATIONS:
         raise ValueError(f"continuation must be one of {CONTINUATIONS}, got {continuation!r}")
     ts = parts.codec.temporal_stride
-    ranges = chunking.check(ts).ranges(len(path), ts)
-    if not (0 <= index < len(ranges)) or len(history) != index:
-        raise ValueError(f"chunk {index} of {len(ranges)} needs the {index} chunks before it, got {len(history)}")
+    index = len(history)
     device = first_latent.device
     on_cuda = device.type == "cuda"
     report = parts.on_stage if parts.on_stage is not None else (lambda c, s: None)
     timer = StageTimer(device)
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    start, stop = ranges[index]
+    start, stop = frame_range
     t_chunk, t_hook = time.perf_counter(), 0.0
     cams = path[start:stop]  # [T_c] pixel-frame cameras
     latent_cams = latent_aligned(cams, ts)  # [F_c]
@@ -244,6 +282,83 @@ def run_chunk(
     )  # fmt: skip
 
 
+@dataclass
+class ChunkRun:
+    """One memory along one path, chunk by chunk, resumable: everything the next chunk needs and
+    nothing more (the memory, the records of the chunks so far, the image's latent), so that a run can
+    stop after any chunk, cross a process boundary pickled (on the CPU: ``to("cpu")``), go on
+    (``step``), grow a longer path (``extend``) or take its last chunk back (``undo``)."""
+
+    memory: SpatialMemory
+    path: CameraPath  # the whole path so far; chunks run along it in order
+    first_latent: Tensor  # [1, C, 1, h, w] the image's latent (chunk 0's pinned latent)
+    chunking: Chunking
+    continuation: Continuation = "reencode"
+    max_depth: float | None = None  # metres: cells farther than this are not stored
+    initial: MemoryUpdate | None = None  # what the memory stored of the image (None: it came in holding a scene)
+    history: list[ChunkRecord] = field(default_factory=list)  # the chunks run, in order
+    rng_state: Tensor | None = None  # the random state the next chunk starts from (a torch.Generator's, if any)
+    snapshots: list[tuple[MemorySnapshot, Tensor | None]] = field(default_factory=list)  # before each chunk: memory, rng
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:  # (start, stop) of every chunk: those run, then those to run
+        done = [r.frame_range for r in self.history]
+        return self.chunking.ranges(len(self.path), self.first_latent_stride, done)
+
+    @property
+    def first_latent_stride(self) -> int:  # pixel frames per latent frame of the memory's codec
+        return self.memory.config.temporal_stride
+
+    @property
+    def done(self) -> bool:
+        return len(self.history) == len(self.ranges)
+
+    def to(self, device: torch.device | str) -> "ChunkRun":
+        """The run with its memory and the image's latent on ``device`` (the records stay on the CPU)."""
+        self.memory.to(device)
+        self.first_latent = self.first_latent.to(device)
+        return self
+
+    def extend(self, path: CameraPath) -> "ChunkRun":
+        """Go on along ``path``, which must begin with this run's path (same cameras) and be longer."""
+        n = len(self.path)
+        if not isinstance(path, CameraPath) or len(path) <= n:
+            raise ValueError(f"a continued path must be a longer CameraPath than the {n} frames run so far")
+        if not (torch.equal(path.cam_from_world[:n].cpu(), self.path.cam_from_world.cpu())
+                and torch.equal(path.K[:n].cpu(), self.path.K.cpu())):  # fmt: skip
+            raise ValueError("a continued path must begin with the frames run so far, camera for camera")
+        self.path = path
+        return self
+
+    def undo(self) -> ChunkRecord:
+        """Take the last chunk back: the memory as it was before it, its record dropped, the random
+        state it started from restored. Returns the record dropped."""
+        if not self.history:
+            raise ValueError("no chunk to undo")
+        snapshot, rng = self.snapshots.pop()
+        self.memory.restore(snapshot)
+        self.rng_state = rng
+        return self.history.pop()
+
+
+def step(run: ChunkRun, parts: ChunkParts, first_timings: dict[str, float] | None = None) -> ChunkResult:
+    """The run's next chunk (``run_chunk``); its record joins the run's history."""
+    ranges = run.ranges
+    if run.done:
+        raise ValueError(f"all {len(ranges)} chunks of the {len(run.path)}-frame path are done: extend the path to go on")
+    run.snapshots.append((run.memory.snapshot(), run.rng_state))
+    try:
+        result = run_chunk(run.memory, run.path, run.first_latent, parts, ranges[len(run.history)], run.history,
+                           run.chunking, continuation=run.continuation, max_depth=run.max_depth,
+                           first_timings=first_timings)  # fmt: skip
+    except BaseException:
+        snapshot, _ = run.snapshots.pop()
+        run.memory.restore(snapshot)  # a chunk that failed leaves the memory as it was
+        raise
+    run.history.append(result.record(run.chunking.overlap, parts.keep_frame))
+    return result
+
+
 def run_chunks(
     memory: SpatialMemory,
     path: CameraPath,
@@ -255,9 +370,9 @@ def run_chunks(
     max_depth: float | None = None,
     first_timings: dict[str, float] | None = None,
 ) -> list[ChunkResult]:
-    """Every chunk of ``path`` on an initialized ``memory``, one ``run_chunk`` after another."""
-    results: list[ChunkResult] = []
-    for c in range(len(chunking.check(parts.codec.temporal_stride).ranges(len(path), parts.codec.temporal_stride))):
-        results.append(run_chunk(memory, path, first_latent, parts, c, results, chunking, continuation=continuation,
-                                 max_depth=max_depth, first_timings=first_timings if c == 0 else None))  # fmt: skip
+    """Every chunk of ``path`` on an initialized ``memory``, one ``step`` after another."""
+    run = ChunkRun(memory, path, first_latent, chunking.check(parts.codec.temporal_stride), continuation, max_depth)
+    results = []
+    while not run.done:
+        results.append(step(run, parts, first_timings if not results else None))
     return results

@@ -30,9 +30,8 @@ import torch
 from torch import Tensor
 
 from .cameras import Cameras
-from .chunks import Chunk
+from .chunks import Chunk, history_frames
 from .families import FAMILIES, BranchKind
-from .frames import stitch_chunks
 from .geometry import project_points
 from .memory import SpatialMemory, voxel_keys
 from .paths import CameraPath
@@ -131,17 +130,21 @@ class MirageConditioner:
 
     def __init__(self, memory: SpatialMemory, path: CameraPath, encode: Encode, *, temporal_stride: int = 4,
                  max_references: int = FAMILIES["mirage"].max_references,
-                 max_preceding: int = FAMILIES["mirage"].max_preceding) -> None:  # fmt: skip
+                 max_preceding: int = FAMILIES["mirage"].max_preceding, cache: dict | None = None) -> None:  # fmt: skip
         self.memory, self.path, self.encode = memory, path, encode
         self.ts, self.max_references, self.max_preceding = temporal_stride, max_references, max_preceding
-        self._white: dict[tuple, Tensor] = {}  # (frames, H, W) -> [1, C, F, h, w] the constant score latent
+        self._white = cache if cache is not None else {}  # (frames, H, W) -> [1, C, F, h, w] the constant score latent
+
+    def keep_frame(self, t: int) -> bool:
+        """No decoded frame is read by later chunks (the references are latents)."""
+        return False
 
     def score(self, latent_frames: int, height: int, width: int, device) -> Tensor:  # -> [1, C, F, h, w]
         key = (latent_frames, height, width)
         if key not in self._white:
             white = torch.ones(1, 3, (latent_frames - 1) * self.ts + 1, height, width, device=device)  # [-1, 1] white
-            self._white[key] = self.encode(white).float()
-        return self._white[key]
+            self._white[key] = self.encode(white).float().cpu()  # kept with the run, between chunks
+        return self._white[key].to(device)
 
     def __call__(self, chunk: Chunk) -> BranchInputs:
         device = chunk.pinned.device
@@ -154,7 +157,7 @@ class MirageConditioner:
             n = min(self.max_preceding, last.latents.shape[1] - 1)
             sl = slice(last.latents.shape[1] - 1 - n, last.latents.shape[1] - 1)
             preceding = last.latents[None, :, sl].to(device)  # [1, C, P, h, w]
-            preceding_readout = last.readout.latents[None, :, sl].to(device, torch.float32)  # what they were generated with
+            preceding_readout = last.readout_latents[None, :, sl].to(device, torch.float32)  # what they were generated with
         scene = torch.cat([readout, preceding_readout], dim=2)  # [1, C, F + P, h, w]
         score = self.score(scene.shape[2], chunk.cameras.height, chunk.cameras.width, device)  # [1, C, F + P, h, w]
         references = self._references(chunk, C, h, w, device)
@@ -178,10 +181,15 @@ class SpatiaConditioner:
     def __init__(self, memory: SpatialMemory, path: CameraPath, encode: Encode, *, temporal_stride: int = 4,
                  max_references: int = FAMILIES["spatia"].max_references,
                  reference_every: int = int(FAMILIES["spatia"].reference_rule["reference_every"]),
-                 target_every: int = int(FAMILIES["spatia"].reference_rule["target_every"])) -> None:  # fmt: skip
+                 target_every: int = int(FAMILIES["spatia"].reference_rule["target_every"]),
+                 cache: dict | None = None) -> None:  # fmt: skip
         self.memory, self.path, self.encode = memory, path, encode
         self.ts, self.max_references = temporal_stride, max_references
         self.reference_every, self.target_every = reference_every, target_every
+
+    def keep_frame(self, t: int) -> bool:
+        """The decoded path frames later rounds may take as references (every ``reference_every``-th)."""
+        return t % self.reference_every == 0
 
     def __call__(self, chunk: Chunk) -> BranchInputs:
         device = chunk.pinned.device
@@ -197,8 +205,6 @@ class SpatiaConditioner:
     def _references(self, chunk: Chunk, C: int, h: int, w: int, device) -> Tensor:  # -> [1, C, R, h, w]
         if not chunk.history or self.max_references == 0:
             return torch.zeros(1, C, 0, h, w, device=device)
-        overlap = chunk.history[-1].frame_range[1] - chunk.frame_range[0]  # frames each chunk shares with the previous
-        frames = stitch_chunks([c.frames for c in chunk.history], 1, overlap)  # [3, start + overlap, H, W] decoded so far
         start = chunk.frame_range[0]  # frames [start, start + overlap) are this chunk's history: not references
         pool = list(range(0, start, self.reference_every))  # the earlier frames, every reference_every-th
         if not pool:
@@ -207,7 +213,7 @@ class SpatiaConditioner:
         chosen = spatia_references(self.memory, targets, self.path[torch.tensor(pool)], max_references=self.max_references)
         if not chosen:
             return torch.zeros(1, C, 0, h, w, device=device)
-        images = frames[:, [pool[j] for j in chosen]].to(device)  # [3, R, H, W]
+        images = history_frames(chunk.history, [pool[j] for j in chosen]).to(device)  # [3, R, H, W] decoded earlier
         return torch.cat([self.encode(images[None, :, r : r + 1]).float() for r in range(images.shape[1])], dim=2)
 
 

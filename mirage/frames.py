@@ -134,15 +134,19 @@ class Chunking:
         """Latent frames at the start of a later chunk that are given, not generated: ``(overlap - 1) / s + 1``."""
         return (self.overlap - 1) // temporal_stride + 1
 
-    def ranges(self, num_frames: int, temporal_stride: int = TEMPORAL_STRIDE) -> list[tuple[int, int]]:
+    def ranges(self, num_frames: int, temporal_stride: int = TEMPORAL_STRIDE,
+               done: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:  # fmt: skip
         """Pixel-frame ranges ``(start, stop)`` of the chunks of a ``num_frames`` video (stop exclusive).
 
         The first chunk has ``min(num_frames, first)`` frames; each later one starts ``overlap`` frames
         before the previous chunk's end and ends ``frames`` later or at the video's end, so every
-        chunk has ``sN + 1`` frames."""
+        chunk has ``sN + 1`` frames. ``done``: chunks already run (of a shorter path that this one
+        extends); they are kept as they were and the ranges go on from the last of them."""
         check_num_frames(num_frames, temporal_stride)
         self.check(temporal_stride)
-        ranges = [(0, min(num_frames, self.first))]
+        ranges = list(done) or [(0, min(num_frames, self.first))]
+        if ranges[-1][1] > num_frames:
+            raise ValueError(f"chunks already run reach frame {ranges[-1][1]}, past the video's {num_frames} frames")
         while ranges[-1][1] < num_frames:
             start = ranges[-1][1] - self.overlap
             ranges.append((start, min(num_frames, start + self.frames)))

@@ -70,6 +70,7 @@ __all__ = [
     "MemoryConfig",
     "Observation",
     "MemoryUpdate",
+    "MemorySnapshot",
     "MemoryReadout",
     "MemoryRender",
     "SpatialMemory",
@@ -189,6 +190,16 @@ class MemoryUpdate:
         return to_uint8(mean).permute(0, 2, 3, 1)[self.cells.to(mean.device)]  # [F, g_h, g_w, 3] -> [added, 3]
 
 
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """Where a memory stood (``snapshot``), to go back there (``restore``). Both memories only ever
+    append, so this is three counts, whatever the cache's size."""
+
+    num_points: int
+    frames_stored: int
+    updates: int  # entries of size_history
+
+
 @dataclass
 class MemoryReadout:
     """What a memory returns for ``T`` pixel frames read as ``F`` latent frames (``read``: ``T = 4N + 1``,
@@ -295,6 +306,10 @@ class SpatialMemory(Protocol):
     def point_ids(self, cameras: Cameras) -> Tensor: ...
 
     def to(self, device: torch.device | str) -> "SpatialMemory": ...
+
+    def snapshot(self) -> MemorySnapshot: ...
+
+    def restore(self, snapshot: MemorySnapshot) -> None: ...
 
     def save(self, path: str | Path) -> Path: ...
 
@@ -416,6 +431,27 @@ class _PointMemory:
         self.points, self.frame_ids = tensors["points"].to(dev), tensors["frame_ids"].to(dev)
         self.axes, self.values = tensors["axes"].to(dev), tensors["values"].to(dev)
         self.grid, self.frames_stored, self.size_history = (int(grid[0]), int(grid[1])), int(frames_stored), list(size_history)
+
+    def snapshot(self) -> MemorySnapshot:
+        """Where the memory stands now; ``restore`` goes back to it (after any later updates)."""
+        return MemorySnapshot(self.num_points, self.frames_stored, len(self.size_history))
+
+    def restore(self, snapshot: MemorySnapshot) -> None:
+        """Drop everything stored after ``snapshot`` was taken (``ValueError`` for a snapshot of another
+        state: more points or frames than the memory has)."""
+        n, f, u = snapshot.num_points, snapshot.frames_stored, snapshot.updates
+        if n > self.num_points or f > self.frames_stored or u > len(self.size_history) or (n > 0 and self.grid is None):
+            raise ValueError(f"snapshot of {n} points, {f} frames is not of this memory ({self.num_points} points, "
+                             f"{self.frames_stored} frames)")  # fmt: skip
+        # copies, not views: a view would keep (and pickle) the whole of the larger storage
+        self.points, self.frame_ids, self.axes = self.points[:n].clone(), self.frame_ids[:n].clone(), self.axes[:n].clone()
+        self.values = None if self.values is None else self.values[:n].clone()
+        self.frames_stored, self.size_history = f, self.size_history[:u]
+
+    def __getstate__(self) -> dict:
+        """Pickled without its codec (a model, which stays where it is loaded): whoever unpickles a
+        memory gives it its codec again (``memory.codec = ...``), as ``MiragePipeline.step`` does."""
+        return {**self.__dict__, "codec": None}
 
     def _require_grid(self) -> tuple[int, int]:
         if self.grid is None:

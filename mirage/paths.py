@@ -52,6 +52,8 @@ __all__ = [
     "keyframes_from_table",
     "keyframe_path",
     "anchored_path",
+    "return_path",
+    "continued",
     "make_preset_path",
     "path_bounds_check",
     "path_from_points",
@@ -714,6 +716,39 @@ def resample_path(cameras: Cameras, num_frames: int) -> Cameras:
             i = j * (N - 1) // (T - 1)
             K_out[j], T_out[j] = cameras.K[i].cpu(), cameras.cam_from_world[i].cpu()
     return Cameras(K_out, T_out, cameras.width, cameras.height).to(cameras.device)
+
+
+def return_path(start: Camera, end: Camera, num_frames: int) -> Cameras:
+    """``num_frames`` cameras from ``start`` to ``end`` (both exact) with the presets' ease-in-out: the
+    centre on the straight line, the orientation by slerp, ``fx, fy`` in log space, ``cx, cy`` linearly
+    (a "return to the start" from wherever a path ended)."""
+    if (start.width, start.height) != (end.width, end.height):
+        raise ValueError(f"start is {start.width}x{start.height}, end {end.width}x{end.height}")
+    T = check_num_frames(num_frames, min_latent_frames=2)
+    both = Cameras.cat([start.batch(), end.batch()])  # [2]
+    centres, R_wfc = _world_poses(both)  # [2, 3], [2, 3, 3]
+    w = _ease(np.linspace(0.0, 1.0, T))  # [T] eased time
+    c = (1 - w)[:, None] * centres[0] + w[:, None] * centres[1]  # [T, 3]
+    R = Slerp([0.0, 1.0], Rotation.from_matrix(R_wfc))(w).as_matrix()  # [T, 3, 3]
+    K2 = _np(both.K)  # [2, 3, 3]
+    K = (1 - w)[:, None, None] * K2[0] + w[:, None, None] * K2[1]  # [T, 3, 3] cx, cy linearly
+    for i in (0, 1):  # fx, fy in log space
+        K[:, i, i] = np.exp((1 - w) * np.log(K2[0, i, i]) + w * np.log(K2[1, i, i]))
+    cams = _from_world_poses(c, R, K, start.width, start.height)
+    K_t, T_t = cams.K.clone(), cams.cam_from_world.clone()  # [T, 3, 3], [T, 4, 4]
+    K_t[0], T_t[0], K_t[-1], T_t[-1] = start.K.cpu(), start.cam_from_world.cpu(), end.K.cpu(), end.cam_from_world.cpu()
+    return Cameras(K_t, T_t, start.width, start.height)  # the ends exact, bitwise
+
+
+def continued(path: CameraPath, segment: Cameras) -> CameraPath:
+    """``path`` followed by ``segment``, whose first camera must be ``path``'s last (it is not repeated):
+    ``len(path) + len(segment) - 1`` frames, still ``4N + 1``."""
+    last = len(path) - 1
+    if not (torch.equal(segment.K[0].cpu(), path.K[last].cpu()) and torch.equal(segment.cam_from_world[0].cpu(),
+                                                                                path.cam_from_world[last].cpu())):  # fmt: skip
+        raise ValueError("a continuation must start at the path's last camera exactly")
+    check_num_frames(len(segment), min_latent_frames=2)
+    return CameraPath.starting_at(path.source, Cameras.cat([path.to("cpu"), segment[1:].to("cpu")]))
 
 
 def anchored_path(source: Camera, cameras: Cameras, num_frames: int) -> CameraPath:

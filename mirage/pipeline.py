@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -61,7 +61,8 @@ from torch import Tensor
 from . import weights
 from .branch import branched_forward
 from .chunks import (
-    CONTINUATIONS, READOUT_PARTS, STAGES, Chunk, ChunkParts, ChunkResult, Continuation, DepthResult, run_chunks, start_memory,
+    CONTINUATIONS, READOUT_PARTS, STAGES, Chunk, ChunkParts, ChunkResult, ChunkRun, Continuation, DepthResult, start_memory,
+    step,
 )  # fmt: skip
 from .codecs import WAN22_MODEL_ID, WanVAECodec
 from .conditioning import BranchInputs, make_conditioner
@@ -78,6 +79,7 @@ from .timing import StageTimer
 
 __all__ = [
     "MiragePipeline",
+    "GenerationRun",
     "MirageOutput",
     "STAGES",
     "READOUT_PARTS",
@@ -106,6 +108,31 @@ WAN22_LAYOUT: weights.Layout = {
     "transformer": "model", "vae": "model", "scheduler/scheduler_config.json": "file",
     "text_encoder": "model", "tokenizer": "dir",
 }  # fmt: skip
+
+
+@dataclass
+class GenerationRun:
+    """One memory's generation along a path, resumable chunk by chunk (``MiragePipeline.start`` /
+    ``step``): the chunk run (memory, chunk records, random state) and what the sampler needs, all of
+    it picklable, so that each chunk can be its own GPU call with the run on the CPU in between.
+    ``MiragePipeline.__call__`` is ``start`` and one ``step`` per chunk."""
+
+    chunks: ChunkRun  # the memory, the path, the records of the chunks so far, the random state
+    prompt_embeds: Tensor  # [1, L, D] in the transformer's dtype, on the CPU
+    negative_prompt_embeds: Tensor | None  # [1, L, D] (guidance > 1)
+    num_inference_steps: int
+    guidance_scale: float
+    memory_mode: MemoryMode
+    memory_strength: float
+    reference_schedule: bool
+    rng_device: str  # where the random noise is drawn ("cpu" or "cuda"): the generator's device
+    settings: dict[str, Any]  # the sampling settings used (defaults filled in), for MirageOutput
+    cache: dict = field(default_factory=dict)  # what the branch-input builder keeps between chunks (score latents)
+    first_timings: dict[str, float] = field(default_factory=dict)  # prompt and init seconds, charged to chunk 0
+
+    def to(self, device: torch.device | str) -> "GenerationRun":
+        self.chunks.to(device)
+        return self
 
 
 @dataclass
@@ -201,6 +228,7 @@ class MiragePipeline(DiffusionPipeline):
         self.codec = WanVAECodec(vae)
         self.depth_backend = depth_backend
         self.prompt_cache: dict[tuple[str, int], Tensor] = {}  # (prompt, max_sequence_length) -> [1, L, D]
+        self.text_encoder_offload = False  # enable_text_encoder_offload: the text encoder rests on the CPU
         if transformer.config.in_channels != self.codec.latent_channels:
             raise ValueError(
                 f"transformer in_channels={transformer.config.in_channels} != VAE z_dim={self.codec.latent_channels}"
@@ -249,6 +277,8 @@ class MiragePipeline(DiffusionPipeline):
                 text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", dtype=torch_dtype)
                 tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         if isinstance(depth_backend, str):
+            if depth_backend in ("depth-pro", "depth-anything-v2-metric"):  # their weights come from the same cache
+                depth_kwargs = {"local_files_only": local_files_only, "cache_dir": cache_dir, **depth_kwargs}
             depth_backend = make_depth_backend(depth_backend, **depth_kwargs)
         return cls(transformer, codec.vae, scheduler, text_encoder, tokenizer, depth_backend)
 
@@ -349,6 +379,19 @@ class MiragePipeline(DiffusionPipeline):
             offload.remove(device)
             self._pinned_offload = None
 
+    def enable_text_encoder_offload(self) -> None:
+        """Keep the text encoder (UMT5-XXL, 11 GB in bf16) on the CPU and bring it to the device only to
+        encode a prompt (once per prompt: the embeddings are cached): denoising and decoding then have
+        the device without it. ``disable_text_encoder_offload`` undoes it."""
+        self.text_encoder_offload = self.text_encoder is not None
+        if self.text_encoder is not None:
+            self.text_encoder.to("cpu")
+
+    def disable_text_encoder_offload(self, device: torch.device | str | None = None) -> None:
+        self.text_encoder_offload = False
+        if self.text_encoder is not None and device is not None:
+            self.text_encoder.to(device)
+
     def enable_vae_tiling(self, **kwargs: Any) -> None:
         """Spatially tiled VAE encode/decode (``AutoencoderKLWan.enable_tiling`` kwargs)."""
         self.codec.enable_tiling(**kwargs)
@@ -440,7 +483,15 @@ class MiragePipeline(DiffusionPipeline):
         )
         ids, attn = tokens.input_ids, tokens.attention_mask  # [1, L] each
         device = self._execution_device
-        embeds = self.text_encoder(ids.to(device), attn.to(device)).last_hidden_state  # [1, L, D]
+        if self.text_encoder_offload:
+            self.text_encoder.to(device)
+        try:
+            embeds = self.text_encoder(ids.to(device), attn.to(device)).last_hidden_state  # [1, L, D]
+        finally:
+            if self.text_encoder_offload:
+                self.text_encoder.to("cpu")  # its work is done: the device holds what denoising needs
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
         embeds = embeds * attn.to(device)[..., None].to(embeds.dtype)  # zeros after the prompt's tokens
         self.prompt_cache[key] = embeds.to(self.transformer.dtype)
         return self.prompt_cache[key]
@@ -575,7 +626,7 @@ class MiragePipeline(DiffusionPipeline):
         return DEFAULTS["training-free"]
 
     @torch.no_grad()
-    def __call__(
+    def start(
         self,
         image: Tensor,  # [3, H, W] in [-1, 1]
         path: CameraPath,  # >= num_frames pixel-frame cameras at W x H; frame 0 is the image's camera
@@ -597,21 +648,11 @@ class MiragePipeline(DiffusionPipeline):
         max_depth: float | None = 100.0,
         image_depth: Tensor | None = None,  # [H, W] metres for the input image instead of estimating it
         generator: torch.Generator | None = None,
-        callback: Callable[[int, int, int], None] | None = None,
         max_sequence_length: int = 512,
-    ) -> MirageOutput:
-        """Generate ``num_frames`` frames (default: the whole path) along ``path`` from ``image``.
-
-        Settings left at None take the mode's ``DEFAULTS`` (``defaults_for``): Wan2.2-TI2V-5B's own for
-        the training-free modes, the reference's for a trained branch (whose prompt suffix is then
-        appended to ``prompt``). memory: ``"latent"`` (Mirage), ``"rgb"`` (the RGB point-cloud
-        baseline), made with ``memory_config`` (default ``MemoryConfig()``), or an instance; an empty
-        instance is initialized from the image, a non-empty one is used as it is (continuing a scene). memory_strength: fraction of the sampling steps during
-        which a training-free mode imposes the readout (the first ``ceil(memory_strength *
-        num_inference_steps)`` steps). max_depth: cells farther than this (metres, after scale
-        alignment) are not stored (far/sky); None keeps everything with valid depth. callback:
-        ``callback(chunk_index, step, num_steps)`` after every step.
-        """
+    ) -> GenerationRun:
+        """Steps 1-3 of a generation (check inputs, encode the prompts, the image's latent and depth
+        into the memory) as a ``GenerationRun`` that ``step`` takes chunk by chunk. Arguments as
+        ``__call__``; ``generator`` seeds the noise of every chunk (a new random seed without one)."""
         d = self.defaults_for(memory_mode) if memory_mode in MEMORY_MODES else DEFAULTS["training-free"]
         num_frames = len(path) if num_frames is None and isinstance(path, CameraPath) else num_frames
         chunking = d.chunking if chunking is None else chunking
@@ -639,9 +680,6 @@ class MiragePipeline(DiffusionPipeline):
                     prompt_embeds = self.encode_prompt(prompt, max_sequence_length)
                 if guidance_scale > 1.0 and negative_prompt_embeds is None:
                     negative_prompt_embeds = self.encode_prompt(negative_prompt, max_sequence_length)
-                prompt_embeds = prompt_embeds.to(device, self.transformer.dtype)
-                if negative_prompt_embeds is not None:
-                    negative_prompt_embeds = negative_prompt_embeds.to(device, self.transformer.dtype)
             # 3. The image's latent and depth; the memory
             with timer.stage("init"):
                 mem = memory if isinstance(memory, SpatialMemory) else make_memory(memory, memory_config, codec=self.codec,
@@ -655,33 +693,88 @@ class MiragePipeline(DiffusionPipeline):
                     initial = initial.cpu()
                 else:  # a memory that already holds the scene: only the image's latent
                     first_latent = self.codec.encode(image[None, :, None]).float()  # [1, C, 1, h, w]
-
-        # 4. The chunks: read -> condition -> denoise -> decode -> depth -> update
-        if memory_mode == "branch":
-            condition = make_conditioner(self.branch_kind, mem, path, self.codec.encode,
-                                         temporal_stride=self.codec.temporal_stride)  # fmt: skip
-        else:
-            condition = lambda chunk: None  # noqa: E731  the training-free modes read chunk.readout directly
-
-        def denoise(chunk: Chunk, branch_inputs: BranchInputs | None) -> Tensor:  # -> [1, C, F, h, w]
-            step = None if callback is None else (lambda i, n: callback(chunk.index, i, n))
-            return self.denoise_chunk(
-                chunk.pinned, chunk.readout.latents[None], chunk.readout.mask, prompt_embeds, negative_prompt_embeds,
-                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, memory_mode=memory_mode,
-                memory_strength=memory_strength, branch_inputs=branch_inputs, reference_schedule=reference_schedule,
-                generator=generator, callback=step,
-            )  # fmt: skip
-
-        parts = ChunkParts(self.codec, condition, denoise, self.estimate_depth)
-        chunks = run_chunks(mem, path, first_latent, parts, chunking, continuation=continuation, max_depth=max_depth,
-                            first_timings=dict(setup))  # fmt: skip
-        if self._pinned_offload is not None:
-            self._pinned_offload.release()  # leave the device empty, as diffusers' offload does after a call
-        # 5. The video: later chunks repeat the previous chunk's last `overlap` frames
+        if generator is None:
+            generator = torch.Generator(device)
+            generator.seed()
         settings = dict(num_frames=num_frames, chunking=chunking, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, negative_prompt=negative_prompt if guidance_scale > 1 else None,
                         memory_mode=memory_mode, memory_strength=memory_strength if memory_mode in TRAINING_FREE_MODES else None,
                         continuation=continuation, reference_schedule=reference_schedule, memory=mem.kind,
                         branch=self.branch_kind if memory_mode == "branch" else None, prompt=prompt)  # fmt: skip
-        video = stitch_chunks([c.frames for c in chunks], 1, chunking.overlap)
-        return MirageOutput(video, chunks, mem, settings, initial)
+        chunks = ChunkRun(mem, path, first_latent, chunking, continuation, max_depth, initial,
+                          rng_state=generator.get_state())  # fmt: skip
+        cpu = lambda e: None if e is None else e.to("cpu", self.transformer.dtype)  # noqa: E731
+        return GenerationRun(chunks, cpu(prompt_embeds), cpu(negative_prompt_embeds), num_inference_steps, guidance_scale,
+                             memory_mode, memory_strength, reference_schedule, generator.device.type, settings,
+                             first_timings=dict(setup))  # fmt: skip
+
+    @torch.no_grad()
+    def step(self, run: GenerationRun, callback: Callable[[int, int, int], None] | None = None) -> ChunkResult:
+        """4. The run's next chunk: read -> condition -> denoise -> decode -> depth -> update
+        (``mirage.chunks``), on this pipeline's device; the run's memory stays there. callback:
+        ``callback(chunk_index, step, num_steps)`` after every step."""
+        device = self._execution_device
+        c = run.chunks.to(device)
+        c.memory.codec = self.codec  # a memory crosses processes without its codec
+        generator = torch.Generator(run.rng_device).set_state(c.rng_state)
+        prompt_embeds = run.prompt_embeds.to(device)
+        negative = None if run.negative_prompt_embeds is None else run.negative_prompt_embeds.to(device)
+        if run.memory_mode == "branch":
+            if self.branch_kind is None:
+                raise ValueError("this run conditions through a trained branch: load_branch(...) first")
+            condition = make_conditioner(self.branch_kind, c.memory, c.path, self.codec.encode,
+                                         temporal_stride=self.codec.temporal_stride, cache=run.cache)  # fmt: skip
+            keep_frame = condition.keep_frame
+        else:
+            condition, keep_frame = (lambda chunk: None), None  # the training-free modes read chunk.readout directly
+
+        def denoise(chunk: Chunk, branch_inputs: BranchInputs | None) -> Tensor:  # -> [1, C, F, h, w]
+            progress = None if callback is None else (lambda i, n: callback(chunk.index, i, n))
+            return self.denoise_chunk(
+                chunk.pinned, chunk.readout.latents[None], chunk.readout.mask, prompt_embeds, negative,
+                num_inference_steps=run.num_inference_steps, guidance_scale=run.guidance_scale,
+                memory_mode=run.memory_mode, memory_strength=run.memory_strength, branch_inputs=branch_inputs,
+                reference_schedule=run.reference_schedule, generator=generator, callback=progress,
+            )  # fmt: skip
+
+        parts = ChunkParts(self.codec, condition, denoise, self.estimate_depth, keep_frame=keep_frame)
+        result = step(c, parts, run.first_timings if not c.history else None)
+        c.rng_state = generator.get_state()
+        return result
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Tensor,  # [3, H, W] in [-1, 1]
+        path: CameraPath,  # >= num_frames pixel-frame cameras at W x H; frame 0 is the image's camera
+        prompt: str | None = None,
+        *,
+        callback: Callable[[int, int, int], None] | None = None,
+        **kwargs: Any,
+    ) -> MirageOutput:
+        """Generate ``num_frames`` frames (default: the whole path) along ``path`` from ``image``:
+        ``start``, then ``step`` for every chunk, then the stitched video.
+
+        Keyword arguments (``start``): num_frames, chunking, num_inference_steps, guidance_scale,
+        negative_prompt, prompt_embeds / negative_prompt_embeds ``[1, L, D]``, memory, memory_config,
+        memory_mode, memory_strength, continuation, reference_schedule, max_depth, image_depth
+        ``[H, W]``, generator, max_sequence_length. Settings left at None take the mode's ``DEFAULTS``
+        (``defaults_for``): Wan2.2-TI2V-5B's own for the training-free modes, the reference's for a
+        trained branch (whose prompt suffix is then appended to ``prompt``). memory: ``"latent"``
+        (Mirage), ``"rgb"`` (the RGB point-cloud baseline), made with ``memory_config`` (default
+        ``MemoryConfig()``), or an instance; an empty instance is initialized from the image, a
+        non-empty one is used as it is (continuing a scene). memory_strength: fraction of the sampling
+        steps during which a training-free mode imposes the readout (the first ``ceil(memory_strength *
+        num_inference_steps)`` steps). max_depth: cells farther than this (metres, after scale
+        alignment) are not stored (far/sky); None keeps everything with valid depth. callback:
+        ``callback(chunk_index, step, num_steps)`` after every step.
+        """
+        run = self.start(image, path, prompt, **kwargs)
+        chunks = []
+        while not run.chunks.done:
+            chunks.append(self.step(run, callback))
+        if self._pinned_offload is not None:
+            self._pinned_offload.release()  # leave the device empty, as diffusers' offload does after a call
+        # 5. The video: later chunks repeat the previous chunk's last `overlap` frames
+        video = stitch_chunks([c.frames for c in chunks], 1, run.chunks.chunking.overlap)
+        return MirageOutput(video, chunks, run.chunks.memory, run.settings, run.chunks.initial)

@@ -56,6 +56,9 @@ __all__ = [
     "default_keyframe_rows",
     "keyframe_path",
     "imported_path",
+    "SegmentKind",
+    "SEGMENT_KINDS",
+    "continue_path",
     "export_path",
     "point_colors",
     "scene_figure",
@@ -298,15 +301,15 @@ class PathRecipe:
     """How the current path was made, to make it again with another frame count or other settings
     (the app applies a control's change at once, whatever made the path)."""
 
-    kind: Literal["preset", "stroke", "keyframes", "import"]
+    kind: Literal["preset", "stroke", "keyframes", "import", "continued"]
     preset: str = ""  # preset: its name
     amount: float | None = None  # preset: its amount (None = the preset's default)
     stroke: Tensor | None = None  # stroke: [16, 2] (u, v) pixels at the working size
     depth_fraction: float = 0.5  # stroke: how far towards the surface under it
     look: str = "source"  # stroke: keep the source view or look along the stroke
     keyframes: tuple = ()  # keyframes: the parsed table (mirage.paths.Keyframe, the source first)
-    cameras: Cameras | None = None  # import: the file's cameras at the working size
-    name: str = ""  # import: the file's name
+    cameras: Cameras | None = None  # import / continued: the cameras at the working size
+    name: str = ""  # import: the file's name; continued: what was added
 
 
 def remake_path(state: SceneState, num_frames: int, max_frames: int | None = None, **changes: Any) -> SceneState:
@@ -321,6 +324,8 @@ def remake_path(state: SceneState, num_frames: int, max_frames: int | None = Non
         return _stroke_path(state, r.stroke, num_frames, r.depth_fraction, r.look, max_frames)
     if r.kind == "keyframes":
         return _keyframe_path(state, list(r.keyframes), num_frames, max_frames)
+    if r.kind == "continued":  # the whole path resampled (its segments keep their share of the frames)
+        return set_path(state, paths.anchored_path(state.camera, r.cameras, num_frames), r.name, max_frames, r)
     return _anchored_import(state, r.cameras, r.name, num_frames, max_frames)
 
 
@@ -422,6 +427,46 @@ def imported_path(state: SceneState, file: str | Path | None, num_frames: int, m
 def _anchored_import(state: SceneState, cams: Cameras, name: str, num_frames: int, max_frames: int | None) -> SceneState:
     path = paths.anchored_path(state.camera, cams, num_frames)
     return set_path(state, path, f"imported {name}", max_frames, PathRecipe("import", cameras=cams, name=name))
+
+
+SegmentKind = Literal["preset", "return", "stroke", "keyframes"]
+SEGMENT_KINDS: tuple[str, ...] = get_args(SegmentKind)
+
+
+def continue_path(
+    state: SceneState, kind: SegmentKind, num_frames: int, *, preset: str = "orbit_left", amount: float | None = None,
+    editor: Any = None, depth_fraction: float = 0.5, look: str = "source", rows: Any = None, max_frames: int | None = None,
+) -> SceneState:  # fmt: skip
+    """The active path, then ``num_frames`` more frames (``4N + 1``, the first is the path's last camera):
+    a preset from the last camera (``"preset"``), back to the source camera (``"return"``), along a
+    stroke drawn on the image (``"stroke"``, lifted with the source depth as ``stroke_path``), or
+    through keyframes given in the last camera's frame (``"keyframes"``). Checked as any path
+    (``set_path``); nothing changes when it is refused."""
+    path = require_path(state)
+    last = path.camera(len(path) - 1)
+    if kind == "preset":
+        segment = paths.make_preset_path(preset, last, num_frames, amount, state.scene_depth)
+        label = f"{preset} ({paths.PRESETS[preset].default if amount is None else amount:g} {paths.PRESETS[preset].unit})"
+    elif kind == "return":
+        segment, label = paths.return_path(last, state.camera, num_frames), "back to the start"
+    elif kind == "stroke":
+        if editor is None:
+            raise ValueError("no stroke drawn: draw a line on the image with the brush first")
+        if not 0.0 < float(depth_fraction) < 1.0:
+            raise ValueError(f"the stroke's depth fraction must be between 0 and 1 (exclusive), got {depth_fraction!r}")
+        H, W = state.size
+        pixels = strokes.stroke_pixels_from_layers(editor, 16, target_size=(H, W),
+                                                   start_near=(float(state.camera.K[0, 2]), float(state.camera.K[1, 2])))  # fmt: skip
+        points = strokes.lift_stroke(pixels, state.depth, state.camera, float(depth_fraction))  # [16, 3] world
+        segment, label = paths.path_from_points(last, points, num_frames, look=look), "a stroke"
+    elif kind == "keyframes":
+        keys = paths.keyframes_from_table(rows)
+        segment, label = paths.keyframe_path(last, keys, num_frames), f"{len(keys)} keyframes"
+    else:
+        raise ValueError(f"a continuation is one of {SEGMENT_KINDS}, got {kind!r}")
+    extended = paths.continued(path, segment)
+    name = f"{state.path_label} + {label}"
+    return set_path(state, extended, name, max_frames, PathRecipe("continued", cameras=extended, name=name))
 
 
 def export_path(state: SceneState, folder: Path, fps: float = 16) -> list[Path]:

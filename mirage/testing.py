@@ -26,6 +26,8 @@ __all__ = [
     "tiny_depth_anything_config",
     "depth_pro_large_config",
     "save_tiny_wan_checkpoint",
+    "shard_safetensors",
+    "write_hub_cache",
     "TINY_BRANCH_TRANSFORMER_CONFIG",
     "tiny_branch_transformer",
     "tiny_branch_state_dict",
@@ -144,6 +146,48 @@ def save_tiny_wan_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     }  # fmt: skip
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def shard_safetensors(file: str | Path, shards: list[str], index: str) -> list[Path]:
+    """Split the safetensors ``file`` into ``len(shards)`` files beside it (tensors in order, about
+    equal sizes), write the index ``index`` (``{"metadata": {"total_size"}, "weight_map"}``, what
+    diffusers and transformers read for a sharded checkpoint) and remove ``file``. Returns the paths
+    written. Lets a tiny checkpoint carry a released checkpoint's shard names."""
+    from safetensors.torch import load_file, save_file
+
+    file = Path(file)
+    tensors = load_file(str(file))
+    names = list(tensors)
+    if len(names) < len(shards):
+        raise ValueError(f"{file.name} has {len(names)} tensors, fewer than {len(shards)} shards")
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    weight_map, written, start = {}, [], 0
+    for i, shard in enumerate(shards):
+        stop = len(names) if i == len(shards) - 1 else max(start + 1, round(len(names) * (i + 1) / len(shards)))
+        save_file({n: tensors[n].contiguous() for n in names[start:stop]}, str(file.parent / shard))
+        weight_map.update({n: shard for n in names[start:stop]})
+        written.append(file.parent / shard)
+        start = stop
+    (file.parent / index).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    file.unlink()
+    return [*written, file.parent / index]
+
+
+def write_hub_cache(cache_dir: str | Path, repo_id: str, folder: str | Path, files: list[str],
+                    revision: str = "0" * 40) -> Path:  # fmt: skip
+    """Lay ``files`` (paths relative to ``folder``) out in ``cache_dir`` as huggingface_hub's cache
+    holds a model download (``models--org--name/snapshots/<revision>/...`` and ``refs/main``), as a
+    Space's ``preload_from_hub`` leaves them. Returns the snapshot folder."""
+    import shutil
+
+    repo = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    for rel in files:
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(folder) / rel, snapshot / rel)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
 
 
 # A tiny TI2V-layout transformer for the side branch and the reference comparisons: head_dim 24, whose

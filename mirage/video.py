@@ -29,6 +29,7 @@ __all__ = [
     "to_uint8_frames",
     "from_uint8_frames",
     "write_video",
+    "concat_videos",
     "read_video",
     "side_by_side",
     "upsample_latent_mask",
@@ -99,6 +100,33 @@ def write_video(path: str | Path, video: Tensor | np.ndarray, fps: float = 16, *
             writer.send(np.ascontiguousarray(frame))
     finally:
         writer.close()
+    return path
+
+
+def concat_videos(parts: Sequence[str | Path], path: str | Path) -> Path:
+    """Join MP4 files written by ``write_video`` with the same size and fps into one, end to end,
+    without re-encoding (ffmpeg's concat demuxer, stream copy): a growing video costs its new part
+    only. Returns the path."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    parts, path = [Path(p).resolve() for p in parts], Path(path)
+    if not parts:
+        raise ValueError("concat_videos needs at least one part")
+    for p in parts:
+        if not p.is_file():
+            raise FileNotFoundError(f"video part not found: {p}")
+    listing = path.with_name(path.name + ".parts.txt")
+    listing.write_text("".join(f"file '{p.as_posix()}'\n" for p in parts), encoding="utf-8")
+    try:
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
+                        "-i", str(listing), "-c", "copy", "-movflags", "+faststart", str(path)],
+                       check=True, capture_output=True)  # fmt: skip
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"ffmpeg could not join {len(parts)} parts into {path}: {err.stderr.decode(errors='replace')}") from err
+    finally:
+        listing.unlink(missing_ok=True)
     return path
 
 

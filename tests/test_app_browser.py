@@ -226,3 +226,33 @@ def test_controls_apply_at_once_and_refusals_change_nothing(app):
             assert not log["errors"], log["errors"]
         finally:
             browser.close()
+
+
+def test_results_come_chunk_by_chunk_and_stop_keeps_them(app):
+    """A long run as a visitor sees it: the first chunk's videos play while later chunks are made, one
+    status line says where the run is, Stop ends it after the chunk in progress with what was made
+    kept, and Continue finishes it."""
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page, log = _open_page(browser, app[0])
+            _set_dropdown(page, "#frames", "161")
+            _wait_text(page, "#active-path", "161 frames")
+            page.click("#run")
+            page.wait_for_selector("#latent-video video", timeout=240_000)
+            status = _text(page, "#run-status")
+            assert "Done" not in status, status  # a video is up while the run goes on
+            page.click("#stop")
+            _wait_text(page, "#run-status", "Stopped after chunk")
+            stopped = _text(page, "#run-status")
+            assert "Continue" in stopped, stopped
+            assert page.get_attribute("#latent-video video", "src") and page.get_attribute("#rgb-video video", "src")
+            assert page.is_visible("#resume") and not page.is_visible("#stop")
+            page.screenshot(path=str(ARTIFACTS / "app_stopped.png"), full_page=True)
+            page.click("#resume")
+            _wait_text(page, "#run-status", "Done", 240_000)
+            assert "5 chunk(s), 161 frames" in _text(page, "#run-status"), _text(page, "#run-status")
+            assert not log["errors"], log["errors"]
+        finally:
+            browser.close()

@@ -51,7 +51,9 @@ def test_generate_both_memories_with_progress_videos_charts_and_downloads(gen_ap
         if status.progress_data:
             progress.extend(p.desc for p in status.progress_data if p.desc)
         time.sleep(0.05)
-    latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
+    progress += [out[0] for out in job.outputs()]  # the status line streamed with every update
+    status, latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
+    assert status.startswith("**Done**"), status
     for path in (latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask):
         assert read_video(path).shape == (3, 33, 128, 256)
     assert read_video(side).shape[1:3] == (33, 128)
@@ -76,7 +78,7 @@ def test_the_trained_branch_is_offered_and_both_memories_run_under_it(gen_app):
     client = Client(url, verbose=False)
     client.predict("synthetic-room", "auto", 256, "orbit_left", 10, 33, "latent", api_name="/load_example")
     out = client.predict(3, 2, 3.5, "a red room", "low quality", "spatia", "latent", api_name="/run")
-    latent, rgb, *_, caption = out
+    status, latent, rgb, *_, caption = out
     assert read_video(latent).shape == read_video(rgb).shape == (3, 33, 128, 256)
     assert "conditioning = Spatia branch + LoRA" in caption and str(tmp / "spatia") in caption and "seed = 3" in caption
     assert "Latent memory (Mirage): generated, Spatia branch + LoRA" in caption

@@ -177,7 +177,7 @@ def test_hostile_inputs_are_refused_by_name(served, files):
     # nothing changed for the session: its scene and path are the example's, and it still runs
     summary, _, status = c.predict("orbit_right", 10, 33, "latent", api_name="/preset_path")
     assert "motorcycle" in summary and status.startswith("Path set: preset orbit_right")
-    assert c.predict(0, 20, 5.0, "", "", "replace", "latent", api_name="/run")[0].endswith(".mp4")
+    assert c.predict(0, 20, 5.0, "", "", "replace", "latent", api_name="/run")[1].endswith(".mp4")
     log = (tmp / "app.log").read_text()
     assert "Traceback" not in log, log[-3000:]
     assert log.count("refused") >= len(table) - 1, log[-3000:]  # one line each (the -5 frames may fail in the client)

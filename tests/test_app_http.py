@@ -108,8 +108,9 @@ def test_page_and_named_endpoints(app, client):
         html = r.read().decode()
     assert "Mirage" in html
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    expected = {"/load_example", "/load_image", "/preset_path", "/stroke_path", "/keyframe_path", "/import_path", "/export_path", "/run"}
-    assert expected <= set(api)
+    expected = {"/load_example", "/load_image", "/preset_path", "/stroke_path", "/keyframe_path", "/import_path", "/export_path", "/run",
+                "/resume", "/add_segment", "/undo", "/stop"}
+    assert expected == set(api)  # the page's own handlers are private and take no public name
 
 
 def test_example_preset_run(client):
@@ -127,8 +128,10 @@ def test_example_preset_run(client):
     while not job.done():
         progress += [p.desc for p in job.status().progress_data or [] if p.desc]
         time.sleep(0.05)
-    latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
-    assert any("chunk 2/2" in d for d in progress), progress  # the long work reports its progress
+    progress += [out[0] for out in job.outputs()]  # the status line streamed with every update
+    status, latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask, side, timing, sizes, growth, downloads, caption = job.result()
+    assert status.startswith("**Done**"), status
+    assert any(d.startswith("Chunk 2 of 2 · ") for d in progress), progress  # the long work reports its progress
     for path in (latent, rgb, latent_input, rgb_input, latent_mask, rgb_mask):
         assert read_video(path).shape == (3, 65, 128, 256)
     assert read_video(side).shape[1:3] == (65, 128)
@@ -216,7 +219,7 @@ def test_bad_inputs_return_errors_and_the_app_keeps_serving(app, tmp_path):
     summary, _, status = b.predict("orbit_left", 10, 33, "latent", api_name="/preset_path")
     assert "motorcycle" in summary and "ground truth" in summary
     out = b.predict(0, 20, 5.0, "", "", "replace", "latent", api_name="/run")
-    assert read_video(out[0]).shape == (3, 33, 128, 256)
+    assert read_video(out[1]).shape == (3, 33, 128, 256)
 
 
 def test_readme_app_command_serves_the_full_ui(tmp_path):
@@ -259,3 +262,11 @@ def test_readme_app_command_serves_the_full_ui(tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=20)
+
+
+def test_readme_api_example_runs_as_written(app, capsys):
+    """The README's ``gradio_client`` example, against this app (only its URL replaced)."""
+    readme = (ROOT / "README.md").read_text()
+    block = next(b.split("```", 1)[0] for b in readme.split("```python\n")[1:] if "from gradio_client import Client" in b)
+    exec(compile(block.replace("http://127.0.0.1:7860/", app[0]), "README.md", "exec"), {})
+    assert "\n**Done**: preset orbit_right (15 degrees), 2 chunk(s), 65 frames" in capsys.readouterr().out

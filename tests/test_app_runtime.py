@@ -1,4 +1,4 @@
-"""Tests for app_runtime: mode detection (weights, device), session folders, UI formats, ZeroGPU budgets."""
+"""Tests for app_runtime: mode detection (weights, device), session folders, UI formats."""
 
 from __future__ import annotations
 
@@ -61,43 +61,6 @@ def test_generation_mode_with_a_checkpoint_on_the_chosen_device(tmp_path, monkey
         monkeypatch.setenv(rt.DEVICE_ENV, "cuda")
         with pytest.raises(ValueError, match="no CUDA device"):
             rt.detect_mode()
-
-
-def test_zerogpu_budget_per_memory_call(monkeypatch):
-    monkeypatch.delenv(rt.ZEROGPU_MAX_ENV, raising=False)
-    assert rt.gpu_seconds(65, 20, 1.0) > rt.gpu_seconds(33, 20, 1.0)
-    assert rt.gpu_seconds(33, 20, 5.0) > rt.gpu_seconds(33, 20, 1.0)  # guidance: two transformer calls per step
-    assert rt.gpu_seconds(33, 20, 1.0) == 31  # 20 + 1 chunk x (0.27 s x 20 calls + 5 s) = 30.4, rounded up
-    assert rt.check_gpu_budget(33, 20, 5.0) == rt.gpu_seconds(33, 20, 5.0) <= rt.zerogpu_max_seconds() == 120
-    with pytest.raises(ValueError, match="161 frames with 50 steps and guidance need about 180 s .* 120 s .*fewer frames or steps, or guidance 1"):
-        rt.check_gpu_budget(161, 50, 5.0)
-    monkeypatch.setenv(rt.ZEROGPU_MAX_ENV, "600")
-    assert rt.check_gpu_budget(161, 50, 5.0) == 180
-
-
-@pytest.mark.parametrize(
-    "conditioning, steps, guidance, results",
-    [("replace", 20, 1.0, "pipeline_resident_cuda_h100.json"), ("replace", 20, 5.0, "pipeline_resident_cuda_h100.json"),
-     ("mirage", 20, 1.0, "pipeline_branch_mirage_cuda_h100.json"), ("spatia", 10, 3.5, "pipeline_branch_spatia_cuda_h100.json")],
-)  # fmt: skip
-def test_zerogpu_budget_covers_the_measured_runs(conditioning, steps, guidance, results):
-    """The reserved seconds against the H100 runs in benchmarks/results (161 frames, both memories):
-    never below what was measured, and not more than 1.5 times it (20 s of that is the call's start)."""
-    import json
-    from pathlib import Path
-
-    data = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / results).read_text())
-    runs = [r for r in data["modes"]["resident"]["runs"] if r["guidance"] == guidance]
-    assert len(runs) == 2 and data["config"]["frames"] == 161 and data["config"]["steps"] == steps
-    measured = max(r["total_s"] for r in runs)
-    assert measured <= rt.gpu_seconds(161, steps, guidance, conditioning) <= 1.5 * measured
-
-
-def test_trained_budget_follows_the_family_chunking():
-    assert rt.gpu_seconds(161, 40, 3.5, "spatia") > rt.zerogpu_max_seconds()  # Spatia's own 40 steps: too long for 120 s
-    with pytest.raises(ValueError, match="Trained branch: Spatia"):
-        rt.check_gpu_budget(161, 40, 3.5, "spatia")
-    assert rt.gpu_seconds(33, 20, 1.0, "mirage") > rt.gpu_seconds(33, 20, 1.0, "replace")  # the branch's blocks cost
 
 
 def _clear_branch_env(monkeypatch):
@@ -238,13 +201,13 @@ def test_path_controls_follow_the_accepted_paths():
     assert rt.path_controls(session) == rt.PathControls(65, "pan_right", 12.0, None, None)
     session.change_path(scene.keyframe_path, scene.default_keyframe_rows(state), 33)  # another kind: the preset controls keep
     assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None)
-    session.result, version, path = "a result", session.version, state.path
+    session.run, version, path = "a run", session.version, state.path
     with pytest.raises(ValueError, match="through the scene"):
         session.change_path(scene.preset_path, "dolly_in", 0.99, 33)
     assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None)  # a refusal changes nothing:
-    assert (session.version, session.result, state.path) == (version, "a result", path)  # nor the result, nor the path
+    assert (session.version, session.run, state.path) == (version, "a run", path)  # nor the run, nor the path
     session.change_path(scene.preset_path, "pan_left", 5.0, 33)
-    assert session.version == version + 1 and session.result is None  # an accepted path drops the last result
+    assert session.version == version + 1 and session.run == "a run"  # a run keeps its own path (app_runs.ActiveRun)
 
 
 def test_a_new_working_size_keeps_the_controls_last_accepted_values():
@@ -284,3 +247,39 @@ def test_examples_say_where_their_depth_comes_from_and_look_different():
     w = thumbs[0].shape[1] // 2
     assert np.array_equal(thumbs[0][:, :w], thumbs[1][:, :w])  # the same photo ...
     assert np.abs(thumbs[0][:, w:].astype(int) - thumbs[1][:, w:].astype(int)).mean() > 20  # ... with and without depth
+
+
+def test_a_session_closed_while_its_run_sends_results_keeps_its_files_until_the_last(tmp_path):
+    """Gradio reads a result's files after the handler yields it: a page closed mid-run is refused at
+    once (its run ends after the chunk) but its folder goes only when the run has sent its last result."""
+    dirs = rt.SessionDirs(tmp_path / "root")
+    folder = dirs.get("s1")
+    (folder / "video.mp4").write_bytes(b"x")
+    with dirs.streaming("s1"):
+        with dirs.streaming("s1"):  # a second run of the same page (another tab's request)
+            assert dirs.busy("s1") and dirs.remove("s1")
+            assert not dirs.alive("s1") and (folder / "video.mp4").is_file()
+            with pytest.raises(ValueError, match="closed"):
+                dirs.get("s1")
+        assert (folder / "video.mp4").is_file()  # one run still sending
+    assert not folder.exists() and not dirs.busy("s1") and not dirs.alive("s1")
+    other = dirs.get("s2")
+    with dirs.streaming("s2"):
+        pass
+    assert other.is_dir() and dirs.alive("s2")  # a run that ends on an open page removes nothing
+
+
+def test_the_banner_names_the_gpu_and_what_a_chunk_asks_for(monkeypatch):
+    import app_runs as runs
+    from mirage.costs import CostModel, prior_for
+
+    blackwell = "NVIDIA RTX PRO 6000 Blackwell Server Edition"
+    costs = CostModel(prior_for(blackwell, half=True), cap=120, granted_per_second=1.5)
+    costs.device_name = blackwell
+    monkeypatch.setattr(runs, "COSTS", costs)
+    zero = rt.AppMode(True, "/w", "cuda", True, False, "")
+    line = runs.device_line(zero, 50, 5.0)
+    asked = costs.request(runs.ChunkCost.of("rgb", (32, 65), 1, 50, 5.0))
+    assert line.startswith(f"GPU: **{blackwell}** (ZeroGPU, half a card): one 33-frame chunk of the rgb memory")
+    assert f"asking for {asked} s" in line and "prior for RTX PRO 6000 Blackwell, half" in line and asked <= 120
+    assert runs.device_line(rt.AppMode(True, "/w", "cpu", False, False, ""), 50, 5.0).startswith("Device: **CPU**")

@@ -107,14 +107,70 @@ def test_each_update_gets_the_latents_frames_depth_and_cameras_of_its_own_latent
             torch.testing.assert_close(z, torch.full_like(z, depth_of(f)), rtol=0, atol=1e-5)
 
 
-def test_run_chunk_needs_the_chunks_before_it(setting):
-    from mirage.chunks import run_chunk
+def _preview_parts() -> ChunkParts:
+    """The offline preview's parts: the latents are the readout, the depth the readout's own."""
+    from mirage.chunks import identity_denoise, readout_depth
+
+    return ChunkParts(CODEC, lambda chunk: None, identity_denoise, readout_depth)
+
+
+def _run(setting, kind="latent", frames=T):
+    from mirage.chunks import ChunkRun
+    from mirage.paths import CameraPath
 
     camera, image, depth, path = setting
-    memory = make_memory("latent", codec=CODEC)
-    first_latent, _ = start_memory(memory, camera, image, depth, CODEC.encode)
-    parts = ChunkParts(CODEC, lambda chunk: None, lambda chunk, c: chunk.readout.latents[None], lambda *a: None)
-    with pytest.raises(ValueError, match="chunk 1 of 2 needs the 1 chunks before it, got 0"):
-        run_chunk(memory, path, first_latent, parts, 1, [], CHUNKING)
-    with pytest.raises(ValueError, match="chunk 2 of 2"):
-        run_chunk(memory, path, first_latent, parts, 2, [None, None], CHUNKING)
+    memory = make_memory(kind, MemoryConfig(update_policy="append"), codec=CODEC)
+    first_latent, initial = start_memory(memory, camera, image, depth, CODEC.encode)
+    return ChunkRun(memory, CameraPath.starting_at(path.source, path[:frames]), first_latent, CHUNKING, "latent", None, initial)
+
+
+def test_a_run_resumed_after_pickling_equals_one_run_straight_through(setting):
+    """Each chunk can be its own call: the run crosses a pickle between chunks (as between GPU calls)
+    and ends exactly where the same run ends in one go."""
+    import pickle
+
+    from mirage.chunks import step
+
+    straight, split = _run(setting), _run(setting)
+    while not straight.done:
+        step(straight, _preview_parts())
+    while not split.done:
+        split = pickle.loads(pickle.dumps(split))  # the memory travels without its codec: given back before a step
+        split.memory.codec = CODEC
+        step(split, _preview_parts())
+    assert [r.frame_range for r in split.history] == [r.frame_range for r in straight.history] == CHUNKING.ranges(T)
+    for a, b in ((split.memory.points, straight.memory.points), (split.memory.values, straight.memory.values)):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(split.history, straight.history))
+    with pytest.raises(ValueError, match="all 2 chunks of the 17-frame path are done: extend the path"):
+        step(split, _preview_parts())
+
+
+def test_undo_takes_the_last_chunk_back_exactly_and_extend_goes_on(setting):
+    from mirage.chunks import step
+
+    camera, image, depth, path = setting
+    run = _run(setting, "rgb", frames=9)  # the pixel memory: one chunk of a 9-frame path
+    before = (run.memory.points.clone(), run.memory.values.clone(), run.memory.frames_stored, list(run.memory.size_history))
+    step(run, _preview_parts())
+    assert run.done and run.memory.num_points > before[0].shape[0]
+    dropped = run.undo()
+    assert dropped.frame_range == (0, 9) and run.history == [] and not run.done
+    assert torch.equal(run.memory.points, before[0]) and torch.equal(run.memory.values, before[1])
+    assert (run.memory.frames_stored, run.memory.size_history) == before[2:]
+    with pytest.raises(ValueError, match="no chunk to undo"):
+        run.undo()
+    step(run, _preview_parts())
+    from mirage.cameras import Cameras
+    from mirage.paths import CameraPath
+
+    moved = path.cam_from_world.clone()
+    moved[3, 0, 3] += 0.01  # frame 3, which chunk 0 already ran, elsewhere
+    with pytest.raises(ValueError, match="must begin with the frames run so far"):
+        run.extend(CameraPath.starting_at(path.source, Cameras(path.K, moved, path.width, path.height)))
+    run.extend(path)  # the same cameras, then 8 more: one more chunk
+    assert run.ranges == [(0, 9), (8, 17)] and not run.done
+    step(run, _preview_parts())
+    assert run.done
+    with pytest.raises(ValueError, match="longer CameraPath than the 17 frames"):
+        run.extend(path)

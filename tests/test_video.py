@@ -133,3 +133,20 @@ def test_a_long_label_wraps_instead_of_being_cut():
     assert int(rows.max()) > 2 * (H // 18)  # on more than one line
     wide = _label_overlay("latent", 128, 1024)[3] > 0.8
     assert int(torch.nonzero(wide.any(1)).flatten().max()) < H // 18 + 2 * max(2, H // 60) + 4  # a short label: one line
+
+
+def test_concat_videos_joins_parts_frame_for_frame_without_reencoding(tmp_path):
+    from mirage.video import concat_videos
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 5, 32, 48, generator=g) * 2 - 1  # [3, T, H, W]
+    b = torch.rand(3, 4, 32, 48, generator=g) * 2 - 1
+    pa, pb = write_video(tmp_path / "a.mp4", a), write_video(tmp_path / "b.mp4", b)
+    joined = concat_videos([pa, pb], tmp_path / "ab.mp4")
+    frames = read_video(joined)
+    assert frames.shape == (3, 9, 32, 48)
+    assert torch.equal(frames, torch.cat([read_video(pa), read_video(pb)], dim=1))  # the parts' own frames, untouched
+    assert torch.equal(read_video(concat_videos([pb, pa], tmp_path / "ba.mp4"))[:, :4], read_video(pb))
+    assert not list(tmp_path.glob("*.parts.txt"))
+    with pytest.raises(FileNotFoundError):
+        concat_videos([pa, tmp_path / "missing.mp4"], tmp_path / "x.mp4")

@@ -339,13 +339,14 @@ def set_conditioning(conditioning):
 
 
 # ---------------------------------------------------------------------------------------- the run
-def _spec(seed, steps, guidance, prompt, negative_prompt, conditioning) -> runs.RunSpec:
+def _spec(seed, steps, guidance, prompt, negative_prompt, conditioning, readouts="reference") -> runs.RunSpec:
     if not MODE.generation:
         return runs.RunSpec(False)
     conditioning = conditioning or "replace"
     if conditioning not in rt.TRAINING_FREE_CHOICES and conditioning not in MODE.branches:
         raise ValueError(f"{rt.CONDITIONINGS[conditioning]}: no checkpoint found ({'; '.join(MODE.branches_missing)})")
-    return runs.RunSpec(True, conditioning, prompt or "", int(steps), float(guidance), negative_prompt or "", int(seed))
+    return runs.RunSpec(True, conditioning, prompt or "", int(steps), float(guidance), negative_prompt or "", int(seed),
+                        readouts or "reference")  # fmt: skip
 
 
 def _run_controls(running: bool, active: runs.ActiveRun | None) -> dict:
@@ -396,10 +397,10 @@ def _finished(session: rt.Session, active: runs.ActiveRun) -> dict:
 
 
 @action(run_refused)
-def generate(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, request: gr.Request,
-             progress=gr.Progress()):  # fmt: skip
+def generate(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, readouts="reference",
+             request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
     """Generate (or preview) both memories along the active path, chunk by chunk, from scratch."""
-    active = runs.start_run(session, _spec(seed, steps, guidance, prompt, negative_prompt, conditioning), MODE)
+    active = runs.start_run(session, _spec(seed, steps, guidance, prompt, negative_prompt, conditioning, readouts), MODE)
     yield from _stream(session, active, color_by, request, progress)
 
 
@@ -625,6 +626,10 @@ def build_demo() -> gr.Blocks:
                      "found (" + ("found: " + ", ".join(MODE.branches) if MODE.branches else "none found") + ").",
                 elem_id="conditioning",
             )  # fmt: skip
+            readouts = gr.Radio([(label, k) for k, label in rt.READOUT_CHOICES.items()], value="reference",
+                                label="What a trained branch reads", visible=bool(MODE.branches), elem_id="readouts",
+                                info="Both memories, under a trained branch only: the readouts its reference trained it on "
+                                     "(Mirage: its LatentPointCloud; Spatia: PyTorch3D discs on black), or ours.")  # fmt: skip
         with gr.Row(visible=MODE.generation):
             seed = gr.Number(0, precision=0, label="Seed", info="the same for both memories")
             ui.steps = gr.Slider(1, 100, value=GEN["steps"], step=1, label="Sampling steps",
@@ -713,7 +718,7 @@ def build_demo() -> gr.Blocks:
         import_button.click(use_import.page, [S, path_file, ui.frames, color_by], path_ui, **private)
         export_button.click(export_path.api([ui.export_files]), [S], [ui.export_files], api_name="export_path")
         color_by.input(recolor, [S, color_by], [ui.plot, ui.growth_plot], **private)
-        run_in = [S, seed, ui.steps, ui.guidance, prompt, ui.negative_prompt, conditioning, color_by]
+        run_in = [S, seed, ui.steps, ui.guidance, prompt, ui.negative_prompt, conditioning, color_by, readouts]
         conditioning.change(set_conditioning, conditioning, [ui.steps, ui.guidance, ui.negative_prompt], **private)
         ui.run_button.click(generate.page, run_in, run_ui, api_name="page_run", **run_opts, **private)
         ui.resume.click(resume.page, [S, color_by], run_ui, api_name="page_resume", **run_opts, **private)

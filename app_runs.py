@@ -49,6 +49,7 @@ class RunSpec:
     guidance: float = 5.0
     negative_prompt: str = ""
     seed: int = 0
+    readouts: str = "reference"  # under a trained branch: its reference's readouts, or ours (mirage.families.READOUTS)
 
     @property
     def chunking(self) -> Chunking:
@@ -59,7 +60,7 @@ class RunSpec:
         return rt.generation_defaults(self.conditioning)["fps"] if self.generation else rt.FPS
 
     def pipe_kwargs(self) -> dict[str, Any]:
-        return rt.pipe_settings(self.conditioning, self.prompt, self.steps, self.guidance, self.negative_prompt)
+        return rt.pipe_settings(self.conditioning, self.prompt, self.steps, self.guidance, self.negative_prompt, self.readouts)
 
 
 def make_runner(spec: RunSpec, mode: rt.AppMode):
@@ -356,7 +357,7 @@ def _settings(spec: RunSpec, mode: rt.AppMode) -> dict[str, Any]:
     branch = mode.branches.get(spec.conditioning)
     return {"conditioning": rt.short_conditioning(spec.conditioning, branch), "branch": None if branch is None else branch.branch,
             "weights": mode.model_path, "device": mode.device, "seed": spec.seed, "steps": spec.steps,
-            "guidance": spec.guidance}  # fmt: skip
+            "guidance": spec.guidance, **({"readouts": rt.readouts_label(spec.conditioning, spec.readouts)} if branch else {})}  # fmt: skip
 
 
 def _new_folder(session: rt.Session, active: ActiveRun) -> Path:

@@ -42,7 +42,7 @@ from mirage import checkpoints, paths, scene, weights
 from mirage.codecs import WAN22_MODEL_ID
 from mirage.depth import weights_available
 from mirage.examples import EXAMPLES
-from mirage.families import DEFAULTS, FAMILIES, TRAINING_FREE_MODES
+from mirage.families import DEFAULTS, FAMILIES, READOUTS, TRAINING_FREE_MODES
 from mirage.frames import Chunking, check_num_frames
 from mirage.images import image_to_uint8
 from mirage.pipeline import WAN22_LAYOUT
@@ -542,13 +542,33 @@ def generation_defaults(conditioning: str = "replace") -> dict[str, Any]:
             "chunking": d.chunking, "origin": d.origin}  # fmt: skip
 
 
-def pipe_settings(conditioning: str, prompt: str, steps: int, guidance: float, negative_prompt: str) -> dict[str, Any]:
-    """``MiragePipeline.__call__`` keyword arguments for one memory's run (both memories get the same)."""
+def pipe_settings(conditioning: str, prompt: str, steps: int, guidance: float, negative_prompt: str,
+                  readouts: str = "reference") -> dict[str, Any]:  # fmt: skip
+    """``MiragePipeline.start`` keyword arguments for one memory's run (both memories get the same). Under a
+    trained branch, ``readouts`` ("reference": what it was trained on; "ours") and the path never padded
+    past what the page shows (Spatia pads its last round: ``pad_last_chunk``)."""
     if conditioning not in CONDITIONINGS:
         raise ValueError(f"unknown conditioning {conditioning!r}: choose one of {', '.join(CONDITIONINGS)}")
+    if readouts not in READOUTS:
+        raise ValueError(f"readouts must be one of {', '.join(READOUTS)}, got {readouts!r}")
     mode = conditioning if conditioning in TRAINING_FREE_CHOICES else "branch"
+    branch = dict(readouts=readouts, pad_last_chunk=False) if mode == "branch" else {}
     return dict(prompt=prompt or "", num_inference_steps=int(steps), guidance_scale=float(guidance),
-                negative_prompt=negative_prompt, memory_mode=mode)  # fmt: skip
+                negative_prompt=negative_prompt, memory_mode=mode, **branch)  # fmt: skip
+
+
+READOUT_CHOICES = {"reference": "as the branch was trained (its reference's readouts)",
+                   "ours": "ours (crack-free footprint splat + fusion; not what the branch was trained on)"}  # fmt: skip
+
+
+def readouts_label(conditioning: str, readouts: str) -> str:
+    """A few words for captions: which readouts a trained branch received."""
+    family = FAMILIES[conditioning]
+    if readouts == "ours":
+        return "ours (footprint splat + fusion), not the branch's training readouts"
+    ref = ", ".join(f"{k}: {v['readout'] if 'readout' in v else 'ours' + (' with black empty cells' if v.get('empty_latent') == 'black' else '')}"
+                    for k, v in family.reference_memory.items())  # fmt: skip
+    return f"{family.label}'s reference ({ref}; a memory it has none for: ours)"
 
 
 _PIPELINE: dict = {}  # the loaded MiragePipeline, shared by sessions

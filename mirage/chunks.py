@@ -10,7 +10,7 @@ diffusers plugs schedulers into one sampling loop:
   ``chunk.pinned``;
 * ``codec``: ``decode(latents) -> frames``, ``encode`` for the continuation, the temporal stride;
 * ``depth(chunk, new_frames, previous_scale) -> DepthResult``: metric depth of the new latent-aligned
-  frames ``4k`` (those after the pinned ones) for the memory update.
+  frames ``4k`` (those after the pinned ones, ``chunk.update_from(new_frames)`` on) for the memory update.
 
 ``MiragePipeline`` plugs in the diffusion model, the VAE and a depth backend aligned to the memory;
 the offline readout preview plugs in the identity (the latents are the readout) and the readout's
@@ -84,10 +84,15 @@ class Chunk:
     readout: MemoryReadout  # the memory read for ``cameras`` (latents [C, F_c, h, w], mask, depth)
     history: list["ChunkRecord"]  # the chunks before this one, as later chunks read them
 
+    def update_from(self, frames: Tensor) -> int:  # frames [3, F_c - U, H, W] -> U
+        """The first latent frame of ``frames``, the latent-aligned frames the update will store (the
+        ones after the pinned latents, or from 0 where latent 0 is stored again)."""
+        return len(self.latent_cameras) - frames.shape[1]
+
 
 @dataclass
 class DepthResult:
-    depth: Tensor  # [F_c - P, H, W] (or on the latent grid) metres for the new latent-aligned frames
+    depth: Tensor  # [F_c - U, H, W] (or on the latent grid) metres for the latent-aligned frames the update stores
     scale: float = 1.0  # scale applied to the estimate to match the memory
     aligned: bool = True  # False when too few cells overlapped and the previous scale was kept
 
@@ -134,6 +139,7 @@ class ChunkResult:
     depth_scale: float = 1.0
     depth_aligned: bool = True
     pinned_latents: int = 1  # P: the first latents were given (pinned), the memory was updated with the others
+    updated_from: int | None = None  # the first latent the memory was updated with (None: P; 0 where it re-stored latent 0)
     extras: dict[str, Any] = field(default_factory=dict)  # what on_readout returned for this chunk
 
     @property
@@ -141,16 +147,18 @@ class ChunkResult:
         return self.update.added
 
     @property
-    def added_cells(self) -> Tensor:  # [F_c - P, g_h, g_w] bool: the grid cells the update appended
+    def added_cells(self) -> Tensor:  # [F_c - U, g_h, g_w] bool: the grid cells the update appended
         return self.update.cells
 
     @property
     def cache_bytes(self) -> int:  # memory.nbytes after the update
         return self.update.nbytes
 
-    def new_frames(self, temporal_stride: int) -> Tensor:  # -> [3, F_c - P, H, W]
-        """The latent-aligned frames the memory was updated with (those after the pinned latents)."""
-        return new_latent_frames(self.frames, self.pinned_latents, temporal_stride)
+    def new_frames(self, temporal_stride: int) -> Tensor:  # -> [3, F_c - U, H, W]
+        """The latent-aligned frames the memory was updated with (those after the pinned latents, or all
+        of them where the update also stored latent 0: ``updated_from``)."""
+        first = self.pinned_latents if self.updated_from is None else self.updated_from
+        return new_latent_frames(self.frames, first, temporal_stride)
 
     def record(self, overlap: int, keep_frame: Callable[[int], bool] | None = None) -> ChunkRecord:
         """What later chunks read of this one: its latents, its readout's latents, its depth scale, and
@@ -183,7 +191,7 @@ def identity_denoise(chunk: Chunk, conditioning: Any) -> Tensor:  # -> [1, C, F,
 
 def readout_depth(chunk: Chunk, new_frames: Tensor, previous_scale: float) -> DepthResult:
     """The preview's depth: what the memory itself reported for the new frames 4k (no estimation)."""
-    return DepthResult(chunk.readout.frame_depths(chunk.pinned.shape[2]), previous_scale, True)
+    return DepthResult(chunk.readout.frame_depths(chunk.update_from(new_frames)), previous_scale, True)
 
 
 def start_memory(memory: SpatialMemory, camera: Camera, image: Tensor, depth: Tensor, encode: Callable[[Tensor], Tensor],
@@ -218,11 +226,14 @@ def run_chunk(
     *,
     continuation: Continuation = "reencode",
     max_depth: float | None = None,
+    restore_first: bool = False,
     first_timings: dict[str, float] | None = None,
 ) -> ChunkResult:
     """The chunk of ``path`` at ``frame_range`` on ``memory``, which holds the image and the chunks in
     ``history``: read -> condition -> denoise -> decode -> depth -> update (module docstring).
-    first_timings: stages measured before the chunk (``prompt``, ``init``), added to its record."""
+    restore_first: the first chunk's update stores its latent 0 (the image) again with the depth estimated
+    for it, as the official Mirage code does (``mirage.families``). first_timings: stages measured before
+    the chunk (``prompt``, ``init``), added to its record."""
     if not isinstance(path, CameraPath):
         raise TypeError(f"path must be a mirage.paths.CameraPath (frame 0 = the source camera), got {type(path).__name__}")
     if continuation not in CONTINUATIONS:
@@ -266,19 +277,20 @@ def run_chunk(
             frames = parts.codec.decode(latents)[0].float()  # [3, T_c, H, W]
         report(index, "depth")
         P = pinned.shape[2]  # the pinned latents are already in the memory: the new ones follow
+        U = 0 if restore_first and index == 0 else P  # the first latent the update stores
         with timer.stage("depth"):
-            new_frames = new_latent_frames(frames, P, ts)  # [3, F-P, H, W] the latent-aligned frames 4k generated
+            new_frames = new_latent_frames(frames, U, ts)  # [3, F-U, H, W] the latent-aligned frames 4k to store
             est = parts.depth(chunk, new_frames, scale)
         report(index, "update")
         with timer.stage("update"):
-            far = None if max_depth is None else est.depth > max_depth  # [F-P, H, W] far / sky cells
-            update = memory.update(Observation(latent_cams[P:], est.depth, latents[0, :, P:], new_frames, far))
+            far = None if max_depth is None else est.depth > max_depth  # [F-U, H, W] far / sky cells
+            update = memory.update(Observation(latent_cams[U:], est.depth, latents[0, :, U:], new_frames, far))
     rec["total"] = time.perf_counter() - t_chunk - t_hook
     return ChunkResult(
         index=index, frame_range=(start, stop), latents=latents[0].float().cpu(), frames=frames.cpu(),
         readout=readout.cpu(), update=update.cpu(),
         timings=dict(rec), peak_memory_bytes=int(torch.cuda.max_memory_allocated(device)) if on_cuda else 0,
-        depth_scale=est.scale, depth_aligned=est.aligned, pinned_latents=P, extras=extras,
+        depth_scale=est.scale, depth_aligned=est.aligned, pinned_latents=P, updated_from=U, extras=extras,
     )  # fmt: skip
 
 
@@ -295,6 +307,7 @@ class ChunkRun:
     chunking: Chunking
     continuation: Continuation = "reencode"
     max_depth: float | None = None  # metres: cells farther than this are not stored
+    restore_first: bool = False  # the first chunk's update stores latent 0 again (run_chunk)
     initial: MemoryUpdate | None = None  # what the memory stored of the image (None: it came in holding a scene)
     history: list[ChunkRecord] = field(default_factory=list)  # the chunks run, in order
     rng_state: Tensor | None = None  # the random state the next chunk starts from (a torch.Generator's, if any)
@@ -350,7 +363,7 @@ def step(run: ChunkRun, parts: ChunkParts, first_timings: dict[str, float] | Non
     try:
         result = run_chunk(run.memory, run.path, run.first_latent, parts, ranges[len(run.history)], run.history,
                            run.chunking, continuation=run.continuation, max_depth=run.max_depth,
-                           first_timings=first_timings)  # fmt: skip
+                           restore_first=run.restore_first, first_timings=first_timings)  # fmt: skip
     except BaseException:
         snapshot, _ = run.snapshots.pop()
         run.memory.restore(snapshot)  # a chunk that failed leaves the memory as it was
@@ -368,10 +381,12 @@ def run_chunks(
     *,
     continuation: Continuation = "reencode",
     max_depth: float | None = None,
+    restore_first: bool = False,
     first_timings: dict[str, float] | None = None,
 ) -> list[ChunkResult]:
     """Every chunk of ``path`` on an initialized ``memory``, one ``step`` after another."""
-    run = ChunkRun(memory, path, first_latent, chunking.check(parts.codec.temporal_stride), continuation, max_depth)
+    run = ChunkRun(memory, path, first_latent, chunking.check(parts.codec.temporal_stride), continuation, max_depth,
+                   restore_first)  # fmt: skip
     results = []
     while not run.done:
         results.append(step(run, parts, first_timings if not results else None))

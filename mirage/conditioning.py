@@ -10,15 +10,16 @@ Wan2.2-TI2V-5B (``/work``'s reference notes; README "Trained conditioning").
   voxels overlap the target views', IoU >= 0.04 at 0.1 m voxels) precede it.
 * **Spatia** (ZhaoJingjing713/Spatia): context ``[96, F]`` = the memory readout (for the pixel
   memory: its rasterized frames encoded by the VAE) concatenated with the VAE latent of the hole
-  mask video (1 where the memory shows nothing, 0 elsewhere, in ``[0, 1]``); up to 7 reference
+  score video (1 - the render's coverage: 1 where the memory shows nothing, 0 where it fully does,
+  soft at the discs' edges under Spatia's own render; in ``[0, 1]``); up to 7 reference
   latents, earlier decoded frames each encoded alone, one per target camera (every 12th frame)
   chosen by the Hungarian assignment of shared visible points; no preceding latents (the history
   is the chunk's pinned first latents); the LoRA is used from the second chunk on.
 
 Both memories go through the same builder: what differs between them is only their readout (tokens
 read on the latent grid, or frames rasterized and encoded) and its visibility, as everywhere else.
-The selection of references reads the memory's points (``visible_points``) as it is now, where the
-reference code kept each generated latent's visible set from the time it was generated.
+Mirage's references are chosen as its reference code chooses them: among the generated latents,
+each once, with the voxels each saw in the memory right after it was made (kept with the run).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "visible_points",
     "voxel_iou",
     "mirage_references",
+    "seen_voxels",
     "spatia_references",
     "MirageConditioner",
     "SpatiaConditioner",
@@ -77,9 +79,9 @@ def voxel_iou(a: Tensor, b: Tensor) -> float:
 
 
 def mirage_references(
-    points: Tensor,  # [N, 3] the memory's points
+    points: Tensor,  # [N, 3] the memory's points now
     targets: Cameras,  # [F] the chunk's latent-aligned cameras on the latent grid
-    candidates: Cameras,  # [M] cameras of the earlier generated latents, on the latent grid
+    candidate_keys: list[Tensor],  # M voxel-key sets: what each earlier latent saw when it was made
     height: int,
     width: int,
     *,
@@ -87,16 +89,21 @@ def mirage_references(
     threshold: float = FAMILIES["mirage"].reference_rule["threshold"],
     voxel_size: float = FAMILIES["mirage"].reference_rule["voxel_size"],
 ) -> list[int]:
-    """Indices of at most ``max_references`` candidates whose visible voxels overlap the targets'
-    (IoU >= ``threshold``), the best first (Mirage's rule)."""
-    if len(candidates) == 0 or points.shape[0] == 0:
+    """Indices of at most ``max_references`` candidates whose voxels overlap the voxels the targets see
+    now (IoU >= ``threshold``), the best first, ties in candidate order (Mirage's rule)."""
+    if not candidate_keys or points.shape[0] == 0:
         return []
-    keys = voxel_keys(points, voxel_size)  # [N]
-    target_keys = keys[visible_points(points, targets, height, width).any(0)]  # the targets' visible voxels
-    seen = visible_points(points, candidates, height, width)  # [M, N]
-    scores = [voxel_iou(target_keys, keys[seen[j]]) for j in range(len(candidates))]
-    order = sorted((j for j, s in enumerate(scores) if s >= threshold), key=lambda j: -scores[j])
+    target = voxel_keys(points, voxel_size)[visible_points(points, targets, height, width).any(0)]  # the targets' voxels
+    scores = [voxel_iou(target, keys.to(points.device)) for keys in candidate_keys]
+    order = sorted((j for j, v in enumerate(scores) if v >= threshold), key=lambda j: -scores[j])  # stable
     return order[:max_references]
+
+
+def seen_voxels(points: Tensor, cameras: Cameras, height: int, width: int,
+                voxel_size: float = FAMILIES["mirage"].reference_rule["voxel_size"]) -> list[Tensor]:  # fmt: skip
+    """The voxel keys of the points each camera sees (``visible_points``), one set per camera, on the CPU."""
+    keys = voxel_keys(points, voxel_size)  # [N]
+    return [keys[row].unique().cpu() for row in visible_points(points, cameras, height, width)]
 
 
 def spatia_references(
@@ -165,14 +172,31 @@ class MirageConditioner:
         return BranchInputs(torch.cat([scene, score], dim=1), references, preceding, use_lora)
 
     def _references(self, chunk: Chunk, C: int, h: int, w: int, device) -> Tensor:  # -> [1, C, R, h, w]
+        """As the reference (mirage_pipeline.py, select_reference_frames): the candidates are the generated
+        latents, each once (a later chunk's pinned first latent is the previous chunk's last), each with
+        the voxels it saw in the memory right after the update of the chunk that made it."""
         if not chunk.history or self.max_references == 0:
             return torch.zeros(1, C, 0, h, w, device=device)
-        latents = torch.cat([c.latents for c in chunk.history], dim=1)  # [C, M, h, w] every earlier generated latent
-        cams = Cameras.cat([self.path[a:b][:: self.ts] for a, b in (c.frame_range for c in chunk.history)])  # [M]
-        grid = lambda c: c.rescaled(w, h)  # noqa: E731  the latent grid
-        chosen = mirage_references(self.memory.points, grid(chunk.latent_cameras), grid(cams), h, w,
+        P = chunk.pinned.shape[2]  # a later chunk's first P latents repeat earlier ones
+        own = [slice(0, None) if i == 0 else slice(P, None) for i in range(len(chunk.history))]
+        latents = torch.cat([c.latents[:, s] for c, s in zip(chunk.history, own)], dim=1)  # [C, M, h, w] each latent once
+        grid = lambda c: _reference_grid(c.rescaled(w, h), self.memory.config.spatial_stride)  # noqa: E731
+        seen = self._visible_when_generated(chunk, own, grid, h, w)  # M key sets
+        chosen = mirage_references(self.memory.points, grid(chunk.latent_cameras), seen, h, w,
                                    max_references=self.max_references)  # fmt: skip
         return latents[:, chosen][None].to(device)
+
+    def _visible_when_generated(self, chunk: Chunk, own: list[slice], grid, h: int, w: int) -> list[Tensor]:
+        """The voxel keys each earlier latent saw when it was made, kept with the run (``cache``): the
+        memory now is the memory right after the last chunk's update, so that chunk's latents are
+        recorded now (again after an undo); earlier ones were recorded in their turn."""
+        sets = self._white.setdefault("visible", [])
+        counts = [len(range(*s.indices(c.latents.shape[1]))) for c, s in zip(chunk.history, own)]
+        del sets[sum(counts[:-1]):]  # the last chunk's (recorded now) and any of chunks undone since
+        for record, s in list(zip(chunk.history, own))[len(_chunks_of(sets, counts)):]:
+            a, b = record.frame_range
+            sets += seen_voxels(self.memory.points, grid(self.path[a:b][:: self.ts][s]), h, w)  # the chunk's own latents
+        return sets
 
 
 class SpatiaConditioner:
@@ -195,8 +219,8 @@ class SpatiaConditioner:
         device = chunk.pinned.device
         readout = chunk.readout.latents[None].to(device, torch.float32)  # [1, C, F, h, w]
         C, h, w = readout.shape[1], readout.shape[3], readout.shape[4]
-        holes = ~chunk.readout.pixel_mask.to(device)  # [T, H, W] where the memory shows nothing
-        score = self.encode(holes.float()[None, None].expand(1, 3, *holes.shape)).float()  # hole mask in [0, 1]
+        holes = 1 - chunk.readout.pixel_coverage.to(device).float()  # [T, H, W] 1 where the memory shows nothing (soft edges)
+        score = self.encode(holes[None, None].expand(1, 3, *holes.shape)).float()  # the hole score in [0, 1]
         references = self._references(chunk, C, h, w, device)
         preceding = torch.zeros(1, C, 0, h, w, device=device)
         use_lora = chunk.index >= FAMILIES["spatia"].lora_from_chunk
@@ -215,6 +239,24 @@ class SpatiaConditioner:
             return torch.zeros(1, C, 0, h, w, device=device)
         images = history_frames(chunk.history, [pool[j] for j in chosen]).to(device)  # [3, R, H, W] decoded earlier
         return torch.cat([self.encode(images[None, :, r : r + 1]).float() for r in range(images.shape[1])], dim=2)
+
+
+def _chunks_of(sets: list, counts: list[int]) -> list[int]:  # -> the chunks whose latents all have a key set
+    done, total = [], 0
+    for c in counts:
+        if total + c > len(sets):
+            break
+        total += c
+        done.append(c)
+    return done
+
+
+def _reference_grid(cameras: Cameras, stride: int) -> Cameras:
+    """Cameras on the latent grid as the official Mirage code has them: OpenCV intrinsics (pixel centres
+    at integers, ours - 1/2) scaled by 1/stride, i.e. ours with the principal point 1/(2 stride) lower."""
+    K = cameras.K.clone()  # [V, 3, 3]
+    K[:, :2, 2] -= 0.5 / stride
+    return Cameras(K, cameras.cam_from_world, cameras.width, cameras.height)
 
 
 CONDITIONERS = {"mirage": MirageConditioner, "spatia": SpatiaConditioner}

@@ -13,8 +13,8 @@ conditioning").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 from .branch import BranchConfig
 from .chunks import Continuation
@@ -27,6 +27,8 @@ __all__ = [
     "TRAINING_FREE_MODES",
     "MemoryMode",
     "MEMORY_MODES",
+    "Readouts",
+    "READOUTS",
     "WAN_NEGATIVE_PROMPT",
     "SPATIA_NEGATIVE_PROMPT",
     "GenerationDefaults",
@@ -59,6 +61,11 @@ SPATIA_NEGATIVE_PROMPT = (
 )
 
 
+# What a memory is read with under a trained branch: the readouts its reference trained it on, or ours
+Readouts = Literal["reference", "ours"]
+READOUTS: tuple[str, ...] = get_args(Readouts)
+
+
 @dataclass(frozen=True)
 class GenerationDefaults:
     """Sampling settings of one conditioning mode, as its reference uses them."""
@@ -75,6 +82,9 @@ class GenerationDefaults:
     prompt_suffix: str  # appended to the prompt
     origin: str  # whose settings these are, in a few words for the page ("Wan2.2-TI2V-5B", "Spatia", ...)
     source: str  # where the numbers come from
+    reseed: bool = False  # every chunk draws its noise from the seed afresh (Spatia: generate_noise(seed) per round)
+    pad_last_chunk: bool = False  # a short last chunk runs at full length, its path padded with the last camera
+    single_decode: bool = False  # the video is one decode of every chunk's latents (else each chunk's own decode)
 
 
 TRAINING_FREE_DEFAULTS = GenerationDefaults(
@@ -105,6 +115,11 @@ class BranchFamily:
     lora_from_chunk: int  # the LoRA is active from this chunk (0-based) on
     lora_key_tag: str  # PEFT adapter name inside the released LoRA's keys ("lora_A.default.weight"), "" if none
     defaults: GenerationDefaults
+    # What the branch was trained on, per memory kind: the mirage.memory.MemoryConfig settings that build the
+    # reference's readout (an empty dict: the reference has no such memory, ours is used and labelled so)
+    reference_memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    restore_first: bool = False  # the first chunk's update stores latent 0 (the image) again, as the reference does
+    reference_readouts_source: str = ""  # where the reference builds its readouts
 
     @property
     def branch_config(self) -> BranchConfig:  # the released layout's layers (the Wan2.2-TI2V-5B depth of 30)
@@ -131,8 +146,18 @@ FAMILIES: dict[str, BranchFamily] = {  # the one with public weights first (the 
             prompt_suffix=" 4K, realistic, high quality, HDR.", origin="Spatia",
             source="ZhaoJingjing713/Spatia (inference.py): 40 UniPC steps, shift 5, CFG 3.5 with its negative prompt, "
                    "121 frames then rounds of 81 that repeat the last 9 (encoded as 3 latents), 24 fps, up to 7 "
-                   "references, the LoRA from the second round on",
+                   "references, the LoRA from the second round on; every round reseeded, the last one padded with "
+                   "the last camera to 81 frames, the video one decode of all rounds' latents",
+            reseed=True, pad_last_chunk=True, single_decode=True,
         ),
+        reference_memory={
+            "rgb": dict(readout="spatia-reference", update_policy="append", voxel_size=None, max_depth=None,
+                        hole_value=-1.0, point_radius=0.01, points_per_pixel=5, render_voxel=0.01, render_voxel_step=0.005),
+            "latent": dict(empty_latent="black"),  # its background, encoded; the cells as ours read them
+        },
+        reference_readouts_source="ZhaoJingjing713/Spatia 5dd3457: utils/render_point_torch3d.py (PyTorch3D discs of "
+                                  "radius 0.01 NDC, 5 points per pixel alpha-composited, black background), "
+                                  "inference.py (render voxel 0.01 m + 0.005 m per round, score = 1 - coverage)",
     ),
     "mirage": BranchFamily(
         kind="mirage", label="Mirage", code="microsoft/LatentSpatialMemory", weights_repo=None,
@@ -147,6 +172,15 @@ FAMILIES: dict[str, BranchFamily] = {  # the one with public weights first (the 
                    "steps, shift 5, no CFG, 33 frames then +32, 16 fps, the next chunk's frame 0 = the previous chunk's "
                    "last latent, 4 references and 2 preceding latents",
         ),
+        reference_memory={
+            "latent": dict(readout="mirage-reference", update_policy="append", voxel_size=None, max_depth=None,
+                           surface_tolerance=0.0, token_dtype="float32"),
+        },
+        restore_first=True,
+        reference_readouts_source="microsoft/LatentSpatialMemory b2cd738: src/mirage/latent_point_cloud.py (cells "
+                                  "back-projected at integer (u, v), one cell per point by rounding, closest wins, "
+                                  "every valid cell appended, float32, no far cut), mirage_pipeline.py (chunk 0's "
+                                  "latents all stored, its frame 0 again)",
     ),
 }  # fmt: skip
 assert set(FAMILIES) == set(BRANCH_KINDS)

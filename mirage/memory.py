@@ -54,9 +54,12 @@ from .geometry import (
     cell_footprints,
     downsample_depth,
     downsample_mask_any,
+    pixel_centers,
     splat_footprints,
+    splat_zbuffer,
     surface_band_slack,
     unproject_depth,
+    unproject_points,
     valid_depth,
 )
 from .images import from_uint8, to_uint8
@@ -89,6 +92,14 @@ UpdatePolicy = Literal["fuse", "append"]
 UPDATE_POLICIES: tuple[str, ...] = get_args(UpdatePolicy)
 TokenDtype = Literal["bfloat16", "float16", "float32"]  # storage of the latent memory's tokens
 TOKEN_DTYPES: tuple[str, ...] = get_args(TokenDtype)
+# How a memory turns its points into a readout: "footprint" (ours: crack-free footprint splat, the oldest
+# frame within a surface band wins), "mirage-reference" (the latent memory as the official Mirage code's
+# LatentPointCloud reads: one cell per point by rounding, closest wins), "spatia-reference" (the pixel
+# memory as Spatia renders it: PyTorch3D discs, 5 points per pixel alpha-composited, mirage.point_raster)
+ReadoutRule = Literal["footprint", "mirage-reference", "spatia-reference"]
+READOUT_RULES: tuple[str, ...] = get_args(ReadoutRule)
+EmptyLatent = Literal["zero", "black"]  # latent: the token of an empty cell (0, or the codec's latent of a black frame)
+EMPTY_LATENTS: tuple[str, ...] = get_args(EmptyLatent)
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,12 @@ class MemoryConfig:
     visible_fraction: float = 0.5  # pixel: a latent cell counts as seen when this share of its pixels is
     spatial_stride: int = 16  # pixels per latent cell (Wan2.2 VAE: 16; a codec given must have the same)
     temporal_stride: int = 4  # pixel frames per latent frame (Wan2.2 VAE: 4)
+    readout: ReadoutRule = "footprint"  # how points become a readout (READOUT_RULES; the reference ones: see there)
+    empty_latent: EmptyLatent = "zero"  # latent: what an empty cell reads as ("black": Spatia's background, encoded)
+    point_radius: float = 0.01  # pixel, spatia-reference: disc radius in NDC (the shorter image side spans 2)
+    points_per_pixel: int = 5  # pixel, spatia-reference: nearest points composited per pixel
+    render_voxel: float | None = None  # pixel, spatia-reference: metres, the cloud is voxel-averaged before a read
+    render_voxel_step: float = 0.0  # pixel, spatia-reference: metres added to render_voxel per update (per round)
 
     def __post_init__(self) -> None:
         def number(name: str, ok, what: str) -> None:
@@ -127,6 +144,18 @@ class MemoryConfig:
             raise ValueError(f"token_dtype must be one of {TOKEN_DTYPES} or None, got {self.token_dtype!r}")
         number("hole_value", lambda v: -1 <= v <= 1, "a number in [-1, 1]")
         number("visible_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]")
+        for name, allowed in (("readout", READOUT_RULES), ("empty_latent", EMPTY_LATENTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.readout != "footprint" and self.update_policy == "fuse":
+            raise ValueError(f"readout={self.readout!r} reads as its reference, which appends every valid cell: "
+                             "use update_policy='append'")  # fmt: skip
+        number("point_radius", lambda v: v > 0, "a number > 0 (NDC)")
+        if isinstance(self.points_per_pixel, bool) or not isinstance(self.points_per_pixel, int) or self.points_per_pixel < 1:
+            raise ValueError(f"points_per_pixel must be an int >= 1, got {self.points_per_pixel!r}")
+        if self.render_voxel is not None:
+            number("render_voxel", lambda v: v > 0, "a number > 0 (metres) or None")
+        number("render_voxel_step", lambda v: v >= 0, "a number >= 0 (metres)")
 
     def check_codec(self, codec) -> "MemoryConfig":
         """This config, after checking that ``codec`` (if any) has its strides (``ValueError`` naming both)."""
@@ -220,6 +249,7 @@ class MemoryReadout:
     temporal_stride: int  # pixel frames per latent frame of this readout (1 for read_views)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds for this read
     raster: tuple[Tensor, Tensor] | None = field(default=None, repr=False)  # (mask, depth) [T, H, W] a pixel memory drew
+    coverage: Tensor | None = field(default=None, repr=False)  # [T, H, W] float: a soft raster's coverage (None: the mask)
     render: MemoryRender | None = field(default=None, repr=False)  # what the memory shows at every pixel frame
     # (read(..., render=True): the pixel memory's raster of the read itself, the latent memory's views decoded)
 
@@ -230,6 +260,10 @@ class MemoryReadout:
     @property
     def pixel_depth(self) -> Tensor:  # [T, H, W] metres at every pixel frame, NaN where hidden
         return self._pixels()[1]
+
+    @property
+    def pixel_coverage(self) -> Tensor:  # [T, H, W] float in [0, 1]: how much of each pixel the memory shows
+        return self.pixel_mask.float() if self.coverage is None else self.coverage
 
     def cell_mask(self) -> Tensor:  # -> [T, H, W] bool
         """The latent-grid visibility (the cells the model is given) at every pixel frame: each cell its
@@ -252,10 +286,10 @@ class MemoryReadout:
 
     def to(self, device: torch.device | str) -> "MemoryReadout":
         raster = None if self.raster is None else (self.raster[0].to(device), self.raster[1].to(device))
-        r = self.render
-        render = None if r is None else MemoryRender(r.frames.to(device), r.mask.to(device), r.depth.to(device))
+        render = None if self.render is None else self.render.to(device)
+        coverage = None if self.coverage is None else self.coverage.to(device)
         return replace(self, latents=self.latents.to(device), mask=self.mask.to(device), depth=self.depth.to(device),
-                       raster=raster, render=render)  # fmt: skip
+                       raster=raster, render=render, coverage=coverage)  # fmt: skip
 
     def cpu(self) -> "MemoryReadout":
         return self.to("cpu")
@@ -268,6 +302,11 @@ class MemoryRender:
     frames: Tensor  # [3, V, H, W] in [-1, 1]; hole_value where empty
     mask: Tensor  # [V, H, W] bool, True where the memory saw the pixel
     depth: Tensor  # [V, H, W] metres, NaN where empty
+    coverage: Tensor | None = None  # [V, H, W] float in [0, 1] where a render is soft (spatia-reference); None: mask
+
+    def to(self, device: torch.device | str) -> "MemoryRender":
+        return MemoryRender(self.frames.to(device), self.mask.to(device), self.depth.to(device),
+                            None if self.coverage is None else self.coverage.to(device))  # fmt: skip
 
 
 @runtime_checkable
@@ -451,7 +490,7 @@ class _PointMemory:
     def __getstate__(self) -> dict:
         """Pickled without its codec (a model, which stays where it is loaded): whoever unpickles a
         memory gives it its codec again (``memory.codec = ...``), as ``MiragePipeline.step`` does."""
-        return {**self.__dict__, "codec": None}
+        return {**{k: v for k, v in self.__dict__.items() if k != "_black"}, "codec": None}  # (and what it encoded)
 
     def _require_grid(self) -> tuple[int, int]:
         if self.grid is None:
@@ -496,14 +535,14 @@ class _PointMemory:
             with self.timings.stage("update"):
                 cams = self._on_grid(cameras).to(self.device)
                 values = self._values_of(obs).to(self.device)  # [F, rows, cols, D]
-                depth = self._depth_on_grid(obs.depths, Fr, "depths").to(self.device)  # [F, rows, cols]
+                depth = self._cell_depth(obs.depths, Fr).to(self.device)  # [F, rows, cols]
                 exclude = None if obs.exclude is None else self._mask_on_grid(obs.exclude, Fr).to(self.device)
                 keep = valid_depth(depth)  # [F, rows, cols]
                 if cfg.max_depth is not None:
                     keep &= depth <= cfg.max_depth
                 if exclude is not None:
                     keep &= ~exclude
-                pts = unproject_depth(torch.where(keep, depth, 1.0), cams.K, cams.world_from_cam)  # [F, rows, cols, 3]
+                pts = self._cell_points(torch.where(keep, depth, 1.0), cams)  # [F, rows, cols, 3]
                 axes = cell_footprints(depth, cams.K, cams.world_from_cam)  # [F, rows, cols, 2, 3]
                 fuse = cfg.update_policy == "fuse" and self.num_points > 0
                 for f in range(Fr):  # frame by frame: a frame is fused against the ones stored before it
@@ -541,6 +580,14 @@ class _PointMemory:
         if self.config.surface_tolerance > 0:  # as in the read: grazing surfaces get the local depth step as slack
             band = band + surface_band_slack(torch.where(shown.mask, zmin, torch.inf))
         return (shown.mask & (depth >= zmin - band))[0]
+
+    def _cell_depth(self, depths: Tensor, Fr: int) -> Tensor:  # [F, H, W] or [F, rows, cols] -> [F, rows, cols]
+        """The depth of each storage cell (NaN where invalid)."""
+        return self._depth_on_grid(depths, Fr, "depths")
+
+    def _cell_points(self, depth: Tensor, cams: Cameras) -> Tensor:  # [F, rows, cols] valid, cams on the grid -> [F, rows, cols, 3]
+        """The world point of each storage cell: its centre lifted with its depth."""
+        return unproject_depth(depth, cams.K, cams.world_from_cam)
 
     def _depth_on_grid(self, depths: Tensor, Fr: int, name: str) -> Tensor:  # [F, H, W] or [F, rows, cols] -> [F, rows, cols]
         rows, cols = self._require_grid()
@@ -665,7 +712,7 @@ def _readout(latents: Tensor, render: MemoryRender, stride: int, visible_fractio
     mask = (seen >= visible_fraction).to(latents.device)
     depth = downsample_depth(latent_aligned(render.depth, temporal_stride), stride).to(latents.device)  # [F, h, w]
     return MemoryReadout(latents, mask, torch.where(mask, depth, torch.nan), render.mask.shape[0], stride, temporal_stride,
-                         dict(timings), raster=(render.mask, render.depth))  # fmt: skip
+                         dict(timings), raster=(render.mask, render.depth), coverage=render.coverage)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- latent memory
@@ -714,12 +761,67 @@ class LatentSpatialMemory(_PointMemory):
         lat = lat if dtype is None else lat.to(getattr(torch, dtype))
         return lat.permute(1, 2, 3, 0)  # [C, F, h, w] -> [F, h, w, C]
 
+    # ---------------------------------------------------------- readout="mirage-reference"
+    # The official Mirage code's LatentPointCloud (microsoft/LatentSpatialMemory b2cd738,
+    # src/mirage/latent_point_cloud.py), in our conventions: it is given OpenCV intrinsics (pixel
+    # centres at integers, ours + 1/2) scaled by 1/stride, so its cell (u, v) is our continuous grid
+    # point (u + 1/(2s), v + 1/(2s)), and its round() of a projection is our floor(x + 1/2 - 1/(2s)).
+    # Depth reaches the grid by bilinear resampling with holes as 0 (blended into their neighbours, as
+    # there); one cell per point, the closest wins (ties: the lowest index, where the reference's
+    # last-write-wins index_put is undefined); no footprints, no band, no far cut.
+    def _reference(self) -> bool:
+        return self.config.readout == "mirage-reference"
+
+    def _cell_depth(self, depths: Tensor, Fr: int) -> Tensor:  # [F, H, W] or [F, h, w] -> [F, h, w], NaN where invalid
+        if not self._reference() or tuple(depths.shape[-2:]) == self._require_grid():
+            return super()._cell_depth(depths, Fr)
+        if depths.dim() != 3 or depths.shape[0] != Fr:
+            raise ValueError(f"depths must be [F={Fr}, H, W], got {tuple(depths.shape)}")
+        self._factor(depths.shape[-2:], "depths")  # a whole multiple of the grid
+        d = torch.where(valid_depth(depths), depths.float(), 0.0)[:, None]  # [F, 1, H, W] holes as 0, as the reference has them
+        d = F.interpolate(d, size=self._require_grid(), mode="bilinear", align_corners=False)[:, 0]  # [F, h, w]
+        return torch.where(d > 0, d, torch.nan)
+
+    def _cell_points(self, depth: Tensor, cams: Cameras) -> Tensor:  # [F, h, w], cams on the grid -> [F, h, w, 3]
+        if not self._reference():
+            return super()._cell_points(depth, cams)
+        Fr, h, w = depth.shape
+        uv = pixel_centers(h, w, depth.device) - 0.5 + 0.5 / self.config.spatial_stride  # [h, w, 2] the reference's cells
+        pts = unproject_points(uv.reshape(1, h * w, 2).expand(Fr, -1, -1), depth.float().reshape(Fr, h * w),
+                               cams.K.to(depth.device), cams.world_from_cam.to(depth.device))  # [F, h*w, 3]  # fmt: skip
+        return pts.reshape(Fr, h, w, 3)
+
+    def _splat(self, cameras: Cameras, features: Tensor | None):
+        if not self._reference():
+            return super()._splat(cameras, features)
+        rows, cols = self._require_grid()
+        cams = self._on_grid(cameras)
+        K = cams.K.clone()  # [V, 3, 3]
+        K[:, :2, 2] += 0.5 - 0.5 / self.config.spatial_stride  # floor of the shifted projection = the reference's round()
+        return splat_zbuffer(self.points, features, K, cams.cam_from_world, rows, cols)
+
+    def _empty(self, num_frames: int, temporal_stride: int, views: int) -> Tensor:  # -> [C, V, h, w]
+        """What an empty cell reads as with ``empty_latent="black"``: the codec's latent of a black video of
+        ``num_frames`` frames (``read``), or of a black image (``read_views``, one per view)."""
+        if self.codec is None:
+            raise ValueError("empty_latent='black' needs the codec (the latent of a black frame): LatentSpatialMemory(codec=...)")
+        cache = self.__dict__.setdefault("_black", {})
+        key = (num_frames if temporal_stride > 1 else 1, str(self.device))
+        if key not in cache:
+            H, W = self.image_size
+            black = -torch.ones(1, 3, key[0], H, W, device=self.device)  # [1, 3, T, H, W] black in [-1, 1]
+            cache[key] = self.codec.encode(black)[0].float()  # [C, F, h, w]
+        return cache[key].expand(-1, views, -1, -1) if temporal_stride == 1 else cache[key]
+
     def _read(self, cameras: Cameras, num_frames: int, temporal_stride: int) -> MemoryReadout:
         """One latent frame per camera, standing for ``num_frames`` pixel frames ``temporal_stride`` apart."""
         with self.timings.record("read") as rec:
             with self.timings.stage("project"):
                 out = self._splat(cameras, self.values)  # cameras stay where they are: one [V, 3, 4] projection moves
                 latents = out.features.permute(1, 0, 2, 3)  # [V, C, h, w] -> [C, V, h, w]
+                if self.config.empty_latent == "black":
+                    empty = self._empty(num_frames, temporal_stride, len(cameras)).to(latents.dtype)  # [C, V, h, w]
+                    latents = torch.where(out.mask[None], latents, empty)
         return MemoryReadout(latents, out.mask, out.depth, num_frames, self.config.spatial_stride, temporal_stride, dict(rec))
 
     def read(self, cameras: Cameras, render: bool = False) -> MemoryReadout:
@@ -795,12 +897,35 @@ class RGBPointCloudMemory(_PointMemory):
     def render(self, cameras: Cameras) -> MemoryRender:
         """Rasterize ``V`` views at full resolution: frames ``[3, V, H, W]``, mask and depth ``[V, H, W]``."""
         cameras = _as_cameras(cameras)
+        if self.config.readout == "spatia-reference":
+            return self._spatia_render(cameras)
         H, W = self._require_grid()
         out = self._splat(cameras, None)
         rgb = self.colors[out.index.clamp(min=0).reshape(-1)].view(len(cameras), H, W, 3) if self.num_points else \
             torch.zeros(len(cameras), H, W, 3, dtype=torch.uint8, device=self.device)  # fmt: skip
         img = torch.where(out.mask.unsqueeze(-1), from_uint8(rgb), self.config.hole_value)  # [V, H, W, 3]
         return MemoryRender(frames=img.permute(3, 0, 1, 2).contiguous(), mask=out.mask, depth=out.depth)  # [3, V, H, W]
+
+    def _spatia_render(self, cameras: Cameras) -> MemoryRender:
+        """``readout="spatia-reference"``: the cloud as Spatia renders it for its branch (ZhaoJingjing713/Spatia
+        5dd3457, inference.py and utils/render_point*.py): voxel-averaged at ``render_voxel`` plus
+        ``render_voxel_step`` per update so far (its 1 cm + 0.5 cm per round), then PyTorch3D discs of
+        ``point_radius`` NDC, the ``points_per_pixel`` nearest alpha-composited on ``hole_value``
+        (``mirage.point_raster``), through Spatia's own camera conversion (``spatia_intrinsics``);
+        ``coverage`` is its score render's. Not reproduced: its 8-bit mp4 round trips."""
+        from .point_raster import rasterize_points, spatia_intrinsics, voxel_downsample
+
+        cfg = self.config
+        H, W = self._require_grid()
+        points, colors = self.points, from_uint8(self.colors).add(1).div(2)  # [N, 3] in [0, 1]
+        if cfg.render_voxel is not None and self.num_points:
+            rounds = max(0, len(self.size_history) - 1)  # updates since the image: Spatia's round index
+            points, colors = voxel_downsample(points, colors, cfg.render_voxel + cfg.render_voxel_step * rounds)
+        K = spatia_intrinsics(cameras.K.to(self.device), H, W)  # [V, 3, 3]
+        r = rasterize_points(points, colors, cameras.cam_from_world.to(self.device), K, (H, W), cfg.point_radius,
+                             cfg.points_per_pixel, background=(cfg.hole_value + 1) / 2)  # fmt: skip
+        frames = (r.features * 2 - 1).permute(1, 0, 2, 3).contiguous()  # [V, 3, H, W] in [0, 1] -> [3, V, H, W] in [-1, 1]
+        return MemoryRender(frames, r.count > 0, r.depth, r.coverage)
 
     def _codec(self):
         if self.codec is None:

@@ -28,7 +28,7 @@ from .memory import CONFIG_KEYS, MEMORY_KINDS, MemoryConfig, make_memory
 __all__ = ["FORMAT", "VERSION", "save_memory", "load_memory_file"]
 
 FORMAT = "mirage-memory"
-VERSION = "4"
+VERSION = "5"
 TENSORS = ("points", "frame_ids", "axes", "values")
 # Version 3: each memory saved its own settings, plus its performance switches (now never saved).
 _V3_SETTINGS = {
@@ -38,6 +38,8 @@ _V3_SETTINGS = {
             "visible_fraction"},
 }  # fmt: skip
 _V3_PERFORMANCE = {"compact_footprints", "compile_reads"}
+# settings added in version 5 (the reference readouts): older files read with their defaults
+_ADDED_IN_5 = {"readout", "empty_latent", "point_radius", "points_per_pixel", "render_voxel", "render_voxel_step"}
 
 
 def save_memory(memory, path: str | Path) -> Path:
@@ -76,8 +78,8 @@ def load_memory_file(path: str | Path, kinds=MEMORY_KINDS, codec=None, device=No
         what = " or ".join(kinds)
         raise ValueError(f"{name} is not a mirage {what} memory (format={meta.get('format')!r}, kind={kind!r})")
     version = meta.get("version")
-    if version not in ("3", VERSION):
-        raise bad(f"unknown memory file version {version!r} (this code reads 3 and {VERSION})")
+    if version not in ("3", "4", VERSION):
+        raise bad(f"unknown memory file version {version!r} (this code reads 3, 4 and {VERSION})")
     config, grid, frames_stored = _config(meta, kind, version, bad)
     history = _json(meta.get("size_history", "[]"), "size_history", bad)
     if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
@@ -109,7 +111,7 @@ def _config(meta: dict, kind: str, version: str, bad) -> tuple[MemoryConfig, tup
     raw = _json(meta["config"], "config", bad)
     if not isinstance(raw, dict):
         raise bad(f"its config must be a JSON object, got {type(raw).__name__}")
-    expected = set(CONFIG_KEYS) if version == VERSION else _V3_SETTINGS[kind]
+    expected = {"3": _V3_SETTINGS[kind], "4": set(CONFIG_KEYS) - _ADDED_IN_5}.get(version, set(CONFIG_KEYS))
     optional = set() if version == VERSION else _V3_PERFORMANCE  # version 3 saved some speed switches (never needed)
     given = set(raw) - {"grid", "frames_stored"} - optional
     missing, extra = sorted(expected - given), sorted(given - expected)

@@ -68,12 +68,14 @@ from .codecs import WAN22_MODEL_ID, WanVAECodec
 from .conditioning import BranchInputs, make_conditioner
 from .depth import MIN_ALIGN_PIXELS, DepthBackend, align_scale, estimate_frames, make_depth_backend
 from .families import (
-    BRANCH_KINDS, DEFAULTS, FAMILIES, MEMORY_MODES, TRAINING_FREE_MODES, BranchKind, GenerationDefaults, MemoryMode,
+    BRANCH_KINDS, DEFAULTS, FAMILIES, MEMORY_MODES, READOUTS, TRAINING_FREE_MODES, BranchKind, GenerationDefaults,
+    MemoryMode, Readouts,
 )  # fmt: skip
 from .frames import Chunking, check_num_frames, stitch_chunks
 from .geometry import downsample_depth, valid_depth
 from .memory import MEMORY_KINDS, MemoryConfig, MemoryKind, MemoryReadout, MemoryUpdate, SpatialMemory, make_memory
 from .offload import PinnedOffload
+from .cameras import Cameras
 from .paths import CameraPath
 from .timing import StageTimer
 
@@ -110,6 +112,19 @@ WAN22_LAYOUT: weights.Layout = {
 }  # fmt: skip
 
 
+def padded_path(path: CameraPath, chunking: Chunking) -> CameraPath:
+    """``path`` with its last camera repeated until its last chunk is as long as the others (the first
+    chunk as long as ``chunking.first``), as Spatia pads its last round's poses (inference.py)."""
+    (start, stop) = chunking.ranges(len(path))[-1]
+    full = chunking.first if start == 0 else chunking.frames
+    if stop - start >= full:
+        return path
+    extra = full - (stop - start)
+    last = path[len(path) - 1 :]  # [1]
+    tail = Cameras(last.K.expand(extra, 3, 3), last.cam_from_world.expand(extra, 4, 4), path.width, path.height)
+    return CameraPath.starting_at(path.source, Cameras.cat([path[: len(path)], tail]))
+
+
 @dataclass
 class GenerationRun:
     """One memory's generation along a path, resumable chunk by chunk (``MiragePipeline.start`` /
@@ -128,6 +143,8 @@ class GenerationRun:
     rng_device: str  # where the random noise is drawn ("cpu" or "cuda"): the generator's device
     settings: dict[str, Any]  # the sampling settings used (defaults filled in), for MirageOutput
     cache: dict = field(default_factory=dict)  # what the branch-input builder keeps between chunks (score latents)
+    reseed_state: Tensor | None = None  # every chunk's noise starts from this random state (a reseeding family)
+    num_frames: int = 0  # frames asked for (the path may be padded past them: pad_last_chunk)
     first_timings: dict[str, float] = field(default_factory=dict)  # prompt and init seconds, charged to chunk 0
 
     def to(self, device: torch.device | str) -> "GenerationRun":
@@ -498,10 +515,10 @@ class MiragePipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ parts of a chunk
     def estimate_depth(self, chunk: Chunk, frames: Tensor, previous_scale: float) -> DepthResult:
-        """Depth of the new frames 4k (``frames [3, F-P, H, W]``, after the ``P`` pinned ones) with the path's own intrinsics
+        """Depth of the new frames 4k (``frames [3, F-P, H, W]``, from latent ``P = chunk.update_from(frames)``) with the path's own intrinsics
         (zoom paths change ``K`` per frame), scaled to the memory's readout depth on the cells both
         see (``align_scale``); with too few common cells the previous chunk's scale is kept."""
-        device, P = frames.device, chunk.pinned.shape[2]
+        device, P = frames.device, chunk.update_from(frames)
         depth = estimate_frames(self.depth_backend, frames, chunk.latent_cameras[P:].K.to(device)).float()  # [F-P, H, W]
         reference = chunk.readout.depth[P:].to(device)  # [F-P, h, w] the memory's depth, NaN where hidden
         depth_lat = downsample_depth(depth, self.codec.spatial_stride)  # [F-P, h, w]
@@ -625,6 +642,28 @@ class MiragePipeline(DiffusionPipeline):
             return FAMILIES[self.branch_kind].defaults
         return DEFAULTS["training-free"]
 
+    def readout_settings(self, memory: MemoryKind | SpatialMemory, memory_config: MemoryConfig | None,
+                         memory_mode: MemoryMode, max_depth: float | None,
+                         readouts: Readouts | None) -> tuple[MemoryConfig | None, float | None, bool, str]:  # fmt: skip
+        """What the memory is read with. ``readouts="reference"`` (the default with a trained branch): the
+        readouts the branch's family was trained on (``FAMILIES[kind].reference_memory``: its memory
+        settings, no far cut, the reference's re-storing of latent 0) where the family has them for this
+        memory; ``"ours"`` (the default otherwise): our footprint readout and fusion. A ``memory_config``
+        passed explicitly is used as given. Returns (config, max_depth, restore_first, what was used:
+        "reference" or "ours")."""
+        family = FAMILIES[self.branch_kind] if memory_mode == "branch" and self.branch_kind is not None else None
+        readouts = ("reference" if family is not None else "ours") if readouts is None else readouts
+        if readouts not in READOUTS:
+            raise ValueError(f"readouts must be one of {READOUTS}, got {readouts!r}")
+        if readouts == "reference" and family is None:
+            raise ValueError("readouts='reference' reads as a trained branch's reference: memory_mode='branch' with a branch loaded")
+        kind = memory.kind if isinstance(memory, SpatialMemory) else memory
+        reference = family.reference_memory.get(kind) if readouts == "reference" else None
+        if reference is None or memory_config is not None or isinstance(memory, SpatialMemory):
+            return memory_config, max_depth, False, "ours" if reference is None else "as given"
+        config = MemoryConfig(**reference)
+        return config, config.max_depth, family.restore_first, "reference"
+
     @torch.no_grad()
     def start(
         self,
@@ -649,11 +688,16 @@ class MiragePipeline(DiffusionPipeline):
         image_depth: Tensor | None = None,  # [H, W] metres for the input image instead of estimating it
         generator: torch.Generator | None = None,
         max_sequence_length: int = 512,
+        readouts: Readouts | None = None,
+        reseed: bool | None = None,
+        pad_last_chunk: bool | None = None,
     ) -> GenerationRun:
         """Steps 1-3 of a generation (check inputs, encode the prompts, the image's latent and depth
         into the memory) as a ``GenerationRun`` that ``step`` takes chunk by chunk. Arguments as
         ``__call__``; ``generator`` seeds the noise of every chunk (a new random seed without one)."""
         d = self.defaults_for(memory_mode) if memory_mode in MEMORY_MODES else DEFAULTS["training-free"]
+        memory_config, max_depth, restore_first, readouts = self.readout_settings(
+            memory, memory_config, memory_mode, max_depth, readouts)  # fmt: skip
         num_frames = len(path) if num_frames is None and isinstance(path, CameraPath) else num_frames
         chunking = d.chunking if chunking is None else chunking
         num_inference_steps = d.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -671,6 +715,8 @@ class MiragePipeline(DiffusionPipeline):
         )
         device = self._execution_device
         path = path if num_frames == len(path) else CameraPath.starting_at(path.source, path[:num_frames])
+        if d.pad_last_chunk if pad_last_chunk is None else pad_last_chunk:
+            path = padded_path(path, chunking)
         image = image.to(device, torch.float32)
         timer = StageTimer(device)
         with timer.record("setup") as setup:
@@ -700,13 +746,16 @@ class MiragePipeline(DiffusionPipeline):
                         guidance_scale=guidance_scale, negative_prompt=negative_prompt if guidance_scale > 1 else None,
                         memory_mode=memory_mode, memory_strength=memory_strength if memory_mode in TRAINING_FREE_MODES else None,
                         continuation=continuation, reference_schedule=reference_schedule, memory=mem.kind,
-                        branch=self.branch_kind if memory_mode == "branch" else None, prompt=prompt)  # fmt: skip
-        chunks = ChunkRun(mem, path, first_latent, chunking, continuation, max_depth, initial,
+                        branch=self.branch_kind if memory_mode == "branch" else None, prompt=prompt,
+                        readouts=readouts, reseed=d.reseed if reseed is None else reseed, padded_to=len(path))  # fmt: skip
+        chunks = ChunkRun(mem, path, first_latent, chunking, continuation, max_depth, restore_first, initial,
                           rng_state=generator.get_state())  # fmt: skip
         cpu = lambda e: None if e is None else e.to("cpu", self.transformer.dtype)  # noqa: E731
+        reseed = d.reseed if reseed is None else reseed
         return GenerationRun(chunks, cpu(prompt_embeds), cpu(negative_prompt_embeds), num_inference_steps, guidance_scale,
                              memory_mode, memory_strength, reference_schedule, generator.device.type, settings,
-                             first_timings=dict(setup))  # fmt: skip
+                             first_timings=dict(setup), reseed_state=generator.get_state() if reseed else None,
+                             num_frames=num_frames)  # fmt: skip
 
     @torch.no_grad()
     def step(self, run: GenerationRun, callback: Callable[[int, int, int], None] | None = None) -> ChunkResult:
@@ -716,7 +765,7 @@ class MiragePipeline(DiffusionPipeline):
         device = self._execution_device
         c = run.chunks.to(device)
         c.memory.codec = self.codec  # a memory crosses processes without its codec
-        generator = torch.Generator(run.rng_device).set_state(c.rng_state)
+        generator = torch.Generator(run.rng_device).set_state(c.rng_state if run.reseed_state is None else run.reseed_state)
         prompt_embeds = run.prompt_embeds.to(device)
         negative = None if run.negative_prompt_embeds is None else run.negative_prompt_embeds.to(device)
         if run.memory_mode == "branch":
@@ -769,12 +818,21 @@ class MiragePipeline(DiffusionPipeline):
         alignment) are not stored (far/sky); None keeps everything with valid depth. callback:
         ``callback(chunk_index, step, num_steps)`` after every step.
         """
+        single_decode = kwargs.pop("single_decode", None)
         run = self.start(image, path, prompt, **kwargs)
+        d = self.defaults_for(run.memory_mode) if run.memory_mode in MEMORY_MODES else DEFAULTS["training-free"]
+        single_decode = d.single_decode if single_decode is None else single_decode
         chunks = []
         while not run.chunks.done:
             chunks.append(self.step(run, callback))
         if self._pinned_offload is not None:
             self._pinned_offload.release()  # leave the device empty, as diffusers' offload does after a call
-        # 5. The video: later chunks repeat the previous chunk's last `overlap` frames
-        video = stitch_chunks([c.frames for c in chunks], 1, run.chunks.chunking.overlap)
-        return MirageOutput(video, chunks, run.chunks.memory, run.settings, run.chunks.initial)
+        # 5. The video: later chunks repeat the previous chunk's last `overlap` frames; or one decode of every
+        # chunk's own latents (a later chunk's pinned ones are the previous chunk's), as Spatia makes its video
+        if single_decode:
+            latents = torch.cat([c.latents if i == 0 else c.latents[:, c.pinned_latents :] for i, c in enumerate(chunks)], 1)
+            video = self.codec.decode(latents[None].to(self._execution_device))[0].float().cpu()  # [3, T', H, W]
+        else:
+            video = stitch_chunks([c.frames for c in chunks], 1, run.chunks.chunking.overlap)
+        return MirageOutput(video[:, : run.num_frames], chunks, run.chunks.memory, {**run.settings, "single_decode": single_decode},
+                            run.chunks.initial)  # fmt: skip

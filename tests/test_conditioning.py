@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mirage.cameras import Cameras
-from mirage.conditioning import mirage_references, spatia_references, visible_points, voxel_iou
+from mirage.conditioning import mirage_references, seen_voxels, spatia_references, visible_points, voxel_iou
 from mirage.memory import Observation, RGBPointCloudMemory
 
 W, H = 12, 8
@@ -52,7 +52,8 @@ def test_mirage_references_best_overlap_first_above_threshold_at_most_four():
     targets = cameras_at([0.0, 0.2])
     # candidates: far right (little overlap), the target's own view, looking away, slightly shifted, others
     candidates = cameras_at([7.9, 0.0, 0.0, 1.0, 2.0, 3.0, 0.1], [0, 0, 180, 0, 0, 0, 0])
-    chosen = mirage_references(pts, targets, candidates, H, W)
+    keys = seen_voxels(pts, candidates, H, W)  # what each candidate saw (when it was made)
+    chosen = mirage_references(pts, targets, keys, H, W)
     seen = visible_points(pts, candidates, H, W)
     target_keys = (torch.floor(pts / 0.1).long() * torch.tensor([1, 1 << 20, 1 << 40])).sum(-1)
     ious = [voxel_iou(target_keys[visible_points(pts, targets, H, W).any(0)], target_keys[seen[j]]) for j in range(len(candidates))]
@@ -60,8 +61,9 @@ def test_mirage_references_best_overlap_first_above_threshold_at_most_four():
     assert len(chosen) == 4 and 2 not in chosen and 0 not in chosen
     assert [ious[j] for j in chosen] == sorted([ious[j] for j in chosen], reverse=True)
     assert chosen[:2] == [1, 6]  # the views closest to the targets overlap most
-    assert mirage_references(pts, targets, candidates, H, W, max_references=2) == [1, 6]
-    assert mirage_references(pts, targets, candidates[:0], H, W) == []
+    assert mirage_references(pts, targets, keys, H, W, max_references=2) == [1, 6]
+    assert mirage_references(pts, targets, [], H, W) == []
+    assert mirage_references(pts, targets, [keys[1], keys[1]], H, W) == [0, 1]  # ties: the earlier first
 
 
 def wall_memory() -> RGBPointCloudMemory:

@@ -406,6 +406,29 @@ def test_version_3_files_still_load(tmp_path):
         assert back.kind == kind and back.config == mem.config and torch.equal(back.points, mem.points)
 
 
+def test_version_4_files_load_with_the_reference_readout_settings_at_their_defaults(tmp_path):
+    """Version 4 (before the reference readouts) saved every setting but the six added in 5."""
+    import json
+
+    from mirage.memory import load_memory
+    from mirage.memory_files import _ADDED_IN_5
+
+    obs, memories = _both_memories()
+    for kind, mem in memories.items():
+        path = mem.save(tmp_path / f"{kind}.safetensors")
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            config = json.loads(f.metadata()["config"])
+        old = _resave(path, tmp_path / f"v4_{kind}.safetensors", None,
+                      {"version": "4", "config": json.dumps({k: v for k, v in config.items() if k not in _ADDED_IN_5})})  # fmt: skip
+        back = load_memory(old, codec=OfflineCodec())
+        assert back.config == mem.config and torch.equal(back.points, mem.points)
+        with pytest.raises(ValueError, match="missing empty_latent"):  # a version 5 file must have them
+            load_memory(_resave(path, tmp_path / f"bad_{kind}.safetensors", None,
+                                {"config": json.dumps({k: v for k, v in config.items() if k != "empty_latent"})}))  # fmt: skip
+
+
 def test_settings_that_would_be_ignored_are_refused():
     with pytest.raises(ValueError, match=r"strides 8/4 \(spatial/temporal\) are not the codec's 16/4 \(offline-dct\)"):
         LatentSpatialMemory(MemoryConfig(spatial_stride=8), codec=OfflineCodec())

@@ -449,3 +449,44 @@ def test_pinned_offload_runs_one_model_at_a_time_and_changes_nothing(scene):
     assert pipe.codec.device == pipe._execution_device == torch.device("cpu")
     pipe.disable_model_cpu_offload()
     assert not hasattr(pipe.transformer, "_hf_hook")
+
+
+# ----------------------------------------------------------------------------- as Spatia runs its rounds
+def test_reseed_starts_every_chunk_from_the_seed(pipe, scene, monkeypatch):
+    """Spatia calls generate_noise(seed) every round: every chunk's noise is drawn from the same state."""
+    states = []
+    denoise = pipe.denoise_chunk
+
+    def spy(*args, generator=None, **kwargs):
+        states.append(generator.get_state().clone())
+        return denoise(*args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(pipe, "denoise_chunk", spy)
+    generate(pipe, scene, reseed=True)
+    assert len(states) == 2 and torch.equal(states[0], states[1])
+    states.clear()
+    generate(pipe, scene, reseed=False)
+    assert not torch.equal(states[0], states[1])  # one generator going on (ours, and Mirage's)
+
+
+def test_a_padded_last_chunk_runs_full_length_and_the_video_keeps_the_path(pipe, scene):
+    from mirage.pipeline import padded_path
+
+    image, depth, path, embeds = scene  # 17 frames in chunks of 9 with one shared: 2 chunks; of 13: (0, 13), (12, 17)
+    chunking = Chunking(13, 13, 1)
+    padded = padded_path(path, chunking)
+    assert len(padded) == 25 and chunking.ranges(len(padded)) == [(0, 13), (12, 25)]
+    assert torch.equal(padded.cam_from_world[17:], path.cam_from_world[16:].expand(8, 4, 4))
+    assert padded_path(padded, chunking) is padded
+    out = generate(pipe, scene, chunking=chunking, pad_last_chunk=True)
+    assert [c.frame_range for c in out.chunks] == [(0, 13), (12, 25)] and out.video.shape[1] == T
+    plain = generate(pipe, scene, chunking=chunking, pad_last_chunk=False)
+    assert [c.frame_range for c in plain.chunks] == [(0, 13), (12, 17)]
+
+
+def test_single_decode_is_one_decode_of_every_chunks_own_latents(pipe, scene):
+    out = generate(pipe, scene, single_decode=True)
+    latents = torch.cat([out.latents[0], out.latents[1][:, 1:]], dim=1)[None]  # chunk 2's pinned latent is chunk 1's last
+    torch.testing.assert_close(out.video, pipe.codec.decode(latents)[0].float(), rtol=0, atol=0)
+    stitched = generate(pipe, scene, single_decode=False).video
+    assert out.video.shape == stitched.shape and not torch.equal(out.video, stitched)  # the causal VAE sees it all at once

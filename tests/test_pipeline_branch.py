@@ -143,7 +143,7 @@ def test_spatia_branch_history_hole_score_lora_and_guidance(scene, monkeypatch, 
         F_ = chunk.latents.shape[1]
         P = 1 if c == 0 else 2
         T = chunk.frame_range[1] - chunk.frame_range[0]
-        holes = ~chunk.readout.pixel_mask if chunk.readout.pixel_mask is not None else None
+        holes = 1 - chunk.readout.pixel_coverage  # [T, H, W] Spatia's score: 1 where nothing, soft at disc edges
         for k, call in enumerate(calls):
             assert call["lora"] == (c >= 1)  # Spatia uses its LoRA from the second round on
             torch.testing.assert_close(call["text"], (embeds if k % 2 == 0 else negative).to(call["text"]))
@@ -154,7 +154,7 @@ def test_spatia_branch_history_hole_score_lora_and_guidance(scene, monkeypatch, 
             ctx = call["context"]
             assert ctx.shape == (1, 96, F_, 4, 6)
             torch.testing.assert_close(ctx[0, :48], chunk.readout.latents.float(), rtol=0, atol=0)
-            if holes is not None:  # the pixel memory: its own rasterized holes, in [0, 1]
+            if holes is not None:  # both memories: the score of what each shows, in [0, 1]
                 score = pipe.codec.encode(holes.float()[None, None].expand(1, 3, T, H, W)).float()
                 torch.testing.assert_close(ctx[:, 48:], score, rtol=0, atol=1e-6)
         if c > 0:  # the pinned history: the previous chunk's last 5 frames encoded as one video

@@ -48,13 +48,14 @@ UPLOAD_TTL_S = rt.upload_ttl()  # checked at start: a bad $MIRAGE_UPLOAD_TTL sto
 DIRS = rt.SessionDirs(Path(gr.utils.get_upload_folder()) / "mirage-sessions")  # in Gradio's cache: results served in place
 LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
 GEN = rt.generation_defaults()
-_WHAT = "generated video" if MODE.generation else "memory render at every frame (readout preview, no generative model)"
+_WHAT = ("generated video" if MODE.generation else
+         "memory render at every frame (readout preview, no generative model; magenta = nothing in the memory there)")
 VIDEO_LABELS = {m: f"{label}: {_WHAT}" for m, label in preview.METHOD_LABELS.items()}
 INPUT_LABELS = {m: f"{label}: what the model receives (the conditioning latent decoded"
                    f"{'' if MODE.generation else ' by the offline codec, one image per 4 frames'})"
                 for m, label in preview.METHOD_LABELS.items()}  # fmt: skip
 if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @spaces.GPU)
-    rt.load_pipeline(MODE.model_path, MODE.device)
+    rt.load_pipeline(MODE.model_path, MODE.device, zero_gpu=MODE.zero_gpu)
     runs.init_costs(MODE)
 ui = types.SimpleNamespace()  # the page's components (build_demo); handlers return {ui.<component>: value}
 _LOCAL_GPU = threading.Lock()  # off ZeroGPU, one chunk at a time shares this process's device
@@ -603,8 +604,12 @@ def build_demo() -> gr.Blocks:
                         stroke_button = gr.Button("Use stroke as path", variant="primary", elem_id="use-stroke")
                     with gr.Tab("Keyframes"):
                         ui.table = gr.Dataframe(headers=list(paths.KEYFRAME_COLUMNS), datatype="number", column_count=7,
-                                                type="array", row_count=3, interactive=True,
+                                                type="array", row_count=3, row_limits=(2, 64), interactive=True,
+                                                show_row_numbers=True,
                                                 label="Keyframes (world = source camera; metres, degrees)")  # fmt: skip
+                        gr.Markdown("Signs: x right, y **down**, z forward (metres); yaw > 0 turns left, pitch > 0 looks "
+                                    "up, roll > 0 rolls the camera clockwise seen from behind (degrees); fov_x in degrees. Add a row with the + "
+                                    "under the table; the first row is the source camera.", elem_classes="small-note")  # fmt: skip
                         keyframe_button = gr.Button("Use keyframes", variant="primary")
                     with gr.Tab("Import / export"):
                         path_file = _upload_file(gr.File(label="RealEstate10K .txt, nerfstudio transforms.json or mirage .json",

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+
 import app_runtime as rt
-from mirage import preview, video
+from mirage import preview, speed, video
 from mirage.costs import ChunkCost, CostModel, prior_for
 from mirage.families import FAMILIES
 from mirage.frames import Chunking
@@ -69,7 +71,7 @@ def make_runner(spec: RunSpec, mode: rt.AppMode):
     if not spec.generation:
         return preview.PreviewRunner()
     branch = mode.branches.get(spec.conditioning)
-    pipe = rt.loaded_pipeline(mode.model_path, mode.device, branch) or rt.load_pipeline(mode.model_path, mode.device, branch)
+    pipe = rt.loaded_pipeline(mode.model_path, mode.device, branch) or rt.load_pipeline(mode.model_path, mode.device, branch, mode.zero_gpu)
     return preview.GenerationRunner(pipe, seed=spec.seed, **spec.pipe_kwargs())
 
 
@@ -101,8 +103,12 @@ def device_line(mode: rt.AppMode, steps: int, guidance: float) -> str:
     cost = ChunkCost.of("rgb", (32, 65), 1, steps, guidance)
     where = getattr(COSTS, "device_name", mode.device)
     call = f"; each chunk of each memory is one GPU call, asking for {COSTS.request(cost)} s" if mode.zero_gpu else ""
+    settings = speed.choose(mode.device, mode.zero_gpu)
+    how = (" The transformer runs eager (SDPA): ZeroGPU runs no torch.compile and no ahead-of-time package is built "
+           "for this Space yet." if mode.zero_gpu else f" The transformer runs with {speed.describe(settings)} (the first "
+           "chunk compiles it).")  # fmt: skip
     return (f"GPU: **{where}**{' (ZeroGPU, half a card)' if mode.zero_gpu else ''}: {COSTS.describe(cost)} at 704x1280 "
-            f"with {steps} steps and guidance {guidance:g}{call}.")  # fmt: skip
+            f"with {steps} steps and guidance {guidance:g}{call}.{how}")  # fmt: skip
 
 
 def _zerogpu_duration_factor() -> float:
@@ -328,7 +334,13 @@ def _publish(active: ActiveRun, folder: Path, update: RunUpdate, color_by: Color
     active.files = preview.write_result_files(active.scene, result, folder, active.spec.fps, videos=active.memory_files,
                                               side=side)  # fmt: skip
     update.memory_files = dict(active.memory_files)
-    update.files, update.caption = active.files, preview.result_caption(result)
+    sc = active.scene
+    no_depth = 1.0 - float(torch.isfinite(sc.depth).logical_and(sc.depth > 0).float().mean())
+    head = (f"**Run {active.number}**: {sc.raw.name} ({sc.raw.depth_source} depth), {sc.path_label}, "
+            f"{len(sc.path)} frames at {sc.size[1]}x{sc.size[0]}."
+            + (f" The input has no depth on {100 * no_depth:.1f}% of its pixels: nothing is stored there, even in "
+               "frame 0." if no_depth > 0.001 else "") + "\n\n")  # fmt: skip
+    update.files, update.caption = active.files, head + preview.result_caption(result)
     update.figures = preview.result_figures(active.scene, result, color_by)
 
 

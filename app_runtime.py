@@ -256,8 +256,12 @@ class SessionDirs:
     made in it are removed. Put ``root`` inside Gradio's cache folder: results returned from there are
     served in place, not copied into the cache (where nothing would remove them with the session)."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, grace_s: float = 10.0) -> None:
         self.owned = root is None  # True: root was made here and goes at exit
+        # An upload a closed page handed in goes only after this many seconds unclaimed: Gradio keeps uploads
+        # of the same content at one path, and another visitor may have sent the same file whose handler
+        # has not run yet (so holds no claim)
+        self.grace_s = float(grace_s)
         self.root = Path(tempfile.mkdtemp(prefix="mirage-app-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._sessions: set[str] = set()
@@ -321,8 +325,8 @@ class SessionDirs:
                     self._uploads.setdefault(Path(f).resolve(), set()).add(session)
 
     def remove(self, session: str | None) -> bool:
-        """Delete the session's folder and the uploads no other session handed in, and refuse the
-        session from now on; True if it had anything."""
+        """Delete the session's folder, refuse the session from now on, and delete the uploads it handed in
+        that no session claims ``grace_s`` seconds later (``track``); True if it had anything."""
         if not session or session not in self._sessions:
             return False
         with self._lock:
@@ -335,14 +339,25 @@ class SessionDirs:
             shutil.rmtree(folder, ignore_errors=True)
             self._sessions.discard(session)
             self._ended.add(session)
+            released = []
             for upload, holders in list(self._uploads.items()):
                 holders.discard(session)
                 if holders:
                     continue
                 del self._uploads[upload]
-                _unlink_upload(upload)
+                released.append(upload)
                 existed = True
+        if released:
+            timer = threading.Timer(self.grace_s, self._drop_unclaimed, args=(released,))
+            timer.daemon = True
+            timer.start()
         return existed
+
+    def _drop_unclaimed(self, uploads: list[Path]) -> None:
+        with self._lock:
+            for upload in uploads:
+                if upload not in self._uploads:  # claimed by another session meanwhile: kept
+                    _unlink_upload(upload)
 
     def sweep(self, uploads, max_age_s: float) -> list[Path]:
         """Delete ``uploads`` (paths in Gradio's cache) that no live session handed in and that are
@@ -364,8 +379,11 @@ class SessionDirs:
         return gone
 
     def remove_all(self) -> None:
+        """At exit: every session's folder and every upload handed in, now."""
+        uploads = list(self._uploads)
         for session in list(self._sessions):
             self.remove(session)
+        self._drop_unclaimed(uploads)
         if self.owned:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -575,11 +593,14 @@ _PIPELINE: dict = {}  # the loaded MiragePipeline, shared by sessions
 _PIPELINE_LOCK = threading.Lock()
 
 
-def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = None):
+def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = None, zero_gpu: bool = False):
     """``MiragePipeline`` from ``model_path`` on ``device``, loaded once per process (bf16 transformer
     and text encoder on CUDA, float32 on the CPU; the VAE in float32), with ``branch`` loaded into it
-    when given (one trained branch at a time; switching replaces it). Memory updates need depth:
-    Depth Pro when its weights are cached, else the (labelled) planar prior."""
+    when given (one trained branch at a time; switching replaces it), run with the device's speed
+    setting (``mirage.speed.choose``: regional compilation on a dedicated CUDA GPU, eager on ZeroGPU and
+    the CPU). Memory updates need depth: Depth Pro when its weights are cached, else the (labelled)
+    planar prior."""
+    from mirage import speed
     from mirage.pipeline import MiragePipeline
 
     with _PIPELINE_LOCK:
@@ -590,10 +611,13 @@ def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = Non
             pipe.to(device)
             if device == "cuda":  # the text encoder (11 GB) works once per prompt, then rests on the CPU: every
                 pipe.enable_text_encoder_offload()  # conditioning fits a half Blackwell card (README, "GPU memory")
-            _PIPELINE.update(key=(model_path, device), pipe=pipe, depth=depth, branch=None)
+            settings = speed.choose(device, zero_gpu)
+            speed.apply(pipe.transformer, settings)
+            _PIPELINE.update(key=(model_path, device), pipe=pipe, depth=depth, branch=None, speed=settings)
         pipe = _PIPELINE["pipe"]
         if branch is not None and _PIPELINE["branch"] != branch:
             pipe.load_branch(branch.kind, branch.branch, branch.lora, local_files_only=True)
+            speed.apply_branch(pipe.branch, _PIPELINE["speed"])
             _PIPELINE["branch"] = branch
         return pipe
 

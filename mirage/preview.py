@@ -76,6 +76,9 @@ __all__ = [
 
 METHODS = MEMORY_KINDS  # the two memories, run side by side
 METHOD_LABELS = {"latent": "Latent memory (Mirage)", "rgb": "Pixel point cloud (baseline)"}
+# The readout preview paints what a memory does not hold in this colour (display only: the model input shows
+# what the model receives): magenta, which no example scene has, where grey is the garage floor and the walls.
+HOLE_COLOR = (255, 0, 255)
 assert set(METHOD_LABELS) == set(METHODS)
 RunKind = Literal["readout preview", "generation"]
 _CHARTED = set(plotting.STAGE_ORDER)  # "readout" holds its parts (project / rasterize / encode): chart the parts
@@ -230,7 +233,9 @@ class PreviewRunner:
         result = step(run, parts)
         r = result.readout.render  # frames [3, T_c, H, W], mask [T_c, H, W]
         received = self.codec.decode(result.readout.latents[None].float())[0]  # [3, T_c, H, W]
-        view = _chunk_view(kind, result, r.frames, received, r.mask.cpu(), self.codec.temporal_stride,
+        hole = torch.tensor(HOLE_COLOR, dtype=r.frames.dtype, device=r.frames.device).view(3, 1, 1, 1) / 127.5 - 1
+        shown = torch.where(r.mask[None].to(r.frames.device), r.frames, hole)  # [3, T_c, H, W] holes in a colour no scene has
+        view = _chunk_view(kind, result, shown, received, r.mask.cpu(), self.codec.temporal_stride,
                            _CHARTED - _IDENTITY_IN_PREVIEW, time.perf_counter() - t0, initial)  # fmt: skip
         return ChunkDone(kind, run, view)
 
@@ -559,11 +564,14 @@ def write_latents(path: Path, result: RunResult) -> Path:
 
 def result_figures(state: SceneState, result: RunResult, color_by: ColorBy = "latent"):
     """(timing figure, cache size figure, cache growth figure) of a result."""
-    what = "readout preview, no generative model" if result.kind == "readout preview" else "generation"
+    what = ("readout preview, no generative model; encode and decode timed with the weight-free offline codec, "
+            "not the Wan2.2 VAE") if result.kind == "readout preview" else "generation"  # fmt: skip
     timings = {METHOD_LABELS[m]: r.timings for m, r in result.methods.items()}
     timing = plotting.timing_figure(timings, aggregate="per_chunk", title=f"Time per stage and chunk ({what})")
-    sizes = plotting.cache_size_figure({METHOD_LABELS[m]: r.sizes for m, r in result.methods.items()},
-                                       title="Cache size after each chunk")  # fmt: skip
+    last = [r.sizes[-1] for r in result.methods.values()]
+    spread = min(last) > 0 and max(last) / min(last) >= 10  # orders of magnitude apart: a log axis shows both
+    sizes = plotting.cache_size_figure({METHOD_LABELS[m]: r.sizes for m, r in result.methods.items()}, log_y=spread,
+                                       title="Cache size after each chunk" + (" (log scale)" if spread else ""))  # fmt: skip
     latent = result.methods["latent"]
     n = latent.counts[-1]  # the points of the chunks shown (the memory may hold a chunk more)
     growth = plotting.cache_growth_figure(

@@ -270,3 +270,17 @@ def test_readme_api_example_runs_as_written(app, capsys):
     block = next(b.split("```", 1)[0] for b in readme.split("```python\n")[1:] if "from gradio_client import Client" in b)
     exec(compile(block.replace("http://127.0.0.1:7860/", app[0]), "README.md", "exec"), {})
     assert "\n**Done**: preset orbit_right (15 degrees), 2 chunk(s), 65 frames" in capsys.readouterr().out
+
+
+def test_two_runs_on_two_scenes_give_two_runs_files(client):
+    """Generate, load another scene, Generate: every result is the second run's, at new URLs (a browser
+    keeps what it fetched from a URL it has seen)."""
+    outs = []
+    for example in ("motorcycle", "synthetic-room"):
+        client.predict(example, "auto", 256, "orbit_left", 10, 33, "latent", api_name="/load_example")
+        outs.append(client.predict(0, 20, 5.0, "", "", "replace", "latent", api_name="/run"))
+    (status1, latent1, *_, caption1), (status2, latent2, *_, caption2) = outs
+    assert status1.startswith("**Done**") and status2.startswith("**Done**")
+    assert Path(latent1).parent != Path(latent2).parent  # a folder of its own: no URL reused
+    assert read_video(latent1).shape != read_video(latent2).shape or not np.array_equal(read_video(latent1), read_video(latent2))
+    assert "synthetic-room" in caption2 and "motorcycle" not in caption2, caption2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -135,7 +137,7 @@ def test_session_dirs_are_created_lazily_and_removed(tmp_path):
 def test_uploads_go_with_the_last_session_that_handed_them_in(tmp_path):
     """Gradio stores an upload once per content (``<cache>/<hash>/<name>``): it goes with the last
     session that used it, together with its folder."""
-    dirs = rt.SessionDirs(tmp_path / "cache" / "mirage-sessions")
+    dirs = rt.SessionDirs(tmp_path / "cache" / "mirage-sessions", grace_s=0.05)
     shared = tmp_path / "cache" / "h1" / "photo.png"
     own = tmp_path / "cache" / "h2" / "depth.npy"
     for f in (shared, own):
@@ -144,8 +146,11 @@ def test_uploads_go_with_the_last_session_that_handed_them_in(tmp_path):
     dirs.track("a", shared, own, None)
     dirs.track("b", shared)
     assert dirs.remove("a")
+    time.sleep(0.3)  # the grace period (test_a_closed_page_never_deletes_an_upload_another_visitor_just_sent)
     assert not own.exists() and not own.parent.exists() and shared.exists()  # b still holds the photo
-    assert dirs.remove("b") and not shared.exists() and not shared.parent.exists()
+    assert dirs.remove("b")
+    time.sleep(0.3)
+    assert not shared.exists() and not shared.parent.exists()
     with pytest.raises(ValueError, match="plain name"):
         dirs.track("../x", shared)
 
@@ -283,3 +288,24 @@ def test_the_banner_names_the_gpu_and_what_a_chunk_asks_for(monkeypatch):
     assert line.startswith(f"GPU: **{blackwell}** (ZeroGPU, half a card): one 33-frame chunk of the rgb memory")
     assert f"asking for {asked} s" in line and "prior for RTX PRO 6000 Blackwell, half" in line and asked <= 120
     assert runs.device_line(rt.AppMode(True, "/w", "cpu", False, False, ""), 50, 5.0).startswith("Device: **CPU**")
+
+
+def test_a_closed_page_never_deletes_an_upload_another_visitor_just_sent(tmp_path):
+    """Gradio keeps uploads of the same content at one path. Visitor A handed in photo.png and closes
+    the tab; visitor B has uploaded the same picture, but B's handler has not run yet (so B holds no
+    claim): the file must still be there when B's handler runs. Unclaimed uploads of a closed page
+    go after a grace period."""
+    dirs = rt.SessionDirs(tmp_path / "cache" / "mirage-sessions", grace_s=0.3)
+    upload = tmp_path / "cache" / "abc123" / "photo.png"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"png")
+    dirs.track("a", upload)
+    dirs.remove("a")  # A's tab closes while B's upload of the same file is in flight
+    assert upload.is_file()
+    dirs.track("b", upload)  # B's handler runs: B holds it now
+    time.sleep(0.6)
+    assert upload.is_file()  # claimed within the grace period: kept
+    dirs.remove("b")
+    assert upload.is_file()  # B's own grace period
+    time.sleep(0.6)
+    assert not upload.exists() and not upload.parent.exists()  # nobody claimed it: gone with its folder

@@ -94,7 +94,9 @@ def test_preview_runs_at_the_full_frame_rate_and_model_input_at_the_latent_rate(
                                       room_scene.image))  # fmt: skip
     reads = mem.read_views(room_scene.path)  # [C, 33, h, w]: every pixel frame's camera
     expected = CODEC.decode(reads.latents.permute(1, 0, 2, 3)[:, :, None])[:, :, 0].permute(1, 0, 2, 3).float()  # [3, 33, H, W]
-    assert torch.equal(lat.video, _u8(expected))
+    hole = torch.tensor(preview.HOLE_COLOR, dtype=torch.uint8)  # what the memory does not hold, in its display colour
+    assert torch.equal(lat.video, torch.where(lat.mask[..., None], _u8(expected), hole))
+    assert (~lat.mask).any() and (lat.video[~lat.mask] == hole).all()
     between = [t for t in range(1, 33) if t % 4 and not torch.equal(lat.video[t], lat.video[4 * ((t + 3) // 4)])]
     assert between, "the latent render should differ from the latent-aligned frame somewhere inside a group"
 
@@ -109,11 +111,14 @@ def test_source_frame_is_the_codec_reconstruction_on_visible_cells(room_scene):
     assert (lat.received[0].int() - _u8(recon[:, None])[0].int()).abs().max() <= 1  # frame 0 pinned: the image's latent
     # the pixel baseline's render at the source is the image itself (stored as uint8)
     assert torch.equal(rgb.video[0], _u8(room_scene.image[:, None])[0])
-    # later frames: hidden pixels of the latent render decode to exactly 0 (zero latent)
+    # later frames: hidden pixels of both renders are shown in the hole colour (display only), and what the model
+    # receives there is the zero latent decoded (no colour painted into the model input)
     k = lat.mask.shape[0] - 1
     hidden = ~lat.mask[k]
     assert hidden.any()  # a 10 degree pan left uncovers the left edge
-    assert (lat.video[k][hidden] == to_uint8(torch.zeros(()))).all()
+    assert (lat.video[k][hidden] == torch.tensor(preview.HOLE_COLOR, dtype=torch.uint8)).all()
+    assert (rgb.video[k][~rgb.mask[k]] == torch.tensor(preview.HOLE_COLOR, dtype=torch.uint8)).all()
+    assert not (lat.received == torch.tensor(preview.HOLE_COLOR, dtype=torch.uint8)).all(-1).any()
 
 
 def test_the_preview_stores_each_frame_at_the_exact_depth_of_its_own_camera(room_scene):
@@ -207,6 +212,9 @@ def test_result_files_and_figures(room_scene, tmp_path):
     assert {t.name for t in timing.data} >= {"project", "rasterize", "encode", "decode", "update"}
     assert [t.name for t in sizes.data] == [preview.METHOD_LABELS["latent"], preview.METHOD_LABELS["rgb"]]
     assert len(sizes.data[0].y) == 3
+    last = [r.sizes[-1] for r in result.methods.values()]
+    assert (sizes.layout.yaxis.type == "log") == (max(last) / min(last) >= 10) and max(last) / min(last) >= 10
+    assert "offline codec" in timing.layout.title.text  # the preview's encode is not the VAE's
     assert len(growth.layout.sliders[0].steps) == 3  # init + 2 chunks
     json.loads(growth.to_json())
     assert "readout preview" in preview.result_caption(result)

@@ -807,7 +807,8 @@ class MiragePipeline(DiffusionPipeline):
         Keyword arguments (``start``): num_frames, chunking, num_inference_steps, guidance_scale,
         negative_prompt, prompt_embeds / negative_prompt_embeds ``[1, L, D]``, memory, memory_config,
         memory_mode, memory_strength, continuation, reference_schedule, max_depth, image_depth
-        ``[H, W]``, generator, max_sequence_length. Settings left at None take the mode's ``DEFAULTS``
+        ``[H, W]``, generator, max_sequence_length, readouts (``readout_settings``), reseed, pad_last_chunk;
+        and ``single_decode`` (the video as one decode of every chunk's own latents). Settings left at None take the mode's ``DEFAULTS``
         (``defaults_for``): Wan2.2-TI2V-5B's own for the training-free modes, the reference's for a
         trained branch (whose prompt suffix is then appended to ``prompt``). memory: ``"latent"``
         (Mirage), ``"rgb"`` (the RGB point-cloud baseline), made with ``memory_config`` (default

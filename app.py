@@ -48,8 +48,7 @@ UPLOAD_TTL_S = rt.upload_ttl()  # checked at start: a bad $MIRAGE_UPLOAD_TTL sto
 DIRS = rt.SessionDirs(Path(gr.utils.get_upload_folder()) / "mirage-sessions")  # in Gradio's cache: results served in place
 LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
 GEN = rt.generation_defaults()
-_WHAT = ("generated video" if MODE.generation else
-         "memory render at every frame (readout preview, no generative model; magenta = nothing in the memory there)")
+_WHAT = "generated video" if MODE.generation else "readout preview, no model (magenta: nothing stored)"
 VIDEO_LABELS = {m: f"{label}: {_WHAT}" for m, label in preview.METHOD_LABELS.items()}
 INPUT_LABELS = {m: f"{label}: what the model receives (the conditioning latent decoded"
                    f"{'' if MODE.generation else ' by the offline codec, one image per 4 frames'})"

@@ -2,7 +2,9 @@
 stage cannot hide the others), with Python's faulthandler on. Stages: ``compile`` (export the repeated
 block at one chunk's shapes and package it with AOTInductor, weights outside), ``load``
 (``aoti_load_package``), ``apply`` (load, give every block its own weights, one transformer forward,
-compared with eager). Prints each stage's exit code and the last lines of its output.
+compared with eager). Prints each stage's exit code and the last lines of its output. ``aot_compile`` clears the
+executable-stack flag of the compiled library (``speed.clear_executable_stack``); the compile stage
+reports whether the packaged library still carries it.
 
     python benchmarks/aot_probe.py --package /tmp/block.pt2          # GPU
 """
@@ -13,27 +15,34 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def stage(name: str, package: str, small: bool) -> None:
+def stage(name: str, package: str, small: bool, device: str | None) -> None:
     import torch
 
     from mirage import speed
     from mirage.testing import TI2V_5B_TRANSFORMER_CONFIG, TINY_TRANSFORMER_CONFIG
     from speed import inputs  # benchmarks/speed.py
 
-    device = torch.device("cpu" if small else "cuda")
+    device = torch.device(device or ("cpu" if small else "cuda"))
     dtype = torch.float32 if small else torch.bfloat16
     config = TINY_TRANSFORMER_CONFIG if small else TI2V_5B_TRANSFORMER_CONFIG
     x = inputs(config, *((3, 4, 6) if small else (9, 44, 80)), device, dtype)
     t0 = time.perf_counter()
     if name == "compile":
         speed.aot_compile(speed.random_transformer(config, device, dtype), x, package)
-        print(json.dumps({"compile_s": time.perf_counter() - t0, "package_mib": Path(package).stat().st_size / 2**20}))
+        seconds = time.perf_counter() - t0
+        with zipfile.ZipFile(package) as z, tempfile.TemporaryDirectory() as tmp:  # is the flag still set inside?
+            libraries = [z.extract(n, tmp) for n in z.namelist() if n.endswith(".so")]
+            still = [speed.clear_executable_stack(f) for f in libraries]
+        print(json.dumps({"compile_s": seconds, "package_mib": Path(package).stat().st_size / 2**20,
+                          "libraries": len(libraries), "executable_stack_in_package": any(still)}))
     elif name == "load":
         loaded = torch._inductor.aoti_load_package(package)
         print(json.dumps({"load_s": time.perf_counter() - t0, "constants": len(loaded.get_constant_fqns())}))
@@ -59,17 +68,19 @@ def stage(name: str, package: str, small: bool) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--package", default="/tmp/mirage_block.pt2")
-    p.add_argument("--small", action="store_true", help="the tiny transformer on the CPU")
+    p.add_argument("--small", action="store_true", help="the tiny transformer in float32 (on the CPU unless --device)")
+    p.add_argument("--device", default=None, help="default: cpu with --small, else cuda")
     p.add_argument("--stage", choices=("compile", "load", "apply"), default=None, help="(internal) run one stage")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.stage:
-        stage(args.stage, args.package, args.small)
+        stage(args.stage, args.package, args.small, args.device)
         return
     report = {}
     for name in ("compile", "load", "apply"):
         cmd = [sys.executable, "-X", "faulthandler", __file__, "--stage", name, "--package", args.package]
-        r = subprocess.run(cmd + (["--small"] if args.small else []), capture_output=True, text=True, timeout=1200)
+        cmd += (["--small"] if args.small else []) + ([] if args.device is None else ["--device", args.device])
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         tail = [line for line in (r.stdout + r.stderr).splitlines() if "warn" not in line.lower()][-12:]
         report[name] = {"exit_code": r.returncode, "tail": tail}
         print(f"{name}: exit {r.returncode}", *tail, sep="\n  ", flush=True)

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel  # noqa: E402
 
+from mirage import speed  # noqa: E402
 from mirage.chunks import READOUT_PARTS, STAGES  # noqa: E402
 from mirage.codecs import WanVAECodec  # noqa: E402
 from mirage.depth import DepthProBackend, PlanarPriorBackend  # noqa: E402
@@ -262,6 +263,8 @@ def parse(argv=None):
     p.add_argument("--no-warmup", action="store_true", help="skip the short warm-up runs")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", choices=("eager", "regional", "fp8"), default="eager",
+                   help="mirage.speed setting of the transformer (and branch): eager, regional compilation, FP8 + regional")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     defaults = dict(height=64, width=96, frames=17, chunk_frames=9, steps=3) if args.small else \
@@ -289,11 +292,14 @@ def main(argv=None) -> dict:
         torch.set_num_threads(min(torch.get_num_threads(), 4))
     pipe = build(args, device, dtype)
     branch_info = load_branch(pipe, args, device) if args.branch else None
+    settings = {"eager": speed.SpeedSettings(), "regional": speed.SpeedSettings(compile="regional"),
+                "fp8": speed.SpeedSettings(compile="regional", fp8=True)}[args.speed]  # fmt: skip
+    speed.apply(pipe.transformer, settings, pipe.branch)
     image, path = scene_inputs(args)
     results = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "dtype": str(dtype), "vae_dtype": str(pipe.vae.dtype), "depth_backend": pipe.depth_backend.name,
-               "torch": torch.__version__, "branch": branch_info, "modes": {}}  # fmt: skip
+               "torch": torch.__version__, "branch": branch_info, "speed": speed.describe(settings), "modes": {}}  # fmt: skip
     for mode in args.modes:
         if mode == "offload":
             pipe.enable_model_cpu_offload(device=device)
@@ -311,7 +317,8 @@ def main(argv=None) -> dict:
             run_bare(pipe, image, args, g, f"bare diffusers {mode} one chunk g{g:g}", device) for g in args.guidance
         ]  # fmt: skip
         what = f"{args.branch} branch + LoRA, " if args.branch else ""
-        print(f"\n## {mode} ({what}{args.width}x{args.height}, {args.frames} frames, {args.steps} steps, {device}, {dtype})\n")
+        print(f"\n## {mode} ({what}{args.width}x{args.height}, {args.frames} frames, {args.steps} steps, {device}, {dtype}, "
+              f"{speed.describe(settings)})\n")
         for guidance, pair, text, _ in table:
             print(f"### guidance {guidance:g}\n\n" + stage_table(pair) + "\n\n" + text + "\n", flush=True)
         for b in bare:

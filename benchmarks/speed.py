@@ -7,9 +7,12 @@ package with its weights inside is loaded in a child process, whose exit code is
 
 Random weights at the released size (time and memory do not depend on their values). For each
 setting: the first call (compile included), the median of the next calls, and the output against
-eager bf16 (max abs and relative RMS difference). Writes JSON and a markdown table.
+eager bf16 (max abs and relative RMS difference). Writes JSON and a markdown table. ``--decode``
+times the rest of a chunk's GPU work instead: the VAE decode of one chunk in float32 (as released)
+and in bfloat16.
 
     python benchmarks/speed.py --out benchmarks/results/speed_cuda_h100.json   # GPU
+    python benchmarks/speed.py --decode --out benchmarks/results/decode_cuda_h100.json
 """
 
 from __future__ import annotations
@@ -70,6 +73,30 @@ def child_load(package: str) -> int:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).returncode
 
 
+def decode_rows(device: torch.device, reps: int, small: bool) -> list[dict]:
+    """The VAE decode of one chunk's latents (9 x 44 x 80, 33 frames at 704 x 1280) in float32 (as
+    released and as the pipeline loads it) and in bfloat16: first call, median, difference."""
+    from mirage.codecs import WanVAECodec
+    from mirage.testing import TINY_VAE_CONFIG
+
+    shape = (1, 48, 3, 4, 6) if small else (1, 48, 9, 44, 80)
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)  # [1, C, F, h, w] normalized latents
+    rows, ref = [], None
+    for dtype in (torch.float32, torch.bfloat16):
+        codec = WanVAECodec.from_config(TINY_VAE_CONFIG if small else None, seed=0, torch_dtype=dtype, device=device)
+        with torch.no_grad():
+            first, median, out = timed(lambda: codec.decode(z), reps, device)
+        row = {"setting": f"VAE decode, {str(dtype).removeprefix('torch.')}", "setup_s": 0.0, "first_s": first,
+               "median_ms": median * 1e3, "note": f"one chunk's latents {list(shape[2:])}"}  # fmt: skip
+        ref = out if ref is None else ref
+        rows.append(row | diff(out, ref))
+        print(json.dumps(rows[-1]), flush=True)
+        codec = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="CPU smoke test: the tiny transformer, 2 reps, no compile")
@@ -77,6 +104,7 @@ def main(argv=None) -> dict:
     p.add_argument("--skip", nargs="*", default=[], help="settings to skip (names as in the table)")
     p.add_argument("--only", nargs="*", default=None, help="run only the settings whose names contain one of these "
                                                             "(eager always runs: the reference)")
+    p.add_argument("--decode", action="store_true", help="time the VAE decode (float32 vs bfloat16) instead of the transformer")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.small else "cpu")
@@ -115,38 +143,42 @@ def main(argv=None) -> dict:
         print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
         rows.append(row)
 
-    base = fresh()
-    run("eager (SDPA, native)", lambda: base)
-    for backend in speed.available_attention_backends(device):
-        if backend != "native":
-            run(f"eager, attention {backend}", lambda b=backend: speed.apply(base, speed.SpeedSettings(attention=b)))
-    speed.apply(base, speed.SpeedSettings(attention="native"))
-    if not args.small:
-        run("regional compile", lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional")))
-        run("regional compile, max-autotune-no-cudagraphs",
-            lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", compile_mode="max-autotune-no-cudagraphs")))
-        run("regional compile + fused QKV", lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fuse_qkv=True)))
-        run("FP8 (torchao, per-row) + regional compile",
-            lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fp8=True)))
-    with tempfile.TemporaryDirectory() as tmp:
-        package = Path(tmp) / "block.pt2"
-        def aot():
-            model = fresh()
-            return speed.aot_apply(model, speed.aot_compile(model, x, package))
+    if args.decode:
+        rows.extend(decode_rows(device, reps, args.small))
+    else:
+        base = fresh()
+        run("eager (SDPA, native)", lambda: base)
+        for backend in speed.available_attention_backends(device):
+            if backend != "native":
+                run(f"eager, attention {backend}", lambda b=backend: speed.apply(base, speed.SpeedSettings(attention=b)))
+        speed.apply(base, speed.SpeedSettings(attention="native"))
+        if not args.small:
+            run("regional compile", lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional")))
+            run("regional compile, max-autotune-no-cudagraphs",
+                lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", compile_mode="max-autotune-no-cudagraphs")))
+            run("regional compile + fused QKV", lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fuse_qkv=True)))
+            run("FP8 (torchao, per-row) + regional compile",
+                lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fp8=True)))
+        with tempfile.TemporaryDirectory() as tmp:
+            package = Path(tmp) / "block.pt2"
+            def aot():
+                model = fresh()
+                return speed.aot_apply(model, speed.aot_compile(model, x, package))
 
-        run("AoT block (weights at run time)", aot, "one package for every block; weights passed per call (user-managed constants)")
-        if device.type == "cuda" and any(r["setting"].startswith("AoT") for r in rows):
-            inside = Path(tmp) / "inside.pt2"
-            try:
-                rc = speed.aot_package_with_weights(base, x, inside)
-                results["aot_weights_inside_child_rc"] = child_load(str(inside))
-                results["aot_weights_inside_size_mib"] = inside.stat().st_size / 2**20 if rc == 0 else None
-            except Exception as err:  # noqa: BLE001
-                results["aot_weights_inside_error"] = f"{type(err).__name__}: {err}"[:400]
-            results["aot_weights_at_run_time_child_rc"] = child_load(str(package)) if package.exists() else None
+            run("AoT block (weights at run time)", aot, "one package for every block; weights passed per call (user-managed constants)")
+            if device.type == "cuda" and any(r["setting"].startswith("AoT") for r in rows):
+                inside = Path(tmp) / "inside.pt2"
+                try:
+                    rc = speed.aot_package_with_weights(base, x, inside)
+                    results["aot_weights_inside_child_rc"] = child_load(str(inside))
+                    results["aot_weights_inside_size_mib"] = inside.stat().st_size / 2**20 if rc == 0 else None
+                except Exception as err:  # noqa: BLE001
+                    results["aot_weights_inside_error"] = f"{type(err).__name__}: {err}"[:400]
+                results["aot_weights_at_run_time_child_rc"] = child_load(str(package)) if package.exists() else None
     results.pop("eager", None)
     results["rows"] = rows
-    lines = [f"## One transformer forward, {results['device']}, torch {torch.__version__}, latents {frames}x{h}x{w}", "",
+    what = "One chunk's VAE decode" if args.decode else "One transformer forward"
+    lines = [f"## {what}, {results['device']}, torch {torch.__version__}, latents {frames}x{h}x{w}", "",
              "| setting | setup s (build, compile or export) | first call s | median ms | max abs diff | rel. RMS diff | note |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:

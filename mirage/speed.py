@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import mmap
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 __all__ = ["SpeedSettings", "available_attention_backends", "apply", "apply_branch", "choose", "describe", "random_transformer",
-           "aot_key", "aot_compile", "aot_apply", "aot_package_with_weights"]  # fmt: skip
+           "aot_key", "aot_compile", "aot_apply", "aot_package_with_weights", "clear_executable_stack"]  # fmt: skip
 
 # diffusers attention backends that need nothing beyond PyTorch (attention_dispatch.AttentionBackendName)
 _BUILTIN_BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "_native_math")
@@ -172,6 +174,25 @@ def aot_key(transformer: nn.Module, inputs: dict[str, Any]) -> str:
     return hashlib.sha256(f"{torch.__version__}|{arch}|{shapes}|{source}".encode()).hexdigest()[:16]
 
 
+def clear_executable_stack(path: str | Path) -> bool:
+    """Drop the executable-stack flag that the compiler leaves on an AOTInductor ``.so`` (the
+    ``PT_GNU_STACK`` program header of a 64-bit little-endian ELF file). A loader that honours it must
+    make every thread's stack executable when the library is opened, which recent glibc refuses and
+    which ZeroGPU's own ``spaces.aoti_compile`` avoids the same way. True when the flag was set."""
+    pt_gnu_stack, pf_x = 0x6474E551, 0x1
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as elf:
+        if elf[:6] != b"\x7fELF\x02\x01":
+            raise ValueError(f"{path} is not a 64-bit little-endian ELF file")
+        (table,) = struct.unpack_from("<Q", elf, 0x20)  # e_phoff
+        entry, count = struct.unpack_from("<HH", elf, 0x36)  # e_phentsize, e_phnum
+        for header in range(table, table + entry * count, entry):
+            kind, flags = struct.unpack_from("<II", elf, header)  # p_type, p_flags
+            if kind == pt_gnu_stack and flags & pf_x:
+                struct.pack_into("<I", elf, header + 4, flags & ~pf_x)
+                return True
+    return False
+
+
 def aot_compile(transformer: nn.Module, inputs: dict[str, Any], package: str | Path) -> Path:
     """Export the repeated block at the shapes of ``inputs`` (the transformer's keyword arguments) and
     compile it with AOTInductor into ``package``, without weights. Returns the package's path."""
@@ -183,6 +204,9 @@ def aot_compile(transformer: nn.Module, inputs: dict[str, Any], package: str | P
         exported = torch.export.export(block, args, kwargs)
         artifacts = torch._inductor.aot_compile(exported.module(), args, kwargs, options=_inductor_configs())
     files = [f for f in artifacts if isinstance(f, str)]
+    for f in files:
+        if f.endswith(".so"):
+            clear_executable_stack(f)
     package = Path(package)
     package.parent.mkdir(parents=True, exist_ok=True)
     package_aoti(str(package), files)

@@ -62,3 +62,37 @@ def test_aot_package_without_weights_runs_every_block_with_its_own(tmp_path):
         torch.testing.assert_close(other(**x)[0], other_ref, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ref, other_ref)  # so the weights really came from each model
     assert speed.aot_key(_model(), x) != speed.aot_key(_model(), _inputs(frames=5))  # another size: another package
+
+
+def _stack_flags(path) -> int:  # p_flags of the PT_GNU_STACK header, read with the system's readelf
+    import subprocess
+
+    out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True, check=True).stdout
+    (line,) = [ln for ln in out.splitlines() if "GNU_STACK" in ln]
+    return sum(bit for letter, bit in (("R", 4), ("W", 2), ("E", 1)) if letter in line.split()[-2])
+
+
+@pytest.mark.skipif(__import__("shutil").which("readelf") is None, reason="needs binutils' readelf")
+def test_clear_executable_stack_drops_only_the_execute_bit(tmp_path):
+    """A library whose stack header asks for RWE ends RW; a second call finds nothing to clear; other
+    headers and bytes stay as they were."""
+    import shutil
+    import struct
+
+    lib = tmp_path / "lib.so"
+    shutil.copy(torch._C.__file__, lib)  # any 64-bit ELF library
+    data = bytearray(lib.read_bytes())
+    (table,) = struct.unpack_from("<Q", data, 0x20)
+    entry, count = struct.unpack_from("<HH", data, 0x36)
+    (header,) = [h for h in range(table, table + entry * count, entry) if struct.unpack_from("<I", data, h)[0] == 0x6474E551]
+    struct.pack_into("<I", data, header + 4, 7)  # as the compiler leaves an AOTInductor library: RWE
+    lib.write_bytes(bytes(data))
+    assert _stack_flags(lib) == 7
+    assert speed.clear_executable_stack(lib) is True
+    assert _stack_flags(lib) == 6
+    after = bytearray(lib.read_bytes())
+    assert [i for i in range(len(data)) if data[i] != after[i]] == [header + 4]
+    assert speed.clear_executable_stack(lib) is False
+    (tmp_path / "not.so").write_bytes(b"plain text, not an ELF file")
+    with pytest.raises(ValueError):
+        speed.clear_executable_stack(tmp_path / "not.so")

@@ -155,8 +155,12 @@ def action(refusal):
 def _controls(session: rt.Session) -> dict:
     """The path controls as the session's accepted paths set them (nothing shows a value not applied)."""
     c = rt.path_controls(session)
-    out = {ui.frames: c.frames, ui.preset: c.preset, ui.depth_fraction: c.depth_fraction, ui.look: c.look}
+    out = {ui.frames: c.frames, ui.preset: c.preset, ui.look: c.look}
     out = {k: v for k, v in out.items() if v is not None}
+    top = scene.STROKE_FRACTIONS[-1] if c.depth_limit is None else c.depth_limit  # the slider offers what the stroke allows
+    info = "how far a stroke may go is checked when it is used" if c.depth_limit is None else \
+        f"this stroke keeps the camera out of the scene up to {top:.0%}"  # fmt: skip
+    out[ui.depth_fraction] = gr.update(maximum=top, info=info, **({} if c.depth_fraction is None else {"value": c.depth_fraction}))
     if c.preset is not None:
         out[ui.amount] = gr.update(value=c.amount, info=paths.PRESETS[c.preset].unit)
         out[ui.preset_info] = rt.preset_description(c.preset)
@@ -165,6 +169,14 @@ def _controls(session: rt.Session) -> dict:
 
 def path_refused(session, err) -> dict:
     return {ui.path_status: _refused(err), **_controls(session)}
+
+
+def keyframes_refused(session, err) -> dict:
+    """A refused keyframe table goes back to the last one accepted, like every other control."""
+    out = path_refused(session, err)
+    if session.scene is not None:
+        out[ui.table] = rt.path_controls(session).table
+    return out
 
 
 def scene_refused(session, err) -> dict:
@@ -188,9 +200,12 @@ def _amount(amount):
 
 def _path_view(session: rt.Session, color_by) -> dict:
     state = session.scene
-    return {ui.session: session, ui.summary: scene.scene_summary(state), ui.plot: scene.scene_figure(state, color_by),
-            ui.path_status: f"Path set: {state.path_label}, {len(state.path)} frames.",
-            ui.active: rt.active_path_line(state), **_controls(session)}  # fmt: skip
+    out = {ui.session: session, ui.summary: scene.scene_summary(state), ui.plot: scene.scene_figure(state, color_by),
+           ui.path_status: f"Path set: {state.path_label}, {len(state.path)} frames.",
+           ui.active: rt.active_path_line(state), **_controls(session)}  # fmt: skip
+    if (state.recipe is None or state.recipe.kind != "stroke") and session.workdir is not None:
+        out[ui.editor] = rt.editor_value(state, session.workdir)  # another path is active: a stroke drawn earlier goes
+    return out
 
 
 def _scene_view(session: rt.Session, new: scene.SceneState, request: gr.Request, preset, amount, frames, color_by,
@@ -297,7 +312,7 @@ def stroke_setting(session, depth_fraction, look, color_by):
     return _path_view(session.change_path(remake), color_by)
 
 
-@action(path_refused)
+@action(keyframes_refused)
 def use_keyframes(session, table, frames, color_by):
     return _path_view(session.change_path(scene.keyframe_path, table, _frames(frames)), color_by)
 
@@ -596,7 +611,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Tab("Stroke", elem_id="stroke-tab"):
                         gr.Markdown("Draw on the scene image (left) from near the centre towards where the camera should go; "
                                     "the stroke is lifted to 3D with the depth and the camera travels along it.")
-                        ui.depth_fraction = gr.Slider(0.05, 0.9, value=0.5, step=0.05,
+                        ui.depth_fraction = gr.Slider(scene.STROKE_FRACTIONS[0], scene.STROKE_FRACTIONS[-1], value=0.5, step=0.05,
                                                       label="How far (fraction of the depth under the stroke)")  # fmt: skip
                         ui.look = gr.Radio(list(paths.LOOKS), value="source", label="Look",
                                            info="keep the source view or look along the stroke")  # fmt: skip
@@ -692,7 +707,7 @@ def build_demo() -> gr.Blocks:
         S = ui.session
         controls = [ui.frames, ui.preset, ui.amount, ui.preset_info, ui.depth_fraction, ui.look]
         scene_ui = [S, ui.editor, ui.summary, ui.plot, ui.table, ui.status, ui.path_status, ui.active, *controls, ui.long_side]
-        path_ui = [S, ui.summary, ui.plot, ui.path_status, ui.active, *controls]
+        path_ui = [S, ui.summary, ui.plot, ui.path_status, ui.active, *controls, ui.editor]
         run_ui = [S, ui.run_status, *ui.video.values(), *ui.received.values(), *ui.mask.values(), ui.side_video,
                   ui.timing_plot, ui.size_plot, ui.growth_plot, ui.downloads, ui.caption, ui.stop, ui.run_button, ui.resume,
                   ui.undo, ui.more, ui.plot, ui.active, ui.summary]  # fmt: skip
@@ -718,7 +733,7 @@ def build_demo() -> gr.Blocks:
         stroke_button.click(use_stroke.page, [S, ui.editor, ui.frames, ui.depth_fraction, ui.look, color_by], path_ui, **private)
         ui.depth_fraction.release(stroke_setting.page, [S, ui.depth_fraction, ui.look, color_by], path_ui, **private)
         ui.look.input(stroke_setting.page, [S, ui.depth_fraction, ui.look, color_by], path_ui, **private)
-        keyframe_button.click(use_keyframes.page, [S, ui.table, ui.frames, color_by], path_ui, **private)
+        keyframe_button.click(use_keyframes.page, [S, ui.table, ui.frames, color_by], [*path_ui, ui.table], **private)
         import_button.click(use_import.page, [S, path_file, ui.frames, color_by], path_ui, **private)
         export_button.click(export_path.api([ui.export_files]), [S], [ui.export_files], api_name="export_path")
         color_by.input(recolor, [S, color_by], [ui.plot, ui.growth_plot], **private)

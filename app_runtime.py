@@ -490,6 +490,8 @@ class PathControls:
     amount: float | None
     depth_fraction: float | None  # the last stroke path accepted: how far, and where it looks
     look: str | None
+    depth_limit: float | None = None  # how far that stroke may go (the slider's top)
+    table: list[list[float]] | None = None  # the last keyframe table accepted (the scene's default rows before one)
 
 
 def path_controls(session: "Session") -> PathControls:
@@ -499,10 +501,12 @@ def path_controls(session: "Session") -> PathControls:
     state = session.scene
     if state is None or state.path is None:
         return PathControls(None, None, None, None, None)
-    p, st = session.last_preset, session.last_stroke
+    p, st, k = session.last_preset, session.last_stroke, session.last_keyframes
     amount = None if p is None else float(paths.PRESETS[p.preset].default if p.amount is None else p.amount)
+    table = scene.default_keyframe_rows(state) if k is None else [[round(v, 4) for v in row] for row in paths.keyframe_table_rows(k.keyframes)]
     return PathControls(len(state.path), None if p is None else p.preset, amount,
-                        None if st is None else st.depth_fraction, None if st is None else st.look)  # fmt: skip
+                        None if st is None else st.depth_fraction, None if st is None else st.look,
+                        None if st is None else st.depth_limit, table)  # fmt: skip
 
 
 def example_captions(depth_pro: bool) -> list[str]:
@@ -639,6 +643,7 @@ class Session:
     scene: SceneState | None = None  # the loaded scene with its active path
     last_preset: PathRecipe | None = None  # the last preset path accepted (what the preset controls show)
     last_stroke: PathRecipe | None = None  # the last stroke path accepted (what the stroke controls show)
+    last_keyframes: PathRecipe | None = None  # the last keyframe path accepted (what a refused table goes back to)
     version: int = 0  # bumped whenever the path changes
     workdir: Path | None = None  # this session's folder (SessionDirs), removed with the session
     run: "Any | None" = None  # the active run (app_runs.ActiveRun): its scene, settings, both memories, files
@@ -646,7 +651,7 @@ class Session:
 
     def new_scene(self, state: SceneState) -> "Session":
         """A scene just loaded (its path, if any, made for it)."""
-        self.scene, self.last_preset, self.last_stroke = state, None, None
+        self.scene, self.last_preset, self.last_stroke, self.last_keyframes = state, None, None, None
         return self._path_changed()
 
     def resized(self, state: SceneState) -> "Session":
@@ -670,5 +675,7 @@ class Session:
             self.last_preset = recipe
         if recipe is not None and recipe.kind == "stroke":
             self.last_stroke = recipe
+        if recipe is not None and recipe.kind == "keyframes":
+            self.last_keyframes = recipe
         self.version += 1
         return self

@@ -53,6 +53,8 @@ __all__ = [
     "set_path",
     "preset_path",
     "stroke_path",
+    "STROKE_FRACTIONS",
+    "stroke_depth_limit",
     "default_keyframe_rows",
     "keyframe_path",
     "imported_path",
@@ -74,6 +76,7 @@ DEPTH_RANGE_M = (1e-3, 1e5)  # plausible metric depth (1 mm .. 100 km); values o
 MIN_DEPTH_COVERAGE = 0.1  # fraction of the source view that needs valid depth for a usable scene
 ColorBy = Literal["latent", "image"]
 COLOR_BY: tuple[str, ...] = get_args(ColorBy)
+STROKE_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 19))  # the stroke slider's grid: 5% .. 90% of the depth
 NO_PATH = "no camera path yet: make one with a preset, a stroke, keyframes or an import"
 PLANAR_PRIOR_LABEL = "planar prior (placeholder geometry, not a depth estimate)"
 
@@ -307,6 +310,7 @@ class PathRecipe:
     stroke: Tensor | None = None  # stroke: [16, 2] (u, v) pixels at the working size
     depth_fraction: float = 0.5  # stroke: how far towards the surface under it
     look: str = "source"  # stroke: keep the source view or look along the stroke
+    depth_limit: float | None = None  # stroke: the largest fraction that keeps this stroke's camera out of the scene
     keyframes: tuple = ()  # keyframes: the parsed table (mirage.paths.Keyframe, the source first)
     cameras: Cameras | None = None  # import / continued: the cameras at the working size
     name: str = ""  # import: the file's name; continued: what was added
@@ -378,10 +382,37 @@ def _stroke_path(state: SceneState, pixels: Tensor, num_frames: int, depth_fract
         raise ValueError(f"the stroke's depth fraction must be between 0 and 1 (exclusive), got {depth_fraction!r}")
     if look not in paths.LOOKS:
         raise ValueError(f"look must be one of {paths.LOOKS}, got {look!r}")
-    points = strokes.lift_stroke(pixels, state.depth, state.camera, float(depth_fraction))  # [16, 3] world
-    path = paths.path_from_points(state.camera, points, num_frames, look=look)
-    recipe = PathRecipe("stroke", stroke=pixels, depth_fraction=float(depth_fraction), look=look)
+    path = _lifted_path(state, pixels, num_frames, float(depth_fraction), look)
+    try:
+        paths.path_bounds_check(path, state.scene_depth, depth=state.depth)
+    except ValueError:
+        limit = stroke_depth_limit(state, pixels, num_frames, look)
+        reach = "no distance works for it: draw it elsewhere" if limit is None else f"it works up to {limit:.0%}"
+        raise ValueError(f"at {float(depth_fraction):.0%} of the depth under this stroke the camera would pass through "
+                         f"the scene; {reach}.") from None  # fmt: skip
+    recipe = PathRecipe("stroke", stroke=pixels, depth_fraction=float(depth_fraction), look=look,
+                        depth_limit=stroke_depth_limit(state, pixels, num_frames, look, start=float(depth_fraction)))  # fmt: skip
     return set_path(state, path, f"stroke ({depth_fraction:.0%} of the depth, look {look})", max_frames, recipe)
+
+
+def _lifted_path(state: SceneState, pixels: Tensor, num_frames: int, depth_fraction: float, look: str) -> CameraPath:
+    points = strokes.lift_stroke(pixels, state.depth, state.camera, depth_fraction)  # [16, 3] world
+    return paths.path_from_points(state.camera, points, num_frames, look=look)
+
+
+def stroke_depth_limit(state: SceneState, pixels: Tensor, num_frames: int, look: str, start: float = 0.0) -> float | None:
+    """The largest depth fraction on the stroke slider's grid (``STROKE_FRACTIONS``) at which the
+    stroke ``pixels [16, 2]`` keeps the camera out of the scene; None when none does. Searched down
+    from the top of the grid to ``start`` (a fraction known to work, so the answer is at least it)."""
+    for fraction in reversed(STROKE_FRACTIONS):
+        if fraction < start:
+            return start
+        try:
+            paths.path_bounds_check(_lifted_path(state, pixels, num_frames, fraction, look), state.scene_depth, depth=state.depth)
+            return fraction
+        except ValueError:
+            continue
+    return None
 
 
 def default_keyframe_rows(state: SceneState) -> list[list[float]]:

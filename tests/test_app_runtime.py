@@ -203,13 +203,18 @@ def test_path_controls_follow_the_accepted_paths():
     session = rt.Session().new_scene(state)
     assert rt.path_controls(session) == rt.PathControls(None, None, None, None, None)
     session.change_path(scene.preset_path, "pan_right", 12.0, 65)
-    assert rt.path_controls(session) == rt.PathControls(65, "pan_right", 12.0, None, None)
-    session.change_path(scene.keyframe_path, scene.default_keyframe_rows(state), 33)  # another kind: the preset controls keep
-    assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None)
+    default_rows = scene.default_keyframe_rows(state)  # before any keyframe path: what a refused table goes back to
+    assert rt.path_controls(session) == rt.PathControls(65, "pan_right", 12.0, None, None, None, default_rows)
+    rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 60.0], [0.1, 0.0, 0.2, 5.0, 0.0, 0.0, 60.0]]
+    session.change_path(scene.keyframe_path, rows, 33)  # another kind: the preset controls keep
+    assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None, None, rows)
+    with pytest.raises(ValueError):
+        session.change_path(scene.keyframe_path, [[0, 0, 0, 0, 0, 0, 60], [0.1, 0, "far", 0, 0, 0, 60]], 33)
+    assert rt.path_controls(session).table == rows  # the accepted table, not the refused one
     session.run, version, path = "a run", session.version, state.path
     with pytest.raises(ValueError, match="through the scene"):
         session.change_path(scene.preset_path, "dolly_in", 0.99, 33)
-    assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None)  # a refusal changes nothing:
+    assert rt.path_controls(session) == rt.PathControls(33, "pan_right", 12.0, None, None, None, rows)  # a refusal changes nothing:
     assert (session.version, session.run, state.path) == (version, "a run", path)  # nor the run, nor the path
     session.change_path(scene.preset_path, "pan_left", 5.0, 33)
     assert session.version == version + 1 and session.run == "a run"  # a run keeps its own path (app_runs.ActiveRun)

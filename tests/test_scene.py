@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,27 @@ def _stroke_editor(H: int, W: int, start: tuple[int, int], end: tuple[int, int])
         u, v = (1 - t) * np.array(start) + t * np.array(end)
         layer[int(v) - 2 : int(v) + 3, int(u) - 2 : int(u) + 3] = (255, 0, 0, 255)
     return {"background": np.zeros((H, W, 4), np.uint8), "layers": [layer], "composite": None}
+
+
+def test_a_stroke_says_how_far_it_may_go_and_the_limit_is_the_last_fraction_that_works(scene):
+    """A stroke straight into the room: 90% of the depth passes the 10% safety margin, so it is refused
+    in words (no metres or pixels) with the largest fraction on the slider's grid that works; that
+    fraction is accepted and recorded, the next one up is refused."""
+    H, W = scene.size
+    editor = _stroke_editor(H, W, (W // 2, H // 2), (W // 2 + 30, H // 2 + 10))
+    with pytest.raises(ValueError, match=r"at 90% of the depth under this stroke the camera would pass through the scene; "
+                                         r"it works up to (\d+)%\.$") as err:  # fmt: skip
+        preview.stroke_path(scene, editor, 33, depth_fraction=0.9)
+    assert " m " not in str(err.value) and "pixel" not in str(err.value)
+    limit = int(re.search(r"up to (\d+)%", str(err.value)).group(1)) / 100
+    assert limit in preview.STROKE_FRACTIONS and limit < 0.9
+    preview.stroke_path(scene, editor, 33, depth_fraction=0.3)
+    assert scene.recipe.depth_limit == limit  # recorded with the accepted stroke: the slider's top
+    preview.stroke_path(scene, editor, 33, depth_fraction=limit)
+    above = preview.STROKE_FRACTIONS[preview.STROKE_FRACTIONS.index(limit) + 1]
+    with pytest.raises(ValueError, match="pass through the scene"):
+        preview.stroke_path(scene, editor, 33, depth_fraction=above)
+    assert scene.recipe.depth_fraction == limit  # the refusal changed nothing
 
 
 def test_stroke_path_moves_the_camera_along_the_stroke(scene):

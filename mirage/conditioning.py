@@ -12,7 +12,7 @@ Wan2.2-TI2V-5B (``/work``'s reference notes; README "Trained conditioning").
   memory: its rasterized frames encoded by the VAE) concatenated with the VAE latent of the hole
   score video (1 - the render's coverage: 1 where the memory shows nothing, 0 where it fully does,
   soft at the discs' edges under Spatia's own render; in ``[0, 1]``); up to 7 reference
-  latents, earlier decoded frames each encoded alone, one per target camera (every 12th frame)
+  latents, earlier decoded frames each encoded alone (path frame 0: the input image), one per target camera (every 12th frame)
   chosen by the Hungarian assignment of shared visible points; no preceding latents (the history
   is the chunk's pinned first latents); the LoRA is used from the second chunk on.
 
@@ -237,8 +237,11 @@ class SpatiaConditioner:
         chosen = spatia_references(self.memory, targets, self.path[torch.tensor(pool)], max_references=self.max_references)
         if not chosen:
             return torch.zeros(1, C, 0, h, w, device=device)
-        images = history_frames(chunk.history, [pool[j] for j in chosen]).to(device)  # [3, R, H, W] decoded earlier
-        return torch.cat([self.encode(images[None, :, r : r + 1]).float() for r in range(images.shape[1])], dim=2)
+        frames = [pool[j] for j in chosen]
+        images = history_frames(chunk.history, frames).to(device)  # [3, R, H, W] decoded earlier
+        image = chunk.history[0].latents[None, :, :1].to(device)  # [1, C, 1, h, w] chunk 0's pinned latent: the input image's
+        # path frame 0 is the input image itself, not its decode (Spatia's all_hist_frames begins with the image)
+        return torch.cat([image if t == 0 else self.encode(images[None, :, r : r + 1]).float() for r, t in enumerate(frames)], dim=2)
 
 
 def _chunks_of(sets: list, counts: list[int]) -> list[int]:  # -> the chunks whose latents all have a key set

@@ -768,7 +768,9 @@ class LatentSpatialMemory(_PointMemory):
     # point (u + 1/(2s), v + 1/(2s)), and its round() of a projection is our floor(x + 1/2 - 1/(2s)).
     # Depth reaches the grid by bilinear resampling with holes as 0 (blended into their neighbours, as
     # there); one cell per point, the closest wins (ties: the lowest index, where the reference's
-    # last-write-wins index_put is undefined); no footprints, no band, no far cut.
+    # depth argsort is not stable; its last-write-wins index_put with repeated cells is a race, on the
+    # CPU too, unless torch.use_deterministic_algorithms is on: then it is the closest, as here;
+    # benchmarks/mirage_loop_equivalence.py); no footprints, no band, no far cut.
     def _reference(self) -> bool:
         return self.config.readout == "mirage-reference"
 

@@ -172,11 +172,30 @@ def test_spatia_references_are_earlier_frames_encoded_alone(scene, monkeypatch):
     for c in (1, 2):
         call = rec.calls[c * STEPS]
         start = out.frame_ranges[c][0]
-        pool = [pipe.codec.encode(frames[None, :, f : f + 1]).float()[0, :, 0] for f in range(0, start, 4)]
+        pool = [out.latents[0][:, 0] if f == 0 else pipe.codec.encode(frames[None, :, f : f + 1]).float()[0, :, 0]
+                for f in range(0, start, 4)]  # path frame 0: the input image's latent  # fmt: skip
         for r in range(call["refs"]):
             assert any(torch.allclose(call["x"][0, :, r].float(), z, atol=1e-6) for z in pool)
         used += call["refs"]
     assert used > 0
+
+
+def test_spatia_reference_of_path_frame_0_is_the_input_image(scene, monkeypatch):
+    """Spatia's history begins with the input image itself (``all_hist_frames = [first_image]``): chosen as a
+    reference, frame 0 is the image's latent (chunk 0's pinned latent), not an encoding of its decode."""
+    import mirage.conditioning as conditioning
+
+    pipe = make_pipe().load_branch("spatia", branch_state_dict(), lora_state_dict(), layers=LAYERS)
+    rec = CallRecorder(monkeypatch, pipe)
+    monkeypatch.setattr(conditioning, "spatia_references", lambda memory, targets, candidates, **kw: [1, 0])  # frames 4, 0
+    out = run(pipe, scene, "rgb", 17, chunking=Chunking(13, 9, 5), guidance_scale=1.0)
+    x = rec.calls[STEPS]["x"][0]  # chunk 1's first call: [C, R + F, h, w], references first
+    assert rec.calls[STEPS]["refs"] == 2
+    image = out.latents[0][:, 0]  # [C, h, w] the input image's latent, pinned in chunk 0
+    decoded = pipe.codec.encode(out.chunks[0].frames[None, :, 0:1]).float()[0, :, 0]  # frame 0 as decoded
+    assert torch.equal(x[:, 1].float(), image) and not torch.allclose(x[:, 1].float(), decoded, atol=1e-3)
+    frame4 = pipe.codec.encode(out.chunks[0].frames[None, :, 4:5]).float()[0, :, 0]
+    torch.testing.assert_close(x[:, 0].float(), frame4, rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- plumbing

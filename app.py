@@ -46,7 +46,8 @@ WEIGHTS_NOTE = rt.ensure_weights(log=LOG.warning)  # on a Space: what its preloa
 MODE = rt.detect_mode()
 UPLOAD_TTL_S = rt.upload_ttl()  # checked at start: a bad $MIRAGE_UPLOAD_TTL stops the app with its message
 DIRS = rt.SessionDirs(Path(gr.utils.get_upload_folder()) / "mirage-sessions")  # in Gradio's cache: results served in place
-LONG_SIDES = list(scene.LONG_SIDES) + ([scene.FULL_LONG_SIDE] if MODE.generation else [])
+SHARED = rt.SharedResults(Path(gr.utils.get_upload_folder()) / "mirage-shared")  # shared results outlive their session
+LONG_SIDES = list(scene.LONG_SIDES) + (list(scene.GPU_SIZES) if MODE.generation else [])
 GEN = rt.generation_defaults()
 _WHAT = "generated video" if MODE.generation else "readout preview, no model (magenta: nothing stored)"
 VIDEO_LABELS = {m: f"{label}: {_WHAT}" for m, label in preview.METHOD_LABELS.items()}
@@ -411,6 +412,45 @@ def _finished(session: rt.Session, active: runs.ActiveRun) -> dict:
     return out
 
 
+def share_refused(session, err) -> dict:
+    return {ui.share_link: _refused(err)}
+
+
+@action(share_refused)
+def share_result(session):
+    """The run's side-by-side video and caption kept apart from the session, and a link that opens them."""
+    active = session.run
+    if active is None or active.files is None:
+        raise ValueError("nothing to share yet: press Generate, and share when a chunk of both memories is done")
+    key = SHARED.share(active.files.side_by_side, active.caption)
+    return {ui.share_link: f"**Share link:** [?result={key}](?result={key}) (copy it: it opens this page with this result, the "
+                           f"side-by-side video with its labels and caption; the video file is the one to post)."}
+
+
+@action(run_refused)
+def shared_result(key):
+    """A shared result by its id (``share_result``)."""
+    found = SHARED.get(str(key).strip())
+    if found is None:
+        raise ValueError(f"no shared result {key!r} here: the link is wrong, or it went to make room for newer ones")
+    video_path, caption = found
+    return {ui.side_video: str(video_path), ui.caption: f"**Shared result** `{key}`\n\n{caption}"}
+
+
+def open_shared(request: gr.Request) -> dict:
+    """The page opened with ``?result=<id>``: that result's video and caption, said as a shared one."""
+    key = request.query_params.get("result") if request is not None else None
+    if not key:
+        return {}
+    found = SHARED.get(key)
+    if found is None:
+        return {ui.run_status: f"**Not found:** no shared result `{key}` here (a wrong link, or it went to make room)."}
+    video_path, caption = found
+    return {ui.side_video: str(video_path), ui.caption: f"**Shared result** `{key}`\n\n{caption}",
+            ui.run_status: f"Showing the shared result `{key}` (below, with its caption). Load a scene and press Generate "
+                           "for your own."}  # fmt: skip
+
+
 @action(run_refused)
 def generate(session, seed, steps, guidance, prompt, negative_prompt, conditioning, color_by, readouts="reference",
              request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
@@ -590,8 +630,10 @@ def build_demo() -> gr.Blocks:
                     info="Depth Pro " + ("weights found." if MODE.depth_pro else "needs its weights: not found, so automatic "
                                          "depth for uploads is the planar prior (placeholder)."),
                 )  # fmt: skip
-                ui.long_side = gr.Radio(LONG_SIDES, value=512, label="Working size (long side, px)",
-                                        info="The preview runs on CPU; 1280 (704x1280) only with the GPU pipeline.")
+                ui.long_side = gr.Radio([(rt.working_size_label(n), n) for n in LONG_SIDES], value=512,
+                                        label="Working size (long side, px)",
+                                        info="The preview runs on CPU; 1280 (Wan2.2's 704x1280) and 1248 (Spatia's "
+                                             "704x1248) only with the GPU pipeline.")  # fmt: skip
 
             # ------------------------------------------------------------- 2. camera path
             with gr.Column(scale=1, min_width=380):
@@ -632,9 +674,10 @@ def build_demo() -> gr.Blocks:
                         export_button = gr.Button("Export current path (3 formats)")
                         ui.export_files = gr.File(label="Path files", file_count="multiple", interactive=False)
                 ui.path_status = gr.Markdown(elem_id="path-status")
-                color_by = gr.Radio([(label, c) for c, label in rt.COLOR_BY_LABELS.items()], value="latent",
-                                    label="Colour the points by")
-                ui.plot = gr.Plot(label="Latent point cache and camera path (hover: frame, depth)", elem_id="cache-plot")
+                color_by = gr.Radio([(label, c) for c, label in rt.COLOR_BY_LABELS.items()], value="image",
+                                    label="Colour the cells by")
+                ui.plot = gr.Plot(label="Latent cache: each cell's patch, seen from the source camera (drag to turn; "
+                                        "the pixel memory's points in the legend; hover: frame, depth)", elem_id="cache-plot")
 
         # ----------------------------------------------------------------- 3. generate
         gr.Markdown("### 3. Generate")
@@ -674,6 +717,7 @@ def build_demo() -> gr.Blocks:
             ui.undo = gr.Button("Undo last chunk", elem_id="undo", scale=0, min_width=160, visible=False)
         ui.run_status = gr.Markdown(elem_id="run-status")
         run_api, resume_api, continue_api, undo_api, stop_api = (gr.Button(visible=False) for _ in range(5))
+        share_key = gr.Textbox(visible=False)
         ui.video, ui.received, ui.mask = {}, {}, {}
         with gr.Row():
             for kind in preview.METHODS:
@@ -698,6 +742,9 @@ def build_demo() -> gr.Blocks:
             ui.timing_plot = gr.Plot(label="Time per stage", elem_id="timing-plot")
             ui.size_plot = gr.Plot(label="Cache size after the image and each chunk", elem_id="size-plot")
         ui.growth_plot = gr.Plot(label="Latent cache, chunk by chunk", elem_id="growth-plot")
+        with gr.Row():
+            share_button = gr.Button("Share this result", elem_id="share", scale=0, min_width=180)
+            ui.share_link = gr.Markdown(elem_id="share-link")
         with gr.Accordion("Downloads", open=True):
             ui.side_video = gr.Video(label="Side by side", show_label=False, loop=True)
             ui.downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple",
@@ -746,6 +793,11 @@ def build_demo() -> gr.Blocks:
         ui.undo.click(undo.page, [S, color_by], run_ui, api_name="page_undo", **private)
         ui.stop.click(stop, [S], [ui.run_status], api_name="page_stop", concurrency_limit=None, **private)
         demo.load(first_example, [S, depth_choice, ui.long_side, *path_ctl], scene_ui, **private)
+        demo.load(open_shared, None, [ui.side_video, ui.caption, ui.run_status], **private)  # a link with ?result=<id>
+        share_button.click(share_result.page, [S], [ui.share_link], **private)
+        gr.Button(visible=False).click(share_result.api([ui.share_link]), [S], [ui.share_link], api_name="share")
+        gr.Button(visible=False).click(shared_result.api([ui.side_video, ui.caption]), [share_key], [ui.side_video, ui.caption],
+                                       api_name="shared_result")  # fmt: skip
         demo.unload(end_session)
         # the API (hidden triggers; a refusal raises with its message)
         example_button.click(load_example.api(scene_api), [S, example_name, depth_choice, ui.long_side, *path_ctl], scene_api,

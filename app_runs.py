@@ -34,7 +34,8 @@ from mirage.costs import ChunkCost, CostModel, prior_for
 from mirage.families import FAMILIES
 from mirage.frames import Chunking
 from mirage.preview import ChunkDone, Comparison, Progress, ResultFiles, RunInput, run_comparison
-from mirage.scene import ColorBy, SceneState
+from mirage.revisits import RevisitTally, revisit_pairs
+from mirage.scene import PLANAR_PRIOR_LABEL, ColorBy, SceneState
 
 __all__ = ["RunSpec", "ActiveRun", "RunUpdate", "COSTS", "init_costs", "chunk_cost", "chunk_duration", "check_fits",
            "make_runner", "device_line", "start_run", "stream", "rewrite", "growth_figure", "ChunkCost"]  # fmt: skip
@@ -174,6 +175,8 @@ class ActiveRun:
     parts: dict[str, list[dict[str, Path]]] = field(default_factory=lambda: {m: [] for m in preview.METHODS})  # per chunk
     side_parts: list[Path] = field(default_factory=list)  # the side-by-side video's part of each chunk both memories have
     writes: int = 0  # folders written so far (each update its own)
+    revisits: dict[str, RevisitTally] = field(default_factory=dict)  # kind -> frames back at an earlier camera, scored
+    caption: str = ""  # the caption of the newest files (what a shared result says)
 
 
 def start_run(session: rt.Session, spec: RunSpec, mode: rt.AppMode) -> ActiveRun:
@@ -189,6 +192,10 @@ def start_run(session: rt.Session, spec: RunSpec, mode: rt.AppMode) -> ActiveRun
     session.runs += 1
     kind = "generation" if spec.generation else "readout preview"
     run = ActiveRun(session.runs, spec, scene, Comparison(kind, spec.chunking.overlap, settings=_settings(spec, mode)))
+    if scene.raw.depth_source == PLANAR_PRIOR_LABEL or (spec.generation and not mode.depth_pro):  # what every chunk stands on
+        run.comparison.settings["geometry"] = preview.PLACEHOLDER_GEOMETRY
+    pairs = revisit_pairs(scene.path, scene.scene_depth)
+    run.revisits = {m: RevisitTally(pairs) for m in preview.METHODS}
     session.run = run
     return run
 
@@ -271,7 +278,7 @@ def _after_chunk(session: rt.Session, active: ActiveRun, kind: str, color_by: Co
         _write_side_part(session, active)
         _publish(active, folder, update, color_by)
     else:
-        active.memory_files[kind] = _join(active.parts[kind], folder, preview.video_names(kind, comp.kind))
+        active.memory_files[kind] = _join(active.parts[kind], folder, preview.video_names(kind, comp.kind, _placeholder(active)))
         update.memory_files = dict(active.memory_files)
     return update
 
@@ -280,6 +287,7 @@ def rewrite(session: rt.Session, active: ActiveRun, color_by: ColorBy) -> RunUpd
     """Every file and figure of ``active`` again, from the parts of the chunks it now has (after Undo)."""
     comp = active.comparison
     for kind in preview.METHODS:  # the parts of chunks taken back go
+        active.revisits[kind].truncate(comp.chunks_done(kind))
         for files in active.parts[kind][comp.chunks_done(kind) :]:
             for f in files.values():
                 f.unlink(missing_ok=True)
@@ -301,8 +309,9 @@ def _write_parts(session: rt.Session, active: ActiveRun, kind: str) -> None:
     assert len(active.parts[kind]) == view.index, (kind, len(active.parts[kind]), view.index)
     new = slice(0 if view.index == 0 else comp.overlap, None)
     folder = _parts_folder(session, active)
-    names = {k: f"{view.index:03d}_{n}" for k, n in preview.video_names(kind, comp.kind).items()}
+    names = {k: f"{view.index:03d}_{n}" for k, n in preview.video_names(kind, comp.kind, _placeholder(active)).items()}
     fps = active.spec.fps
+    active.revisits[kind].add(view.index, view.frame_range[0] + new.start, view.video[new])
     active.parts[kind].append({"video": video.write_video(folder / names["video"], view.video[new].numpy(), fps),
                                "received": video.write_video(folder / names["received"], view.received[new].numpy(), fps),
                                "mask": video.write_video(folder / names["mask"], video.mask_to_video(view.mask[new]), fps)})  # fmt: skip
@@ -317,7 +326,7 @@ def _write_side_part(session: rt.Session, active: ActiveRun) -> None:
     assert len(active.side_parts) == index
     new = slice(0 if index == 0 else comp.overlap, None)
     frames = preview.side_by_side_frames(comp.result(), {m: v.video[new] for m, v in views.items()})  # [3, T, H, 2W + gap]
-    name = f"{index:03d}_{preview.side_by_side_name(comp.kind)}"
+    name = f"{index:03d}_{preview.side_by_side_name(comp.kind, _placeholder(active))}"
     active.side_parts.append(video.write_video(_parts_folder(session, active) / name, frames, active.spec.fps))
     for v in views.values():
         v.release()
@@ -328,8 +337,8 @@ def _publish(active: ActiveRun, folder: Path, update: RunUpdate, color_by: Color
     into ``folder``, with the figures and caption, on ``update``."""
     comp = active.comparison
     for kind in preview.METHODS:
-        active.memory_files[kind] = _join(active.parts[kind], folder, preview.video_names(kind, comp.kind))
-    side = video.concat_videos(active.side_parts, folder / preview.side_by_side_name(comp.kind))
+        active.memory_files[kind] = _join(active.parts[kind], folder, preview.video_names(kind, comp.kind, _placeholder(active)))
+    side = video.concat_videos(active.side_parts, folder / preview.side_by_side_name(comp.kind, _placeholder(active)))
     result = comp.result()
     active.files = preview.write_result_files(active.scene, result, folder, active.spec.fps, videos=active.memory_files,
                                               side=side)  # fmt: skip
@@ -340,7 +349,9 @@ def _publish(active: ActiveRun, folder: Path, update: RunUpdate, color_by: Color
             f"{len(sc.path)} frames at {sc.size[1]}x{sc.size[0]}."
             + (f" The input has no depth on {100 * no_depth:.1f}% of its pixels: nothing is stored there, even in "
                "frame 0." if no_depth > 0.001 else "") + "\n\n")  # fmt: skip
-    update.files, update.caption = active.files, head + preview.result_caption(result)
+    revisits = {m: t.score() for m, t in active.revisits.items()}
+    active.caption = head + preview.result_caption(result, revisits)
+    update.files, update.caption = active.files, active.caption
     update.figures = preview.result_figures(active.scene, result, color_by)
 
 
@@ -370,6 +381,10 @@ def _settings(spec: RunSpec, mode: rt.AppMode) -> dict[str, Any]:
     return {"conditioning": rt.short_conditioning(spec.conditioning, branch), "branch": None if branch is None else branch.branch,
             "weights": mode.model_path, "device": mode.device, "seed": spec.seed, "steps": spec.steps,
             "guidance": spec.guidance, **({"readouts": rt.readouts_label(spec.conditioning, spec.readouts)} if branch else {})}  # fmt: skip
+
+
+def _placeholder(active: ActiveRun) -> bool:  # the run stands on the planar prior: its files say so
+    return active.comparison.settings.get("geometry") == preview.PLACEHOLDER_GEOMETRY
 
 
 def _new_folder(session: rt.Session, active: ActiveRun) -> Path:

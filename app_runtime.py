@@ -248,6 +248,41 @@ def ensure_weights(cache_dir: str | Path | None = None, log=print) -> str:
 
 
 # ----------------------------------------------------------------------------- session temp dirs
+class SharedResults:
+    """Results a visitor shared: the side-by-side video (the file to share: both memories, labelled) and
+    the caption, copied out of the session's folder (which goes with the session) into ``root/<id>/``,
+    where a link (``?result=<id>``) finds them; the newest ``keep`` are kept. The id is the first 12
+    hex digits of the SHA-1 of the video's bytes: sharing one result twice gives one link."""
+
+    def __init__(self, root: str | Path, keep: int = 200) -> None:
+        self.root, self.keep = Path(root), int(keep)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def share(self, side_by_side: str | Path, caption: str) -> str:
+        data = Path(side_by_side).read_bytes()
+        key = hashlib.sha1(data).hexdigest()[:12]
+        with self._lock:
+            folder = self.root / key
+            folder.mkdir(exist_ok=True)
+            (folder / Path(side_by_side).name).write_bytes(data)
+            (folder / "caption.md").write_text(caption, encoding="utf-8")
+            os.utime(folder)  # the newest share
+            for old in sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime)[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        return key
+
+    def get(self, key: str) -> tuple[Path, str] | None:
+        """The shared video and caption of ``key`` (None: unknown, or gone to make room)."""
+        if not (isinstance(key, str) and len(key) == 12 and all(c in "0123456789abcdef" for c in key)):
+            return None
+        folder = self.root / key
+        videos = sorted(folder.glob("*.mp4")) if folder.is_dir() else []
+        if not videos or not (folder / "caption.md").is_file():
+            return None
+        return videos[0], (folder / "caption.md").read_text(encoding="utf-8")
+
+
 class SessionDirs:
     """Everything a session leaves on disk, removed when the session ends: its folder under ``root``
     (created on first use) and the uploads it handed in (``track``). An upload that several sessions
@@ -443,6 +478,15 @@ def trim_memory() -> None:
 
 
 # ----------------------------------------------------------------------------------- UI formats
+def working_size_label(long_side: int) -> str:
+    """A working size as the page names it: the long side, and whose size a GPU size is."""
+    if long_side not in scene.GPU_SIZES:
+        return str(long_side)
+    size = (scene.GPU_SIZES[long_side], long_side)
+    whose = "Wan2.2's" if size == scene.FULL_SIZE else " / ".join(f.label for f in FAMILIES.values() if f.defaults.size == size) + "'s"
+    return f"{long_side} ({size[0]}x{long_side}, {whose} size)"
+
+
 def editor_value(state: SceneState, folder: Path) -> dict:
     """The ``gr.ImageEditor`` value showing the working image with no stroke, its background written
     as a PNG into the session's ``folder`` (so it goes with the session)."""

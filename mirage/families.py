@@ -85,6 +85,7 @@ class GenerationDefaults:
     reseed: bool = False  # every chunk draws its noise from the seed afresh (Spatia: generate_noise(seed) per round)
     pad_last_chunk: bool = False  # a short last chunk runs at full length, its path padded with the last camera
     single_decode: bool = False  # the video is one decode of every chunk's latents (else each chunk's own decode)
+    size: tuple[int, int] = (704, 1280)  # (short, long) side of the working size it runs at (Wan2.2-TI2V-5B's 704x1280)
 
 
 TRAINING_FREE_DEFAULTS = GenerationDefaults(
@@ -147,8 +148,9 @@ FAMILIES: dict[str, BranchFamily] = {  # the one with public weights first (the 
             source="ZhaoJingjing713/Spatia (inference.py): 40 UniPC steps, shift 5, CFG 3.5 with its negative prompt, "
                    "121 frames then rounds of 81 that repeat the last 9 (encoded as 3 latents), 24 fps, up to 7 "
                    "references, the LoRA from the second round on; every round reseeded, the last one padded with "
-                   "the last camera to 81 frames, the video one decode of all rounds' latents",
-            reseed=True, pad_last_chunk=True, single_decode=True,
+                   "the last camera to 81 frames, the video one decode of all rounds' latents; 704x1248 "
+                   "(--height 704, --width 1248)",
+            reseed=True, pad_last_chunk=True, single_decode=True, size=(704, 1248),
         ),
         reference_memory={
             "rgb": dict(readout="spatia-reference", update_policy="append", voxel_size=None, max_depth=None,

@@ -27,6 +27,8 @@ __all__ = [
     "subsample_indices",
     "frustum_indices",
     "frustum_segments",
+    "cell_quads",
+    "source_view",
     "cache_figure",
     "cache_growth_figure",
     "timing_figure",
@@ -132,6 +134,65 @@ def _check_points(points, colors) -> tuple[np.ndarray, np.ndarray]:
     if Cc.dtype != np.uint8 or Cc.shape != P.shape:
         raise ValueError(f"colors must be uint8 [N, 3] matching points {P.shape}, got {Cc.dtype} {Cc.shape}")
     return P, Cc
+
+
+# ------------------------------------------------------------------------------------ cell quads
+def cell_quads(points: Tensor | np.ndarray, cam_from_world: Tensor, K: Tensor, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's footprint as a world quad: the ``stride x stride`` pixel square it covers in the image
+    of the camera that stored it, at the cell's depth in that camera (a patch facing that camera).
+
+    points [N, 3] world; cam_from_world [N, 4, 4] and K [N, 3, 3] each point's camera. Returns
+    vertices [4N, 3] float32 (corners top-left, top-right, bottom-right, bottom-left as the camera sees
+    them) and faces [2N, 3] int (two triangles per quad, indices into the vertices)."""
+    P = torch.as_tensor(_numpy(points, np.float64))  # [N, 3]
+    R, t = cam_from_world[:, :3, :3].double().cpu(), cam_from_world[:, :3, 3].double().cpu()  # [N, 3, 3], [N, 3]
+    K = K.double().cpu()  # [N, 3, 3]
+    p_cam = torch.einsum("nij,nj->ni", R, P) + t  # [N, 3]
+    half = 0.5 * stride * p_cam[:, 2:3] / torch.stack([K[:, 0, 0], K[:, 1, 1]], 1)  # [N, 2] metres: (x, y) half sides
+    signs = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)  # [4, 2] (y down)
+    corners = p_cam[:, None].repeat(1, 4, 1)  # [N, 4, 3] camera frame
+    corners[..., :2] += signs[None] * half[:, None]
+    world = torch.einsum("nji,nkj->nki", R, corners - t[:, None])  # [N, 4, 3] R^T (c - t)
+    base = 4 * np.arange(len(P))[:, None]  # [N, 1]
+    faces = np.concatenate([base + [0, 1, 2], base + [0, 2, 3]], axis=1).reshape(-1, 3)  # [2N, 3]
+    return world.reshape(-1, 3).float().numpy(), faces
+
+
+def _quads_trace(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray, name: str,
+                 frames: np.ndarray | None) -> go.Mesh3d:  # fmt: skip
+    """Flat, unlit quads (each face exactly its cell's colour: no shading changes what is shown)."""
+    hover = "z (depth from the source) %{z:.2f} m<extra></extra>"
+    custom = None if frames is None else np.repeat(frames, 4)  # [4N] per vertex
+    if frames is not None:
+        hover = "from frame %{customdata}<br>" + hover
+    return go.Mesh3d(
+        x=vertices[:, 0], y=vertices[:, 1], z=vertices[:, 2], i=faces[:, 0], j=faces[:, 1], k=faces[:, 2],
+        facecolor=_hex_colors(np.repeat(colors, 2, axis=0)), flatshading=True, name=name, showlegend=True,
+        lighting=dict(ambient=1.0, diffuse=0.0, specular=0.0, roughness=1.0, fresnel=0.0), customdata=custom,
+        hovertemplate=hover,
+    )
+
+
+def source_view(lo: np.ndarray, hi: np.ndarray, target_depth: float) -> dict:
+    """A 3D scene layout whose camera starts at the source camera (the world origin, world = source
+    camera frame) looking down +z at ``target_depth``, y down on screen: axis ranges ``[lo, hi]``
+    ([3] each, world) drawn to scale (``aspectmode="manual"``), so that a world point maps to plotly's
+    normalized scene coordinates as ``(v - mid) / (hi - lo) * aspectratio``."""
+    span = np.maximum(hi - lo, 1e-6)  # [3]
+    ratio = span / span.max()  # [3] equal scale on every axis
+    mid = 0.5 * (lo + hi)
+
+    def norm(v):
+        return {a: float((v[i] - mid[i]) / span[i] * ratio[i]) for i, a in enumerate("xyz")}
+
+    return dict(
+        aspectmode="manual", aspectratio=dict(zip("xyz", map(float, ratio))),
+        xaxis=dict(range=[float(lo[0]), float(hi[0])], title="x (right)", nticks=5),
+        yaxis=dict(range=[float(lo[1]), float(hi[1])], title="y (down)", nticks=5),
+        zaxis=dict(range=[float(lo[2]), float(hi[2])], title="z (forward)", nticks=5),
+        camera=dict(eye=norm(np.zeros(3)), center=norm(np.array([0.0, 0.0, target_depth])), up=dict(x=0, y=-1, z=0),
+                    projection=dict(type="perspective")),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- cameras
@@ -246,15 +307,22 @@ def cache_figure(
     frames: Tensor | np.ndarray | None = None,
     max_frusta: int = 12,
     uirevision: str = "mirage-cache",
+    cells: tuple[Tensor, Tensor, int] | None = None,
+    pixel_cloud: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None,
+    from_source: bool = False,
 ) -> go.Figure:
     """The point cache ``points [N, 3]`` coloured by ``colors uint8 [N, 3]``, with the camera path.
 
-    Traces, in order: points (hover: the frame each came from, ``frames [N]``, and its depth);
-    frusta of at most ``max_frusta`` cameras (``frustum_indices``, one trace); the source frustum
-    (thicker, red); the trajectory through every camera centre (hover: its frame). Above
-    ``max_points`` points a fixed random subsample is shown and the title says how many of how many.
-    ``point_size`` None: from the density (``auto_point_size``). Figures with the same ``uirevision``
-    keep the user's view when redrawn.
+    Traces, in order: the cache (hover: the frame each came from, ``frames [N]``, and its depth) as
+    markers, or with ``cells = (cam_from_world [N, 4, 4], K [N, 3, 3], stride)`` (each point's camera
+    and the latent stride) as its cells' footprints (``cell_quads``); with ``pixel_cloud = (points
+    [M, 3], colors uint8 [M, 3])`` the pixel memory's points, hidden until picked in the legend; frusta
+    of at most ``max_frusta`` cameras (``frustum_indices``, one trace); the source frustum (thicker,
+    red); the trajectory through every camera centre (hover: its frame). Above ``max_points`` points a
+    fixed random subsample is shown and the title says how many of how many. ``point_size`` None:
+    from the density (``auto_point_size``). ``from_source``: the view starts at the source camera
+    (``source_view``; world = source camera frame). Figures with the same ``uirevision`` keep the
+    user's view when redrawn.
     """
     P, Cc = _check_points(points, colors)
     keep = subsample_indices(len(P), max_points)
@@ -262,12 +330,32 @@ def cache_figure(
     size = auto_point_size(len(keep)) if point_size is None else point_size
     full_title = f"{title} — {len(keep):,} of {len(P):,} points shown"
     fig = go.Figure(layout=_scene_layout(full_title, uirevision))
-    fig.add_trace(_points_trace(P[keep], Cc[keep], "points", size, frames=F))
+    if cells is None:
+        fig.add_trace(_points_trace(P[keep], Cc[keep], "points", size, frames=F))
+    else:
+        cam_from_world, K, stride = cells
+        idx = torch.from_numpy(keep)
+        vertices, faces = cell_quads(P[keep], cam_from_world[idx], K[idx], stride)
+        fig.add_trace(_quads_trace(vertices, faces, Cc[keep], "latent cells (each cell's footprint)", F))
+    shown = [P[keep]]
+    if pixel_cloud is not None:
+        Q, Qc = _check_points(*pixel_cloud)
+        some = subsample_indices(len(Q), max_points)
+        fig.add_trace(_points_trace(Q[some], Qc[some], f"pixel memory ({len(some):,} of {len(Q):,} points)",
+                                    max(1.0, auto_point_size(len(some))), visible="legendonly"))  # fmt: skip
     if cameras is not None:
         centers = cameras.centers.detach().cpu().float().numpy()
         scale = frustum_scale if frustum_scale is not None else _auto_frustum_scale(P[keep], centers)
         for trace in _camera_traces(cameras, source_index, scale, max_frusta):
             fig.add_trace(trace)
+        shown.append(centers)
+    if from_source:
+        cloud = np.concatenate(shown)  # [N + V, 3]
+        lo, hi = cloud.min(axis=0), cloud.max(axis=0)  # everything stays in view
+        pad = 0.05 * (hi - lo) + 1e-3
+        lo, hi = np.minimum(lo - pad, 0.0), np.maximum(hi + pad, 0.0)  # the source camera (the origin) inside
+        fig.update_layout(scene=source_view(lo, hi, float(np.median(P[keep][:, 2]))), margin=dict(l=0, r=0, t=40, b=30),
+                          legend=dict(orientation="h", x=0.0, y=0.0, yanchor="top"))  # below: nothing covers the picture
     return fig
 
 

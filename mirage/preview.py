@@ -44,6 +44,7 @@ from .images import to_uint8
 from .cameras import Camera
 from .memory import MEMORY_KINDS, MemoryConfig, MemoryUpdate, SpatialMemory, make_memory
 from .paths import CameraPath
+from .revisits import RevisitScore
 from .scene import ColorBy, SceneState, export_path, point_colors, require_path
 
 __all__ = [
@@ -66,6 +67,8 @@ __all__ = [
     "ResultFiles",
     "video_names",
     "side_by_side_name",
+    "PLACEHOLDER_GEOMETRY",
+    "placeholder_geometry",
     "write_memory_videos",
     "side_by_side_frames",
     "write_result_files",
@@ -495,21 +498,32 @@ class ResultFiles:
                                    self.cache_ply, self.cache_safetensors, self.latents, *self.path_files]))  # fmt: skip
 
 
+PLACEHOLDER_GEOMETRY = "planar prior: placeholder geometry, not a depth estimate"  # RunResult.settings["geometry"]
+
+
 def video_labels(result: RunResult) -> dict[str, str]:
-    """What each main video is, for the burned-in labels and captions."""
+    """What each main video is, for the burned-in labels and captions (a run on the planar prior says so)."""
     conditioning = result.settings.get("conditioning")
     what = "memory render, every frame" if result.kind == "readout preview" else "generated" + (f", {conditioning}" if conditioning else "")
+    if result.settings.get("geometry") == PLACEHOLDER_GEOMETRY:
+        what += " · PLACEHOLDER GEOMETRY (planar prior)"
     return {m: f"{METHOD_LABELS[m]}: {what}" for m in METHODS}
 
 
-def video_names(kind: str, run_kind: RunKind) -> dict[str, str]:
-    """File names of one memory's videos: ``{"video", "received", "mask"}``."""
-    tag = "render" if run_kind == "readout preview" else "generated"
+def video_names(kind: str, run_kind: RunKind, placeholder: bool = False) -> dict[str, str]:
+    """File names of one memory's videos: ``{"video", "received", "mask"}`` (``placeholder``: the run's
+    geometry is the planar prior, and the names say so)."""
+    tag = ("render" if run_kind == "readout preview" else "generated") + ("_planar_prior" if placeholder else "")
     return {"video": f"{kind}_{tag}.mp4", "received": f"{kind}_model_input.mp4", "mask": f"{kind}_holes.mp4"}
 
 
-def side_by_side_name(run_kind: RunKind) -> str:
-    return f"side_by_side_{'render' if run_kind == 'readout preview' else 'generated'}.mp4"
+def side_by_side_name(run_kind: RunKind, placeholder: bool = False) -> str:
+    tag = "render" if run_kind == "readout preview" else "generated"
+    return f"side_by_side_{tag}{'_planar_prior' if placeholder else ''}.mp4"
+
+
+def placeholder_geometry(result: RunResult) -> bool:
+    return result.settings.get("geometry") == PLACEHOLDER_GEOMETRY
 
 
 def write_memory_videos(folder: Path, kind: str, run: MethodRun, run_kind: RunKind, fps: float = 16,
@@ -538,13 +552,15 @@ def write_result_files(state: SceneState, result: RunResult, folder: Path, fps: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     runs = result.methods
-    written = {m: (videos or {}).get(m) or write_memory_videos(folder, m, r, result.kind, fps) for m, r in runs.items()}
+    tag = placeholder_geometry(result)
+    written = {m: (videos or {}).get(m) or write_memory_videos(folder, m, r, result.kind, fps, video_names(m, result.kind, tag))
+               for m, r in runs.items()}  # fmt: skip
     videos = {m: written[m]["video"] for m in runs}
     received = {m: written[m]["received"] for m in runs}
     masks = {m: written[m]["mask"] for m in runs}
     if side is None:
         sbs = side_by_side_frames(result, {m: r.video for m, r in runs.items()})  # [3, T, H, 2W + gap]
-        side = video.write_video(folder / side_by_side_name(result.kind), sbs, fps)
+        side = video.write_video(folder / side_by_side_name(result.kind, placeholder_geometry(result)), sbs, fps)
     latent = runs["latent"]
     ply = latent.memory.to_ply(folder / "latent_cache.ply", colors=latent.colors)
     st = latent.memory.save(folder / "latent_cache.safetensors")
@@ -581,16 +597,22 @@ def result_figures(state: SceneState, result: RunResult, color_by: ColorBy = "la
     return timing, sizes, growth
 
 
-def result_caption(result: RunResult) -> str:
-    """One markdown paragraph per method (what the video is, holes, cache, time), then what the run was."""
+def result_caption(result: RunResult, revisits: dict[str, RevisitScore | None] | None = None) -> str:
+    """One markdown paragraph per method (what the video is, holes, cache, time; with ``revisits``, how
+    close its frames back at an earlier camera are to the first visit), then what the run was."""
     labels = video_labels(result)
     lines = []
     for m, r in result.methods.items():
         total = sum(sum(t.values()) for t in r.timings)
+        score = (revisits or {}).get(m)
         lines.append(
             f"**{labels[m]}** — holes {r.hole_fraction:.1%} of pixels, cache {r.sizes[-1] / 2**20:.2f} MiB "
-            f"after {len(r.ranges)} chunk(s), {total:.2f} s in the charted stages."
+            f"after {len(r.ranges)} chunk(s), {total:.2f} s in the charted stages"
+            + ("." if score is None else f"; **{score.describe()}**.")
         )
+    if placeholder_geometry(result):
+        lines.append("**Placeholder geometry**: this run's depth is the planar prior (a ground plane and a wall, not an "
+                     "estimate of this scene), so what the memories store and show is placeholder geometry.")
     if result.kind == "readout preview":
         lines.append(
             "These are **readout previews**, no generative model: the main videos show what each memory holds, rendered "

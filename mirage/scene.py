@@ -26,9 +26,10 @@ from .chunks import start_memory
 from .codecs import OfflineCodec, VideoCodec
 from .depth import FileDepth, PlanarPriorBackend, make_depth_backend, weights_available
 from .examples import EXAMPLES, load_example
+from .families import FAMILIES
 from .frames import TEMPORAL_STRIDE
-from .geometry import valid_depth
-from .images import choose_resolution, fit_image_depth_camera, load_image
+from .geometry import unproject_depth, valid_depth
+from .images import choose_resolution, fit_image_depth_camera, image_to_uint8, load_image
 from .memory import LatentSpatialMemory, make_memory
 from .paths import CameraPath
 
@@ -37,6 +38,7 @@ __all__ = [
     "DEPTH_CHOICE_KEYS",
     "LONG_SIDES",
     "FULL_LONG_SIDE",
+    "GPU_SIZES",
     "ColorBy",
     "RawScene",
     "SceneState",
@@ -72,6 +74,8 @@ DEPTH_CHOICE_KEYS: tuple[str, ...] = get_args(DepthChoice)
 LONG_SIDES = (256, 384, 512)  # preview working sizes (long side); 1280 (704x1280) for the GPU pipeline
 FULL_LONG_SIDE = 1280
 FULL_SIZE = (704, 1280)  # (short, long) sides of the model resolution: no input needs more than covers it
+# The GPU working sizes, long side -> short side: the model's 704x1280 and each family's own (Spatia: 704x1248)
+GPU_SIZES: dict[int, int] = {size[1]: size[0] for size in [FULL_SIZE] + [f.defaults.size for f in FAMILIES.values()]}
 DEPTH_RANGE_M = (1e-3, 1e5)  # plausible metric depth (1 mm .. 100 km); values outside are invalid
 MIN_DEPTH_COVERAGE = 0.1  # fraction of the source view that needs valid depth for a usable scene
 ColorBy = Literal["latent", "image"]
@@ -199,10 +203,10 @@ class SceneState:
 
 def build_scene(raw: RawScene, long_side: int = 512, codec: VideoCodec | None = None) -> SceneState:
     """Fit the input to the model aspect at ``long_side``, encode it and build its latent memory."""
-    if long_side not in LONG_SIDES + (FULL_LONG_SIDE,):
-        raise ValueError(f"working size (long side) must be one of {LONG_SIDES + (FULL_LONG_SIDE,)}, got {long_side!r}")
+    if long_side not in LONG_SIDES + tuple(GPU_SIZES):
+        raise ValueError(f"working size (long side) must be one of {LONG_SIDES + tuple(GPU_SIZES)}, got {long_side!r}")
     codec = codec or OfflineCodec()
-    H, W = choose_resolution(raw.image.shape[1], raw.image.shape[2], long_side=long_side)
+    H, W = choose_resolution(raw.image.shape[1], raw.image.shape[2], long_side=long_side, short_side=GPU_SIZES.get(long_side))
     image, depth, K = fit_image_depth_camera(raw.image, raw.depth, raw.K, W, H)  # [3, H, W], [H, W], [3, 3]
     depth = usable_depth(depth, raw)  # [H, W]
     camera = Camera(K, torch.eye(4), W, H)
@@ -516,13 +520,22 @@ def point_colors(memory: LatentSpatialMemory, image_colors: Tensor, color_by: Co
     return torch.as_tensor(plotting.pca_colors(memory.features.float()))
 
 
-def scene_figure(state: SceneState, color_by: ColorBy = "latent"):
-    """The latent point cache with the path's frusta (or the source camera alone)."""
+def scene_figure(state: SceneState, color_by: ColorBy = "image"):
+    """The latent cache as its cells' footprints (quads in image colour, or PCA of the latent
+    features), the pixel memory's cloud (every pixel with depth; hidden until picked in the legend)
+    and the path's frusta (or the source camera alone), seen from the source camera at first."""
     state = require_scene(state)
     cams = state.path if state.path is not None else state.camera.batch()
     how = "PCA of latent features" if color_by == "latent" else "image colours"
     H, W = state.size
+    N = state.memory.num_points
+    source = state.camera.batch()  # every point of the scene's cache came from the source view
+    cells = (source.cam_from_world.expand(N, 4, 4), source.K.expand(N, 3, 3), state.memory.spatial_stride)
+    ok = valid_depth(state.depth)  # [H, W]
+    pixels = unproject_depth(state.depth, source.K[0], source.world_from_cam[0])[ok]  # [M, 3] world
+    pixel_colors = torch.from_numpy(image_to_uint8(state.image))[ok]  # [M, 3] uint8
     fig = plotting.cache_figure(state.memory.points, point_colors(state.memory, state.colors, color_by), cams,
                                 title=f"Latent cache, {how}", frames=state.memory.frame_ids * TEMPORAL_STRIDE,
-                                uirevision=f"{state.raw.name}-{W}x{H}")  # fmt: skip  # the view stays while the scene does
-    return fig.update_layout(height=460)
+                                uirevision=f"{state.raw.name}-{W}x{H}", cells=cells, pixel_cloud=(pixels, pixel_colors),
+                                from_source=True, max_points=20000)  # fmt: skip  # the view stays while the scene does
+    return fig.update_layout(height=560)

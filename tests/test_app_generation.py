@@ -62,8 +62,11 @@ def test_generate_both_memories_with_progress_videos_charts_and_downloads(gen_ap
     assert "generation" in plot_json(timing)["layout"]["title"]["text"]
     assert len(plot_json(sizes)["data"]) == 2
     names = {Path(p).name for p in downloads}
-    assert {"latent_generated.mp4", "rgb_generated.mp4", "latent_model_input.mp4", "rgb_model_input.mp4",
-            "side_by_side_generated.mp4", "latent_cache.ply", "latent_cache.safetensors"} <= names  # fmt: skip
+    # no Depth Pro weights here: every chunk after the first stands on the planar prior, and the files say so
+    assert {"latent_generated_planar_prior.mp4", "rgb_generated_planar_prior.mp4", "latent_model_input.mp4",
+            "rgb_model_input.mp4", "side_by_side_generated_planar_prior.mp4", "latent_cache.ply",
+            "latent_cache.safetensors"} <= names  # fmt: skip
+    assert "**Placeholder geometry**" in caption and "geometry = planar prior" in caption
     assert "Generated with" in caption and str(folder) in caption and "cpu" in caption and "seed = 7" in caption
     assert "conditioning = training-free replace" in caption
     assert any("Latent memory" in d for d in progress) and any("Pixel point cloud" in d for d in progress), progress

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def test_page_and_named_endpoints(app, client):
     assert "Mirage" in html
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     expected = {"/load_example", "/load_image", "/preset_path", "/stroke_path", "/keyframe_path", "/import_path", "/export_path", "/run",
-                "/resume", "/add_segment", "/undo", "/stop"}
+                "/resume", "/add_segment", "/undo", "/stop", "/share", "/shared_result"}
     assert expected == set(api)  # the page's own handlers are private and take no public name
 
 
@@ -117,7 +118,7 @@ def test_example_preset_run(client):
     editor, summary, plot, table, status = client.predict(*EXAMPLE, *PATH_CTL, api_name="/load_example")
     assert Path(editor["background"]).is_file() and "ground truth" in summary and status.startswith("Loaded")
     fig = plot_json(plot)
-    assert fig["data"][0]["name"] == "points" and any("frusta (12 of 33 frames" in t.get("name", "") for t in fig["data"])
+    assert fig["data"][0]["name"] == "latent cells (each cell's footprint)" and any("frusta (12 of 33 frames" in t.get("name", "") for t in fig["data"])
     assert table["headers"] == list(KEYFRAME_COLUMNS) and len(table["data"]) == 3
 
     summary, plot, status = client.predict("orbit_right", 15, 65, "image", api_name="/preset_path")
@@ -254,7 +255,7 @@ def test_readme_app_command_serves_the_full_ui(tmp_path):
                 time.sleep(0.5)
         assert config is not None, (tmp_path / "app.log").read_text()
         text = json.dumps(config)
-        for part in ("offline readout preview", "Generate (readout preview)", "Latent point cache and camera path",
+        for part in ("offline readout preview", "Generate (readout preview)", "Latent cache: each cell's patch, seen from the source camera",
                      "Use stroke as path", "Keyframes", "Import path", "Time per stage", "Cache size after the image",
                      "Active path", "Preset (applies at once)"):
             assert part in text, part
@@ -284,3 +285,53 @@ def test_two_runs_on_two_scenes_give_two_runs_files(client):
     assert Path(latent1).parent != Path(latent2).parent  # a folder of its own: no URL reused
     assert read_video(latent1).shape != read_video(latent2).shape or not np.array_equal(read_video(latent1), read_video(latent2))
     assert "synthetic-room" in caption2 and "motorcycle" not in caption2, caption2
+
+
+def test_revisit_numbers_on_the_rooms_detour(client):
+    """The synthetic room's detour comes back to the start pose (frames 62-64 of 65): each memory's
+    caption line says how close those frames are to frame 0. At the exact start pose (frame 64) both
+    readouts equal frame 0's (exact depth, fusion: nothing new lands there), so the scores are high."""
+    client.predict("synthetic-room", "auto", 256, "detour_revisit", 60, 65, "image", api_name="/load_example")
+    status, *_, caption = client.predict(0, 20, 5.0, "", "", "replace", "image", api_name="/run")
+    assert status.startswith("**Done**"), status
+    found = re.findall(r"revisit PSNR (∞ \(identical\)|[\d.]+ dB), SSIM ([\d.]+) over (\d+) frame\(s\) back at an earlier "
+                       r"camera \(frame 62 ↔ 0 … 64 ↔ 0\)", caption)  # fmt: skip
+    assert len(found) == 2, caption  # one per memory
+    for psnr, ssim, frames in found:
+        assert frames == "3" and float(ssim) > 0.9 and (psnr.startswith("∞") or float(psnr.split()[0]) > 25), caption
+
+
+def test_a_run_on_the_planar_prior_says_so_in_caption_labels_and_files(client):
+    """Without Depth Pro weights the example without depth stands on the planar prior: the caption, the
+    burned-in labels' text and every video file's name say it is placeholder geometry."""
+    from mirage.depth import weights_available
+
+    if weights_available("depth-pro"):
+        pytest.skip("Depth Pro weights are here: the example gets a depth estimate, not the planar prior")
+    client.predict("motorcycle-no-depth", "auto", 256, "orbit_left", 10, 33, "image", api_name="/load_example")
+    status, latent, rgb, *_, side, _timing, _sizes, _growth, downloads, caption = client.predict(
+        0, 20, 5.0, "", "", "replace", "image", api_name="/run")
+    assert status.startswith("**Done**"), status
+    assert "**Placeholder geometry**" in caption and "planar prior" in caption
+    for f in (latent, rgb, side):
+        assert Path(f).name.endswith("_planar_prior.mp4"), f
+
+
+def test_a_shared_result_outlives_its_session_and_opens_by_its_link(app, client, tmp_path):
+    """Share: the side-by-side video and caption are kept apart from the session; the link's id gives
+    them back (through the API and through the page's ``?result=`` link), an unknown id is refused."""
+    with pytest.raises(AppError, match="nothing to share yet"):
+        Client(app[0], verbose=False).predict(api_name="/share")  # a fresh session has no result
+    client.predict(*EXAMPLE, *PATH_CTL, api_name="/load_example")
+    *_, side, _timing, _sizes, _growth, _downloads, caption = client.predict(0, 20, 5.0, "", "", "replace", "latent",
+                                                                          api_name="/run")  # fmt: skip
+    link = client.predict(api_name="/share")
+    key = re.search(r"\?result=([0-9a-f]{12})", link).group(1)
+    assert client.predict(api_name="/share") == link  # one result, one link
+    video_path, shared_caption = Client(app[0], verbose=False).predict(key, api_name="/shared_result")  # another visitor
+    assert Path(video_path).read_bytes() == Path(side).read_bytes() and Path(video_path).name == Path(side).name
+    assert shared_caption.startswith(f"**Shared result** `{key}`") and caption in shared_caption
+    with pytest.raises(AppError, match="no shared result"):
+        client.predict("0123456789ab", api_name="/shared_result")
+    with urllib.request.urlopen(f"{app[0]}?result={key}", timeout=10) as r:  # the link itself serves the page
+        assert r.status == 200

@@ -314,3 +314,21 @@ def test_a_closed_page_never_deletes_an_upload_another_visitor_just_sent(tmp_pat
     assert upload.is_file()  # B's own grace period
     time.sleep(0.6)
     assert not upload.exists() and not upload.parent.exists()  # nobody claimed it: gone with its folder
+
+
+def test_shared_results_keep_the_newest_and_refuse_what_is_not_an_id(tmp_path):
+    import os
+
+    shared = rt.SharedResults(tmp_path / "shared", keep=2)
+    keys = []
+    for n in range(3):
+        video = tmp_path / f"side_by_side_{n}.mp4"
+        video.write_bytes(f"video {n}".encode())
+        keys.append(shared.share(video, f"caption {n}"))
+        os.utime(tmp_path / "shared" / keys[-1], (n, n + 1e9))  # distinct ages, oldest first
+    assert len(set(keys)) == 3 and shared.get(keys[0]) is None  # the oldest went to make room
+    path, caption = shared.get(keys[2])
+    assert path.read_bytes() == b"video 2" and caption == "caption 2"
+    assert shared.share(tmp_path / "side_by_side_2.mp4", "caption 2") == keys[2]  # the same video: the same link
+    for bad in ("../../etc", "0123", keys[1].upper(), None):
+        assert shared.get(bad) is None

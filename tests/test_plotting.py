@@ -245,3 +245,26 @@ def test_point_size_follows_density_and_frusta_are_subsampled():
     fig = cache_figure(np.zeros((10, 3), np.float32) + [0, 0, 5], np.zeros((10, 3), np.uint8), path_cameras(65))
     assert fig.data[1].name == "frusta (12 of 65 frames, one every 6)" and len(segments_of(fig.data[1])) == 8 * 12
     assert len(fig.data[3].x) == 65  # the trajectory keeps every camera
+
+
+def test_cell_quads_are_the_cells_pixel_squares_at_their_depth():
+    """Seen from the camera that stored them, a cell's quad covers exactly its ``stride x stride``
+    pixel square, at the cell's depth, whichever way the camera looks."""
+    from mirage.cameras import Camera
+    from mirage.geometry import project_points
+    from mirage.plotting import cell_quads
+
+    cam = Camera.from_fov(96, 64, 60.0, look_at(torch.tensor([[0.5, -0.2, 0.1]]), torch.tensor([[1.0, 0.3, 4.0]]))[0])
+    s, rows, cols = 16, torch.tensor([0, 1, 3]), torch.tensor([0, 4, 5])
+    uv = torch.stack([(cols + 0.5) * s, (rows + 0.5) * s], -1).double()  # [3, 2] cell centres in pixels
+    z = torch.tensor([2.0, 3.5, 7.0], dtype=torch.float64)  # [3]
+    cam_pts = torch.cat([(uv - cam.K[:2, 2].double()) / cam.K.diagonal()[:2].double() * z[:, None], z[:, None]], 1)  # [3, 3]
+    world = (cam_pts - cam.cam_from_world[:3, 3].double()) @ cam.cam_from_world[:3, :3].double()  # [3, 3] R^T (p - t)
+    verts, faces = cell_quads(world.float(), cam.cam_from_world.expand(3, 4, 4), cam.K.expand(3, 3, 3), s)
+    assert verts.shape == (12, 3) and faces.shape == (6, 3) and faces.max() == 11
+    px, depth = project_points(torch.from_numpy(verts).double(), cam.K[None].double(), cam.cam_from_world[None].double())
+    expected = torch.stack([torch.stack([cols * s, rows * s], -1), torch.stack([(cols + 1) * s, rows * s], -1),
+                            torch.stack([(cols + 1) * s, (rows + 1) * s], -1), torch.stack([cols * s, (rows + 1) * s], -1)],
+                           1).reshape(12, 2).double()  # fmt: skip
+    torch.testing.assert_close(px[0].double(), expected, atol=1e-3, rtol=0)
+    torch.testing.assert_close(depth[0].double(), z.repeat_interleave(4), atol=1e-5, rtol=0)

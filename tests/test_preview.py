@@ -218,3 +218,17 @@ def test_result_files_and_figures(room_scene, tmp_path):
     assert len(growth.layout.sliders[0].steps) == 3  # init + 2 chunks
     json.loads(growth.to_json())
     assert "readout preview" in preview.result_caption(result)
+
+
+def test_a_run_on_the_planar_prior_is_labelled_placeholder_geometry(room_scene, tmp_path):
+    scene.preset_path(room_scene, "orbit_right", 15.0, 33)
+    result = preview.run_readout_preview(room_scene)
+    assert not preview.placeholder_geometry(result) and "PLACEHOLDER" not in " ".join(preview.video_labels(result).values())
+    result.settings["geometry"] = preview.PLACEHOLDER_GEOMETRY
+    labels = preview.video_labels(result)
+    assert all("PLACEHOLDER GEOMETRY (planar prior)" in labels[m] for m in preview.METHODS)
+    assert "**Placeholder geometry**" in preview.result_caption(result)
+    files = preview.write_result_files(room_scene, result, tmp_path, fps=16)
+    assert files.side_by_side.name == "side_by_side_render_planar_prior.mp4"
+    assert all(files.videos[m].name == f"{m}_render_planar_prior.mp4" for m in preview.METHODS)
+    assert preview.video_names("latent", "generation", True)["video"] == "latent_generated_planar_prior.mp4"

@@ -16,6 +16,7 @@ from mirage import scene as preview
 from mirage.cameras import Cameras, look_at
 from mirage.codecs import OfflineCodec
 from mirage.depth import weights_available
+from mirage.geometry import valid_depth
 from mirage.synthetic import default_camera, default_scene
 
 CODEC = OfflineCodec()
@@ -47,6 +48,17 @@ def test_build_scene_fits_to_the_model_aspect_and_initializes_the_memory(scene, 
     torch.testing.assert_close(scene.camera.K[:2, 2], torch.tensor([128.0, 64.0]))
     with pytest.raises(ValueError, match="long side"):
         preview.build_scene(room, 300)
+
+
+def test_the_gpu_working_sizes_are_the_models_and_each_familys_own(room):
+    """704x1280 (Wan2.2-TI2V-5B) and Spatia's 704x1248 (its inference.py --height / --width), portrait
+    inputs turned; a preview size keeps the model aspect."""
+    from mirage.families import FAMILIES
+
+    assert preview.GPU_SIZES == {1280: 704, 1248: 704} and FAMILIES["spatia"].defaults.size == (704, 1248)
+    assert preview.build_scene(room, 1248).size == (704, 1248)
+    portrait = preview.RawScene("tall", room.image.transpose(1, 2), room.depth.T, room.K[[1, 0, 2]][:, [1, 0, 2]], "gt")
+    assert preview.build_scene(portrait, 1248).size == (1248, 704)
 
 
 def test_image_colour_of_each_point_is_the_mean_of_its_cell(scene):
@@ -230,10 +242,17 @@ def test_import_errors_name_the_file(scene, tmp_path):
 
 
 def test_scene_figure_colours(scene):
+    """The latent cells as quads in image colour (two faces each), the pixel memory's cloud hidden
+    until picked, the view from the source camera."""
     fig = preview.scene_figure(scene, "image")
-    assert fig.data[0].name == "points" and len(fig.data[0].x) == scene.memory.num_points
+    cells, pixels = fig.data[0], fig.data[1]
+    N = scene.memory.num_points
+    assert cells.type == "mesh3d" and len(cells.x) == 4 * N and len(cells.i) == 2 * N
     first = "#%02x%02x%02x" % tuple(scene.colors[0].tolist())
-    assert fig.data[0].marker.color[0] == first
+    assert cells.facecolor[0] == cells.facecolor[1] == first
+    M = int(valid_depth(scene.depth).sum())  # every pixel with depth, subsampled to 20,000 for the page
+    assert pixels.visible == "legendonly" and len(pixels.x) == min(M, 20000) and f"of {M:,} points" in pixels.name
+    assert fig.layout.scene.camera.up.y == -1 and fig.layout.scene.aspectmode == "manual"
     preview.preset_path(scene, "orbit_left", None, 33)
     fig = preview.scene_figure(scene, "latent")
     assert any("frusta (12 of 33 frames" in (t.name or "") for t in fig.data)

@@ -377,6 +377,8 @@ def _run_controls(running: bool, active: runs.ActiveRun | None) -> dict:
 
 def _show(update: runs.RunUpdate) -> dict:
     out = {ui.run_status: update.status}
+    if update.memory_files or update.files is not None:
+        out[ui.results] = gr.update(visible=True)  # the result area appears with its first video
     for kind, files in (update.memory_files or {}).items():
         out.update({ui.video[kind]: str(files["video"]), ui.received[kind]: str(files["received"]),
                     ui.mask[kind]: str(files["mask"])})  # fmt: skip
@@ -405,6 +407,8 @@ def _stream(session: rt.Session, active: runs.ActiveRun, color_by, request: gr.R
 def _finished(session: rt.Session, active: runs.ActiveRun) -> dict:
     """Every output as the run now stands (the API returns this): what happened, and what was made."""
     out = {ui.session: session, ui.run_status: active.note, **_run_controls(False, active)}
+    if active.memory_files:
+        out[ui.results] = gr.update(visible=True)
     for kind, files in active.memory_files.items():
         out.update({ui.video[kind]: str(files["video"]), ui.received[kind]: str(files["received"]), ui.mask[kind]: str(files["mask"])})
     if active.files is not None:
@@ -441,13 +445,13 @@ def open_shared(request: gr.Request) -> dict:
     """The page opened with ``?result=<id>``: that result's video and caption, said as a shared one."""
     key = request.query_params.get("result") if request is not None else None
     if not key:
-        return {}
+        return {ui.run_status: gr.skip()}  # (an empty dict would read as one value)
     found = SHARED.get(key)
     if found is None:
         return {ui.run_status: f"**Not found:** no shared result `{key}` here (a wrong link, or it went to make room)."}
     video_path, caption = found
     return {ui.side_video: str(video_path), ui.caption: f"**Shared result** `{key}`\n\n{caption}",
-            ui.run_status: f"Showing the shared result `{key}` (below, with its caption). Load a scene and press Generate "
+            ui.results: gr.update(visible=True), ui.run_status: f"Showing the shared result `{key}` (below, with its caption). Load a scene and press Generate "
                            "for your own."}  # fmt: skip
 
 
@@ -592,51 +596,53 @@ def build_demo() -> gr.Blocks:
         amount_before = gr.State(None)  # the amount when its field took focus (applied on leaving only if changed)
         gr.Markdown(
             "# Mirage: latent spatial memory\n"
-            "Pick a scene, give the camera a path, and compare two 3D memories on it: the **latent memory** (the video "
-            "model's own latent tokens lifted to 3D, read with one projection on the latent grid) and the **pixel point "
-            "cloud** baseline (rasterize every frame at full resolution, then encode it)."
-        )
-        gr.Markdown(MODE.banner() + _gpu_note(), elem_id="mode-banner")
+            "Compare two 3D memories along a camera path: the **latent memory** (the video model's own latent tokens "
+            "lifted to 3D) and the **pixel point cloud** baseline (rasterize every frame, then encode it).  \n"
+            + MODE.headline(), elem_id="intro",
+        )  # fmt: skip
+        with gr.Accordion("This mode: weights, device, what needs weights", open=False, elem_id="mode-details"):
+            gr.Markdown(MODE.banner() + _gpu_note(), elem_id="mode-banner")
 
         with gr.Row(equal_height=False):
             # ------------------------------------------------------------- 1. input
-            with gr.Column(scale=1, min_width=380):
+            with gr.Column(scale=5, min_width=360):
                 gr.Markdown("### 1. Scene")
                 examples = gr.Gallery(
-                    gallery, label="Examples (one click; the right half is the depth each starts from)", columns=3,
-                    rows=1, height=150, object_fit="contain", allow_preview=False, selected_index=0, elem_id="examples",
+                    gallery, label="Examples (one click; right half: the depth each starts from)", columns=3,
+                    rows=1, height=110, object_fit="contain", allow_preview=False, selected_index=0, elem_id="examples",
                 )  # fmt: skip
-                gr.Markdown(rt.example_notes(MODE.depth_pro), elem_classes="small-note")
                 ui.status = gr.Markdown("Loading the first example…", elem_id="status")
                 example_name = gr.Textbox(visible=False)
                 example_button = gr.Button(visible=False)
                 ui.editor = _editor_listing_files(gr.ImageEditor(
                     label="Scene (draw a stroke here for a stroke path)", type="numpy", image_mode="RGBA", sources=(),
-                    transforms=(), layers=False, fixed_canvas=False, format="png", elem_id="stroke-editor", height=380,
+                    transforms=(), layers=False, fixed_canvas=False, format="png", elem_id="stroke-editor", height=280,
                     brush=gr.Brush(colors=["#ff2d2d"], default_color="#ff2d2d", color_mode="fixed", default_size=6),
                     eraser=gr.Eraser(default_size=12),
                 ))
-                ui.summary = gr.Markdown(elem_id="summary")
-                with gr.Accordion("Upload your own image", open=False):
-                    image_file = _upload_file(gr.File(label="Image (PNG/JPEG/WebP/TIFF; RGB, RGBA, gray, 16-bit)",
-                                                      file_types=["image"], type="filepath"))
-                    depth_file = _upload_file(gr.File(label="Depth map (optional): .npy in metres or 16-bit PNG in mm",
-                                                      file_types=[".npy", ".png"], type="filepath"))
-                    fov = gr.Slider(20, 120, value=60, step=1, label="Horizontal field of view (°)",
-                                    info="Used when the depth source gives none (planar prior, uploaded depth map).")
-                    load_button = gr.Button("Load image", variant="secondary", elem_id="load-image")
-                depth_choice = gr.Dropdown(
-                    [(k, v) for k, v in rt.DEPTH_CHOICES.items()], value="auto", label="Depth source",
-                    info="Depth Pro " + ("weights found." if MODE.depth_pro else "needs its weights: not found, so automatic "
-                                         "depth for uploads is the planar prior (placeholder)."),
-                )  # fmt: skip
                 ui.long_side = gr.Radio([(rt.working_size_label(n), n) for n in LONG_SIDES], value=512,
                                         label="Working size (long side, px)",
                                         info="The preview runs on CPU; 1280 (Wan2.2's 704x1280) and 1248 (Spatia's "
                                              "704x1248) only with the GPU pipeline.")  # fmt: skip
+                ui.summary = gr.Markdown(elem_id="summary")
+                with gr.Accordion("The examples, your own image, the depth source", open=False, elem_id="scene-setup"):
+                    gr.Markdown(rt.example_notes(MODE.depth_pro), elem_classes="small-note")
+                    with gr.Accordion("Upload your own image", open=False):
+                        image_file = _upload_file(gr.File(label="Image (PNG/JPEG/WebP/TIFF; RGB, RGBA, gray, 16-bit)",
+                                                          file_types=["image"], type="filepath"))
+                        depth_file = _upload_file(gr.File(label="Depth map (optional): .npy in metres or 16-bit PNG in mm",
+                                                          file_types=[".npy", ".png"], type="filepath"))
+                        fov = gr.Slider(20, 120, value=60, step=1, label="Horizontal field of view (°)",
+                                        info="Used when the depth source gives none (planar prior, uploaded depth map).")
+                        load_button = gr.Button("Load image", variant="secondary", elem_id="load-image")
+                    depth_choice = gr.Dropdown(
+                        [(k, v) for k, v in rt.DEPTH_CHOICES.items()], value="auto", label="Depth source",
+                        info="Depth Pro " + ("weights found." if MODE.depth_pro else "needs its weights: not found, so automatic "
+                                             "depth for uploads is the planar prior (placeholder)."),
+                    )  # fmt: skip
 
             # ------------------------------------------------------------- 2. camera path
-            with gr.Column(scale=1, min_width=380):
+            with gr.Column(scale=4, min_width=340):
                 gr.Markdown("### 2. Camera path")
                 ui.frames = gr.Dropdown(list(rt.FRAME_CHOICES), value=33, allow_custom_value=True, label="Frames",
                                         info=f"4N+1; chunks of 33 then +32; at most {rt.MAX_FRAMES}. Applies to the active path.",
@@ -674,81 +680,86 @@ def build_demo() -> gr.Blocks:
                         export_button = gr.Button("Export current path (3 formats)")
                         ui.export_files = gr.File(label="Path files", file_count="multiple", interactive=False)
                 ui.path_status = gr.Markdown(elem_id="path-status")
-                color_by = gr.Radio([(label, c) for c, label in rt.COLOR_BY_LABELS.items()], value="image",
-                                    label="Colour the cells by")
-                ui.plot = gr.Plot(label="Latent cache: each cell's patch, seen from the source camera (drag to turn; "
-                                        "the pixel memory's points in the legend; hover: frame, depth)", elem_id="cache-plot")
 
-        # ----------------------------------------------------------------- 3. generate
-        gr.Markdown("### 3. Generate")
-        with gr.Row(visible=MODE.generation):
-            conditioning = gr.Radio(
-                rt.conditioning_choices(MODE), value="replace", label="Conditioning (both memories, same seed)",
-                info="Training-free modes run the bare Wan2.2 model; a trained branch is offered when its checkpoint is "
-                     "found (" + ("found: " + ", ".join(MODE.branches) if MODE.branches else "none found") + ").",
-                elem_id="conditioning",
-            )  # fmt: skip
-            readouts = gr.Radio([(label, k) for k, label in rt.READOUT_CHOICES.items()], value="reference",
-                                label="What a trained branch reads", visible=bool(MODE.branches), elem_id="readouts",
-                                info="Both memories, under a trained branch only: the readouts its reference trained it on "
-                                     "(Mirage: its LatentPointCloud; Spatia: PyTorch3D discs on black), or ours.")  # fmt: skip
-        with gr.Row(visible=MODE.generation):
-            seed = gr.Number(0, precision=0, label="Seed", info="the same for both memories")
-            ui.steps = gr.Slider(1, 100, value=GEN["steps"], step=1, label="Sampling steps",
-                                 info=f"Wan2.2-TI2V-5B default: {GEN['steps']}")
-            ui.guidance = gr.Slider(1.0, 10.0, value=GEN["guidance"], step=0.5, label="Guidance scale",
-                                    info=f"Wan2.2-TI2V-5B default: {GEN['guidance']:g} (1 = off, half the time)")
-        with gr.Row(visible=MODE.generation):
-            prompt = gr.Textbox("", label="Prompt (optional)")
-            ui.negative_prompt = gr.Textbox(GEN["negative_prompt"], lines=2,
-                                            label=f"Negative prompt ({GEN['origin']}'s default; used when guidance > 1)")  # fmt: skip
-        gr.Markdown(
-            f"Mode: **{MODE.name}**. " + ("Both memories run the diffusion model with the same seed and settings, one "
-            "chunk at a time (latent, then pixel): both videos grow side by side." if MODE.generation else
-            "Offline, Generate shows **readout previews** of both memories (needs no weights); generation needs the "
-            "Wan2.2-TI2V-5B weights."), elem_classes="small-note",
-        )  # fmt: skip
-        with gr.Row(equal_height=True):
-            ui.active = gr.Markdown(rt.active_path_line(None), elem_id="active-path")
-            ui.run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary",
-                                      elem_id="run", scale=0, min_width=240)  # fmt: skip
-            ui.stop = gr.Button("Stop after this chunk", variant="stop", elem_id="stop", scale=0, min_width=180, visible=False)
-            ui.resume = gr.Button("Continue", elem_id="resume", scale=0, min_width=140, visible=False)
-            ui.undo = gr.Button("Undo last chunk", elem_id="undo", scale=0, min_width=160, visible=False)
-        ui.run_status = gr.Markdown(elem_id="run-status")
+            # ------------------------------------------------------------- 3. generate
+            with gr.Column(scale=3, min_width=280):
+                gr.Markdown("### 3. Generate")
+                ui.active = gr.Markdown(rt.active_path_line(None), elem_id="active-path")
+                ui.run_button = gr.Button("Generate" if MODE.generation else "Generate (readout preview)", variant="primary",
+                                          elem_id="run", size="lg")  # fmt: skip
+                with gr.Row():
+                    ui.stop = gr.Button("Stop after this chunk", variant="stop", elem_id="stop", visible=False)
+                    ui.resume = gr.Button("Continue", elem_id="resume", visible=False)
+                    ui.undo = gr.Button("Undo last chunk", elem_id="undo", visible=False)
+                ui.run_status = gr.Markdown(elem_id="run-status")
+                gr.Markdown(
+                    ("Both memories run the diffusion model with the same seed and settings, one chunk at a time (latent, then "
+                     "pixel): both videos grow side by side." if MODE.generation else
+                     "Offline, Generate shows **readout previews** of both memories (no weights needed); generation needs "
+                     "the Wan2.2-TI2V-5B weights."), elem_classes="small-note",
+                )  # fmt: skip
+                with gr.Accordion("Generation settings: conditioning, seed, steps, guidance, prompt", open=False, visible=MODE.generation, elem_id="gen-settings"):
+                    conditioning = gr.Radio(
+                        rt.conditioning_choices(MODE), value="replace", label="Conditioning (both memories, same seed)",
+                        info="Training-free modes run the bare Wan2.2 model; a trained branch is offered when its checkpoint "
+                             "is found (" + ("found: " + ", ".join(MODE.branches) if MODE.branches else "none found") + ").",
+                        elem_id="conditioning",
+                    )  # fmt: skip
+                    readouts = gr.Radio([(label, k) for k, label in rt.READOUT_CHOICES.items()], value="reference",
+                                        label="What a trained branch reads", visible=bool(MODE.branches), elem_id="readouts",
+                                        info="Both memories, under a trained branch only: the readouts its reference trained "
+                                             "it on (Mirage: its LatentPointCloud; Spatia: PyTorch3D discs on black), or ours.")  # fmt: skip
+                    seed = gr.Number(0, precision=0, label="Seed", info="the same for both memories")
+                    ui.steps = gr.Slider(1, 100, value=GEN["steps"], step=1, label="Sampling steps",
+                                         info=f"Wan2.2-TI2V-5B default: {GEN['steps']}")
+                    ui.guidance = gr.Slider(1.0, 10.0, value=GEN["guidance"], step=0.5, label="Guidance scale",
+                                            info=f"Wan2.2-TI2V-5B default: {GEN['guidance']:g} (1 = off, half the time)")
+                    prompt = gr.Textbox("", label="Prompt (optional)")
+                    ui.negative_prompt = gr.Textbox(GEN["negative_prompt"], lines=2,
+                                                    label=f"Negative prompt ({GEN['origin']}'s default; used when guidance > 1)")  # fmt: skip
+
         run_api, resume_api, continue_api, undo_api, stop_api = (gr.Button(visible=False) for _ in range(5))
         share_key = gr.Textbox(visible=False)
-        ui.video, ui.received, ui.mask = {}, {}, {}
-        with gr.Row():
-            for kind in preview.METHODS:
-                with gr.Column():
-                    ui.video[kind] = gr.Video(label=VIDEO_LABELS[kind], elem_id=f"{kind}-video", autoplay=True, loop=True)
-                    ui.received[kind] = gr.Video(label=INPUT_LABELS[kind], elem_id=f"{kind}-input", autoplay=True, loop=True)
-                    ui.mask[kind] = gr.Video(label=f"{preview.METHOD_LABELS[kind]}: hole mask (white = seen)", autoplay=True,
-                                             loop=True, elem_id=f"{kind}-mask")  # fmt: skip
-        ui.caption = gr.Markdown(elem_id="caption")
-        with gr.Group(visible=False) as ui.more:
-            gr.Markdown("**Add a segment from the last camera**: lengthen the run's path and generate only its chunks; "
-                        "both memories go on from where they are. A stroke comes from the scene image, keyframes from the "
-                        "table (in the last camera's frame).")  # fmt: skip
+        # ----------------------------------------------------------------- results (shown once there are some)
+        with gr.Column(visible=False, elem_id="results") as ui.results:
+            ui.video, ui.received, ui.mask = {}, {}, {}
             with gr.Row():
-                segment = gr.Radio([("preset", "preset"), ("back to the start", "return"), ("stroke", "stroke"),
-                                    ("keyframes", "keyframes")], value="preset", label="Segment")  # fmt: skip
-                more_preset = gr.Dropdown(list(paths.PRESETS), value="pan_right", label="Preset")
-                more_amount = gr.Number(None, label="Amount (empty: the preset's default)")
-                more_frames = gr.Dropdown([33, 65, 97, 129], value=33, allow_custom_value=True, label="Frames of the segment")
-                more_button = gr.Button("Add segment and generate", variant="primary", elem_id="continue")
+                for kind in preview.METHODS:
+                    with gr.Column():
+                        ui.video[kind] = gr.Video(label=VIDEO_LABELS[kind], elem_id=f"{kind}-video", autoplay=True, loop=True)
+                        ui.received[kind] = gr.Video(label=INPUT_LABELS[kind], elem_id=f"{kind}-input", autoplay=True, loop=True)
+                        ui.mask[kind] = gr.Video(label=f"{preview.METHOD_LABELS[kind]}: hole mask (white = seen)", autoplay=True,
+                                                 loop=True, elem_id=f"{kind}-mask")  # fmt: skip
+            ui.caption = gr.Markdown(elem_id="caption")
+            with gr.Group(visible=False) as ui.more:
+                gr.Markdown("**Add a segment from the last camera**: lengthen the run's path and generate only its chunks; "
+                            "both memories go on from where they are. A stroke comes from the scene image, keyframes from the "
+                            "table (in the last camera's frame).")  # fmt: skip
+                with gr.Row():
+                    segment = gr.Radio([("preset", "preset"), ("back to the start", "return"), ("stroke", "stroke"),
+                                        ("keyframes", "keyframes")], value="preset", label="Segment")  # fmt: skip
+                    more_preset = gr.Dropdown(list(paths.PRESETS), value="pan_right", label="Preset")
+                    more_amount = gr.Number(None, label="Amount (empty: the preset's default)")
+                    more_frames = gr.Dropdown([33, 65, 97, 129], value=33, allow_custom_value=True, label="Frames of the segment")
+                    more_button = gr.Button("Add segment and generate", variant="primary", elem_id="continue")
+            with gr.Row():
+                ui.timing_plot = gr.Plot(label="Time per stage", elem_id="timing-plot")
+                ui.size_plot = gr.Plot(label="Cache size after the image and each chunk", elem_id="size-plot")
+            ui.growth_plot = gr.Plot(label="Latent cache, chunk by chunk", elem_id="growth-plot")
+            with gr.Row():
+                share_button = gr.Button("Share this result", elem_id="share", scale=0, min_width=180)
+                ui.share_link = gr.Markdown(elem_id="share-link")
+            with gr.Accordion("Downloads", open=True):
+                ui.side_video = gr.Video(label="Side by side", show_label=False, loop=True)
+                ui.downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple",
+                                       interactive=False)  # fmt: skip
+
+        # ----------------------------------------------------------------- the 3D cache
         with gr.Row():
-            ui.timing_plot = gr.Plot(label="Time per stage", elem_id="timing-plot")
-            ui.size_plot = gr.Plot(label="Cache size after the image and each chunk", elem_id="size-plot")
-        ui.growth_plot = gr.Plot(label="Latent cache, chunk by chunk", elem_id="growth-plot")
-        with gr.Row():
-            share_button = gr.Button("Share this result", elem_id="share", scale=0, min_width=180)
-            ui.share_link = gr.Markdown(elem_id="share-link")
-        with gr.Accordion("Downloads", open=True):
-            ui.side_video = gr.Video(label="Side by side", show_label=False, loop=True)
-            ui.downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple",
-                                   interactive=False)  # fmt: skip
+            color_by = gr.Radio([(label, c) for c, label in rt.COLOR_BY_LABELS.items()], value="image",
+                                label="Colour the cells by", scale=0, min_width=300)
+        ui.plot = gr.Plot(label="Latent cache: each cell's patch, seen from the source camera (drag to turn; "
+                                "the pixel memory's points in the legend; hover: frame, depth)", elem_id="cache-plot")
 
         # ----------------------------------------------------------------- wiring
         S = ui.session
@@ -757,7 +768,7 @@ def build_demo() -> gr.Blocks:
         path_ui = [S, ui.summary, ui.plot, ui.path_status, ui.active, *controls, ui.editor]
         run_ui = [S, ui.run_status, *ui.video.values(), *ui.received.values(), *ui.mask.values(), ui.side_video,
                   ui.timing_plot, ui.size_plot, ui.growth_plot, ui.downloads, ui.caption, ui.stop, ui.run_button, ui.resume,
-                  ui.undo, ui.more, ui.plot, ui.active, ui.summary]  # fmt: skip
+                  ui.undo, ui.more, ui.plot, ui.active, ui.summary, ui.results]  # fmt: skip
         scene_api = [S, ui.editor, ui.summary, ui.plot, ui.table, ui.status]
         path_api = [S, ui.summary, ui.plot, ui.path_status]
         run_api_out = [S, ui.run_status, ui.video["latent"], ui.video["rgb"], ui.received["latent"], ui.received["rgb"], ui.mask["latent"],
@@ -793,7 +804,7 @@ def build_demo() -> gr.Blocks:
         ui.undo.click(undo.page, [S, color_by], run_ui, api_name="page_undo", **private)
         ui.stop.click(stop, [S], [ui.run_status], api_name="page_stop", concurrency_limit=None, **private)
         demo.load(first_example, [S, depth_choice, ui.long_side, *path_ctl], scene_ui, **private)
-        demo.load(open_shared, None, [ui.side_video, ui.caption, ui.run_status], **private)  # a link with ?result=<id>
+        demo.load(open_shared, None, [ui.side_video, ui.caption, ui.run_status, ui.results], **private)  # a link with ?result=<id>
         share_button.click(share_result.page, [S], [ui.share_link], **private)
         gr.Button(visible=False).click(share_result.api([ui.share_link]), [S], [ui.share_link], api_name="share")
         gr.Button(visible=False).click(shared_result.api([ui.side_video, ui.caption]), [share_key], [ui.side_video, ui.caption],

@@ -149,6 +149,14 @@ class AppMode:
     def name(self) -> str:
         return f"generation (Wan2.2, {self.device})" if self.generation else "offline readout preview"
 
+    def headline(self) -> str:
+        """One line for the top of the page: what Generate does here (the rest is in ``banner``)."""
+        if self.generation:
+            return (f"**Generation** with Wan2.2-TI2V-5B on **{self.device}**{' (ZeroGPU)' if self.zero_gpu else ''}: both "
+                    "memories, same seed and settings.")  # fmt: skip
+        return ("**Offline readout preview** (no generative model, no weights): Generate shows what each memory holds along "
+                "the path; the timings and cache sizes are real.")
+
     def banner(self) -> str:
         """Markdown for the top of the page: the active mode, the weights and device, what needs weights."""
         if self.generation:

@@ -256,3 +256,33 @@ def test_results_come_chunk_by_chunk_and_stop_keeps_them(app):
             assert not log["errors"], log["errors"]
         finally:
             browser.close()
+
+
+def test_the_first_screen_holds_steps_one_to_three_and_generate(app):
+    """At 1400x900, before any scrolling: the three steps and Generate are on screen, the result area is
+    not there yet (nothing to show), and it appears with the first video."""
+    sync_playwright = _require_browser()
+    url, _ = app
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url, wait_until="domcontentloaded")
+            _wait_text(page, "#summary", "motorcycle", 180_000)
+            page.screenshot(path=str(ARTIFACTS / "app_first_screen.png"))  # the viewport only: what a visitor sees
+            for text in ("1. Scene", "2. Camera path", "3. Generate"):
+                box = page.get_by_text(text, exact=True).bounding_box()
+                assert box is not None and box["y"] + box["height"] <= 900, (text, box)
+            run = page.locator("#run").bounding_box()
+            assert run is not None and run["y"] + run["height"] <= 900 and run["x"] + run["width"] <= 1400, run
+            assert not page.locator("#results").is_visible()  # no empty video boxes before a run
+            page.get_by_label("256").check()
+            _wait_text(page, "#summary", "working size 256x", 180_000)
+            page.click("#run")
+            page.wait_for_selector("#latent-video video", timeout=240_000)
+            assert page.locator("#results").is_visible()
+            _wait_text(page, "#run-status", "Done", 240_000)
+            page.screenshot(path=str(ARTIFACTS / "app_first_result.png"), full_page=True)
+        finally:
+            browser.close()

@@ -201,8 +201,10 @@ def _amount(amount):
 
 def _path_view(session: rt.Session, color_by) -> dict:
     state = session.scene
+    busy = session.run is not None and session.run.running
     out = {ui.session: session, ui.summary: scene.scene_summary(state), ui.plot: scene.scene_figure(state, color_by),
-           ui.path_status: f"Path set: {state.path_label}, {len(state.path)} frames.",
+           ui.path_status: f"Path set: {state.path_label}, {len(state.path)} frames."
+                           + (" The run in progress keeps its own path: this one is for the next run." if busy else ""),
            ui.active: rt.active_path_line(state), **_controls(session)}  # fmt: skip
     if (state.recipe is None or state.recipe.kind != "stroke") and session.workdir is not None:
         out[ui.editor] = rt.editor_value(state, session.workdir)  # another path is active: a stroke drawn earlier goes
@@ -667,12 +669,15 @@ def build_demo() -> gr.Blocks:
                     with gr.Tab("Keyframes"):
                         ui.table = gr.Dataframe(headers=list(paths.KEYFRAME_COLUMNS), datatype="number", column_count=7,
                                                 type="array", row_count=3, row_limits=(2, 64), interactive=True,
-                                                show_row_numbers=True,
+                                                show_row_numbers=True, elem_id="keyframes",
                                                 label="Keyframes (world = source camera; metres, degrees)")  # fmt: skip
                         gr.Markdown("Signs: x right, y **down**, z forward (metres); yaw > 0 turns left, pitch > 0 looks "
-                                    "up, roll > 0 rolls the camera clockwise seen from behind (degrees); fov_x in degrees. Add a row with the + "
-                                    "under the table; the first row is the source camera.", elem_classes="small-note")  # fmt: skip
-                        keyframe_button = gr.Button("Use keyframes", variant="primary")
+                                    "up, roll > 0 rolls the camera clockwise seen from behind (degrees); fov_x in degrees. The first row "
+                                    "is the source camera.", elem_classes="small-note")  # fmt: skip
+                        with gr.Row():
+                            add_row = gr.Button("Add a row", size="sm", elem_id="add-keyframe")
+                            remove_row = gr.Button("Remove the last row", size="sm", elem_id="remove-keyframe")
+                        keyframe_button = gr.Button("Use keyframes", variant="primary", elem_id="use-keyframes")
                     with gr.Tab("Import / export"):
                         path_file = _upload_file(gr.File(label="RealEstate10K .txt, nerfstudio transforms.json or mirage .json",
                                                          file_types=[".txt", ".json"], type="filepath"))
@@ -791,6 +796,8 @@ def build_demo() -> gr.Blocks:
         stroke_button.click(use_stroke.page, [S, ui.editor, ui.frames, ui.depth_fraction, ui.look, color_by], path_ui, **private)
         ui.depth_fraction.release(stroke_setting.page, [S, ui.depth_fraction, ui.look, color_by], path_ui, **private)
         ui.look.input(stroke_setting.page, [S, ui.depth_fraction, ui.look, color_by], path_ui, **private)
+        add_row.click(rt.add_keyframe_row, [ui.table], [ui.table], **private)
+        remove_row.click(rt.remove_keyframe_row, [ui.table], [ui.table], **private)
         keyframe_button.click(use_keyframes.page, [S, ui.table, ui.frames, color_by], [*path_ui, ui.table], **private)
         import_button.click(use_import.page, [S, path_file, ui.frames, color_by], path_ui, **private)
         export_button.click(export_path.api([ui.export_files]), [S], [ui.export_files], api_name="export_path")

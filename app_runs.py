@@ -177,6 +177,7 @@ class ActiveRun:
     writes: int = 0  # folders written so far (each update its own)
     revisits: dict[str, RevisitTally] = field(default_factory=dict)  # kind -> frames back at an earlier camera, scored
     caption: str = ""  # the caption of the newest files (what a shared result says)
+    running: bool = False  # a chunk of it is being made now (path edits meanwhile are the next run's)
 
 
 def start_run(session: rt.Session, spec: RunSpec, mode: rt.AppMode) -> ActiveRun:
@@ -227,9 +228,17 @@ def stream(session: rt.Session, active: ActiveRun, runner, steps: Callable[..., 
     """Run ``active`` on from where it stands until both memories are done, Stop, a closed page
     (``alive()`` false), or a chunk fails, yielding an update per event (module docstring). ``steps``:
     how a chunk runs (default ``runner.steps``; on ZeroGPU the same generator wrapped as a GPU call)."""
-    comp, spec = active.comparison, active.spec
-    active.stop, active.note, active.failed = False, "", False
+    active.stop, active.note, active.failed, active.running = False, "", False, True
     t0 = time.perf_counter()
+    try:
+        yield from _stream(session, active, runner, steps, color_by, alive, t0)
+    finally:
+        active.running = False
+
+
+def _stream(session: rt.Session, active: ActiveRun, runner, steps, color_by: ColorBy, alive,
+            t0: float) -> Iterator[RunUpdate]:  # fmt: skip
+    comp, spec = active.comparison, active.spec
     try:
         for event in run_comparison(active.scene, runner, comp, steps=steps, stop=lambda: active.stop or not alive()):
             if isinstance(event, Progress):

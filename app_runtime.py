@@ -507,6 +507,20 @@ def editor_value(state: SceneState, folder: Path) -> dict:
     return {"background": str(path), "layers": [], "composite": None}
 
 
+def add_keyframe_row(rows: Any) -> list[list[Any]]:
+    """The keyframe table with one more row, a copy of its last (edited from there), up to ``paths.MAX_KEYFRAMES``."""
+    rows = [list(r) for r in (rows.values.tolist() if hasattr(rows, "values") else rows or [])]
+    if len(rows) >= paths.MAX_KEYFRAMES:
+        return rows
+    return rows + [list(rows[-1]) if rows else [0.0] * len(paths.KEYFRAME_COLUMNS)]
+
+
+def remove_keyframe_row(rows: Any) -> list[list[Any]]:
+    """The keyframe table without its last row, keeping at least two (the source and one more)."""
+    rows = [list(r) for r in (rows.values.tolist() if hasattr(rows, "values") else rows or [])]
+    return rows[:-1] if len(rows) > 2 else rows
+
+
 def check_frame_count(num_frames: Any, max_frames: int = MAX_FRAMES) -> int:
     """A frame-count field's value as an int: ``4N + 1``, at least 5 and at most ``max_frames``."""
     try:

@@ -277,6 +277,15 @@ def test_the_first_screen_holds_steps_one_to_three_and_generate(app):
             run = page.locator("#run").bounding_box()
             assert run is not None and run["y"] + run["height"] <= 900 and run["x"] + run["width"] <= 1400, run
             assert not page.locator("#results").is_visible()  # no empty video boxes before a run
+            page.get_by_role("tab", name="Keyframes").click()  # rows added and removed with buttons a person sees
+            page.click("#add-keyframe")
+            page.click("#use-keyframes")
+            _wait_text(page, "#path-status", "Path set: 4 keyframes")
+            for _ in range(3):  # two is the least: the third click changes nothing
+                page.click("#remove-keyframe")
+            page.click("#use-keyframes")
+            _wait_text(page, "#path-status", "Path set: 2 keyframes")
+            page.get_by_role("tab", name="Preset").click()
             page.get_by_label("256").check()
             _wait_text(page, "#summary", "working size 256x", 180_000)
             page.click("#run")
@@ -284,5 +293,45 @@ def test_the_first_screen_holds_steps_one_to_three_and_generate(app):
             assert page.locator("#results").is_visible()
             _wait_text(page, "#run-status", "Done", 240_000)
             page.screenshot(path=str(ARTIFACTS / "app_first_result.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_each_run_is_its_own_across_a_path_change_mid_run_and_two_scenes(app):
+    """Generate on the room, change the preset while it runs (the page says the change is for the next
+    run, and the run finishes with its own path), then another scene and Generate: its videos are new
+    files and its caption names the new scene and path."""
+    sync_playwright = _require_browser()
+    url, _ = app
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page, log = _open_page(browser, url)
+            page.locator("#examples button.thumbnail-item").nth(2).click()  # the synthetic room
+            _wait_text(page, "#summary", "synthetic-room — working size 256x128")
+            _set_dropdown(page, "#frames", "161")
+            _wait_text(page, "#active-path", "orbit_left (20 degrees), 161 frames")
+            page.click("#run")
+            _wait_text(page, "#run-status", "Chunk")  # running
+            _set_dropdown(page, "#preset", "pan_left")
+            _wait_text(page, "#path-status", "this one is for the next run")
+            _wait_text(page, "#run-status", "Done: preset orbit_left (20 degrees)", 240_000)
+            _wait_text(page, "#caption", "synthetic-room")
+            assert "orbit_left" in _text(page, "#caption") and "pan_left" not in _text(page, "#caption")
+            first = page.get_attribute("#latent-video video", "src")
+            page.screenshot(path=str(ARTIFACTS / "app_run1_room.png"), full_page=True)
+
+            page.locator("#examples button.thumbnail-item").nth(0).click()  # the motorcycle
+            _wait_text(page, "#summary", "motorcycle — working size 256x")
+            page.click("#run")
+            _wait_text(page, "#run-status", "Done: preset pan_left", 240_000)
+            _wait_text(page, "#caption", "Run 2")
+            caption = _text(page, "#caption")
+            assert "motorcycle" in caption and "pan_left" in caption and "synthetic-room" not in caption, caption
+            second = page.get_attribute("#latent-video video", "src")
+            assert first and second and first != second  # a new file: the browser cannot show the old one
+            page.screenshot(path=str(ARTIFACTS / "app_run2_motorcycle.png"), full_page=True)
+            assert not log["errors"], log["errors"]
         finally:
             browser.close()

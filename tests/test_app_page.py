@@ -58,3 +58,19 @@ def test_a_stroke_too_far_is_refused_in_words_with_how_far_it_may_go(session):
     out = app.use_stroke.page(session, editor, 33, 0.9, "source", "latent", REQUEST)
     assert "pass through the scene; it works up to" in out[app.ui.path_status]
     assert session.scene.recipe.kind == "preset"  # nothing changed
+
+
+def test_a_path_changed_during_a_run_says_it_is_for_the_next_run(session):
+    session.run = types.SimpleNamespace(running=True)  # what app_runs.stream sets while a chunk is being made
+    out = app.use_preset.page(session, "orbit_left", 20.0, 33, "latent")
+    assert out[app.ui.path_status].endswith("this one is for the next run.")
+    session.run.running = False
+    assert "next run" not in app.use_preset.page(session, "orbit_right", 20.0, 33, "latent")[app.ui.path_status]
+
+
+def test_a_run_is_running_while_its_chunks_are_made_and_not_after(session):
+    import app_runs as runs
+
+    active = runs.start_run(session, runs.RunSpec(False), app.MODE)
+    seen = [active.running for _ in runs.stream(session, active, runs.make_runner(active.spec, app.MODE))]
+    assert seen and all(seen) and not active.running and active.note.startswith("**Done**")

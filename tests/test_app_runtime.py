@@ -332,3 +332,15 @@ def test_shared_results_keep_the_newest_and_refuse_what_is_not_an_id(tmp_path):
     assert shared.share(tmp_path / "side_by_side_2.mp4", "caption 2") == keys[2]  # the same video: the same link
     for bad in ("../../etc", "0123", keys[1].upper(), None):
         assert shared.get(bad) is None
+
+
+def test_keyframe_rows_are_added_as_a_copy_of_the_last_and_removed_down_to_two():
+    from mirage import paths
+
+    rows = [[0.0] * 7, [0.1, 0.0, 0.2, 5.0, 0.0, 0.0, 60.0]]
+    assert rt.add_keyframe_row(rows) == rows + [rows[-1]]
+    assert rt.remove_keyframe_row(rt.add_keyframe_row(rows)) == rows
+    assert rt.remove_keyframe_row(rows) == rows  # the source and one more stay
+    full = [[float(i)] * 7 for i in range(paths.MAX_KEYFRAMES)]
+    assert rt.add_keyframe_row(full) == full
+    assert rt.add_keyframe_row([]) == [[0.0] * 7]

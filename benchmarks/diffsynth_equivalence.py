@@ -292,20 +292,32 @@ def check_upstream_vace(root: Path, seed: int, std: float, t: float, device) -> 
     }  # fmt: skip
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def equivalence_parser(doc: str, out_help: str = "write the numbers as JSON") -> argparse.ArgumentParser:
+    """The options every equivalence script against reference code takes (this one and the whole-loop
+    scripts): the reference sources, device, seed and std of the random weights, tolerance, output."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference-root", type=Path, required=True, help="untracked folder of reference sources")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     parser.add_argument("--std", type=float, default=0.05, help="std of the random parameters")
-    parser.add_argument("--timestep", type=float, default=731.0)
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--out", type=Path, help=out_help)
+    return parser
+
+
+def exact_fp32() -> None:
+    """fp32 everywhere: TF32 off for matrix products and convolutions."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def main() -> int:
+    parser = equivalence_parser(__doc__)
+    parser.add_argument("--timestep", type=float, default=731.0)
     parser.add_argument("--skip-upstream", action="store_true", help="only (b): no diffsynth package needed")
-    parser.add_argument("--out", type=Path, help="write the numbers as JSON")
     args = parser.parse_args()
 
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 everywhere, TF32 off
-    torch.backends.cudnn.allow_tf32 = False
+    exact_fp32()
     device = torch.device(args.device)
     import diffusers
 

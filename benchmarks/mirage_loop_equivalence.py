@@ -65,7 +65,6 @@ JSON lists what was stubbed). einops must be installed (the loop calls it).
 
 from __future__ import annotations
 
-import argparse
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -88,7 +87,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mirage  # noqa: E402
 import mirage.conditioning as conditioning  # noqa: E402
-from diffsynth_equivalence import BRANCH_LAYERS, DIT, LATENT_HW, build_branch, build_dit, force_sdpa, max_diff, to_diffusers  # noqa: E402
+from diffsynth_equivalence import (  # noqa: E402
+    BRANCH_LAYERS, DIT, LATENT_HW, build_branch, build_dit, equivalence_parser, exact_fp32, force_sdpa, max_diff, to_diffusers,
+)  # fmt: skip
 from mirage.cameras import Camera  # noqa: E402
 from mirage.chunks import Chunk, DepthResult  # noqa: E402
 from mirage.codecs import WanVAECodec  # noqa: E402
@@ -386,28 +387,21 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference-root", type=Path, required=True, help="untracked folder of reference sources")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--std", type=float, default=0.05, help="std of the random parameters")
+    parser = equivalence_parser(__doc__, "write the numbers as JSON, and a .md beside it")
     parser.add_argument("--steps", type=int, default=FAMILIES["mirage"].defaults.num_inference_steps)
     parser.add_argument("--chunks", type=int, default=3, help="chunks of 33 frames, then +32 (at least 2)")
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--path", default="orbit_left", help="mirage.paths preset (detour_revisit: a float32 near tie on "
                                                               "the GPU, see above)")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--stub-missing", action="store_true",
                         help=f"register empty modules for {STUBBABLE} when not installed (never called by the loop)")
-    parser.add_argument("--out", type=Path, help="write the numbers as JSON, and a .md beside it")
     args = parser.parse_args()
     if args.chunks < 2:
         parser.error(f"--chunks must be at least 2 (references and preceding latents start in chunk 2), got {args.chunks}")
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 everywhere, TF32 off
-    torch.backends.cudnn.allow_tf32 = False
+    exact_fp32()
     device = torch.device(args.device)
     stubbed = stub_missing() if args.stub_missing else []
     ref, dit_module, vace_module = load_reference(args.reference_root)

@@ -92,7 +92,9 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsynth_equivalence import DIT, LATENT_HW, build_dit, force_sdpa, max_diff, to_diffusers  # noqa: E402
+from diffsynth_equivalence import (  # noqa: E402
+    DIT, LATENT_HW, build_dit, equivalence_parser, exact_fp32, force_sdpa, max_diff, to_diffusers,
+)  # fmt: skip
 
 from mirage.chunks import history_frames  # noqa: E402
 from mirage.codecs import WanVAECodec  # noqa: E402
@@ -367,19 +369,12 @@ def round_ranges(ref: Reference, total: int, chunking: Chunking) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference-root", type=Path, required=True, help="untracked folder of reference sources")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
-    parser.add_argument("--std", type=float, default=0.05, help="std of the random parameters")
+    parser = equivalence_parser(__doc__, "write the numbers as JSON (and a .md beside it)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the reference's 40)")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--stub-missing", action="store_true", help="stand in for absent import-only packages")
-    parser.add_argument("--out", type=Path, help="write the numbers as JSON (and a .md beside it)")
     args = parser.parse_args()
 
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 everywhere, TF32 off
-    torch.backends.cudnn.allow_tf32 = False
+    exact_fp32()
     device = torch.device(args.device)
     ref = load_reference(args.reference_root, args.stub_missing)
     a, family = ref.args, FAMILIES["spatia"]

@@ -755,7 +755,7 @@ def build_demo() -> gr.Blocks:
                 share_button = gr.Button("Share this result", elem_id="share", scale=0, min_width=180)
                 ui.share_link = gr.Markdown(elem_id="share-link")
             with gr.Accordion("Downloads", open=True):
-                ui.side_video = gr.Video(label="Side by side", show_label=False, loop=True)
+                ui.side_video = gr.Video(label="Side by side", show_label=False, loop=True, elem_id="side-video")
                 ui.downloads = gr.File(label="Videos, latent cache (.ply, .safetensors), path files", file_count="multiple",
                                        interactive=False)  # fmt: skip
 

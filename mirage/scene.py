@@ -71,7 +71,7 @@ __all__ = [
 
 DepthChoice = Literal["auto", "depth-pro", "upload", "ground-truth", "planar-prior"]
 DEPTH_CHOICE_KEYS: tuple[str, ...] = get_args(DepthChoice)
-LONG_SIDES = (256, 384, 512)  # preview working sizes (long side); 1280 (704x1280) for the GPU pipeline
+LONG_SIDES = (256, 384, 512)  # preview working sizes (long side); GPU_SIZES for the GPU pipeline
 FULL_LONG_SIDE = 1280
 FULL_SIZE = (704, 1280)  # (short, long) sides of the model resolution: no input needs more than covers it
 # The GPU working sizes, long side -> short side: the model's 704x1280 and each family's own (Spatia: 704x1248)

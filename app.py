@@ -435,8 +435,9 @@ def share_result(session):
 
 @action(run_refused)
 def shared_result(key):
-    """A shared result by its id (``share_result``)."""
-    found = SHARED.get(str(key).strip())
+    """A shared result by its id (``share_result``): its video and caption, said as a shared one."""
+    key = str(key).strip()
+    found = SHARED.get(key)
     if found is None:
         raise ValueError(f"no shared result {key!r} here: the link is wrong, or it went to make room for newer ones")
     video_path, caption = found
@@ -444,16 +445,16 @@ def shared_result(key):
 
 
 def open_shared(request: gr.Request) -> dict:
-    """The page opened with ``?result=<id>``: that result's video and caption, said as a shared one."""
+    """The page opened with ``?result=<id>``: that result (``shared_result``), with the result area shown."""
     key = request.query_params.get("result") if request is not None else None
     if not key:
         return {ui.run_status: gr.skip()}  # (an empty dict would read as one value)
-    found = SHARED.get(key)
-    if found is None:
-        return {ui.run_status: f"**Not found:** no shared result `{key}` here (a wrong link, or it went to make room)."}
-    video_path, caption = found
-    return {ui.side_video: str(video_path), ui.caption: f"**Shared result** `{key}`\n\n{caption}",
-            ui.results: gr.update(visible=True), ui.run_status: f"Showing the shared result `{key}` (below, with its caption). Load a scene and press Generate "
+    try:
+        shown = shared_result(key)
+    except ValueError as err:
+        return {ui.run_status: f"**Not found:** {err}."}
+    return {**shown, ui.results: gr.update(visible=True),
+            ui.run_status: f"Showing the shared result `{key}` (below, with its caption). Load a scene and press Generate "
                            "for your own."}  # fmt: skip
 
 

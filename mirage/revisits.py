@@ -39,8 +39,8 @@ def revisit_pairs(cameras: Cameras, scene_depth: float, *, position_tol: float =
     dist = torch.cdist(c, c)  # [N, N] metres between centres
     cos = ((torch.einsum("iab,jab->ij", R, R) - 1) / 2).clamp(-1, 1)  # [N, N] cos of the relative rotation's angle
     angle = torch.rad2deg(torch.arccos(cos))  # [N, N]
-    same = (dist <= position_tol * scene_depth) & (angle <= angle_tol_deg)  # [N, N]
-    left = (dist > away * scene_depth) | (angle > 10 * angle_tol_deg)  # [N, N] camera k is away from camera j
+    same = ((dist <= position_tol * scene_depth) & (angle <= angle_tol_deg)).numpy()  # [N, N]
+    left = ((dist > away * scene_depth) | (angle > 10 * angle_tol_deg)).numpy()  # [N, N] camera k is away from camera j
     pairs = []
     for i in range(len(c)):
         for j in range(i):

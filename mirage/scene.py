@@ -409,7 +409,7 @@ def stroke_depth_limit(state: SceneState, pixels: Tensor, num_frames: int, look:
     stroke ``pixels [16, 2]`` keeps the camera out of the scene; None when none does. Searched down
     from the top of the grid to ``start`` (a fraction known to work, so the answer is at least it)."""
     for fraction in reversed(STROKE_FRACTIONS):
-        if fraction < start:
+        if fraction <= start:  # known to work: not checked again
             return start
         try:
             paths.path_bounds_check(_lifted_path(state, pixels, num_frames, fraction, look), state.scene_depth, depth=state.depth)

@@ -54,9 +54,23 @@ VIDEO_LABELS = {m: f"{label}: {_WHAT}" for m, label in preview.METHOD_LABELS.ite
 INPUT_LABELS = {m: f"{label}: what the model receives (the conditioning latent decoded"
                    f"{'' if MODE.generation else ' by the offline codec, one image per 4 frames'})"
                 for m, label in preview.METHOD_LABELS.items()}  # fmt: skip
+
+
+@gpu(duration=rt.AOT_STARTUP_SECONDS)
+def gpu_prepare_aot() -> rt.AotStatus:
+    """Start-up: the transformer's block compiled ahead of time, or found in the cache, in one long GPU call."""
+    return rt.prepare_aot(MODE)
+
+
 if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @spaces.GPU)
     rt.load_pipeline(MODE.model_path, MODE.device, zero_gpu=MODE.zero_gpu)
     runs.init_costs(MODE)
+    if rt.aot_wanted(MODE):
+        try:
+            rt.apply_aot(MODE, gpu_prepare_aot())
+        except Exception as err:  # noqa: BLE001 - no package: the app runs eager and its banner says why
+            LOG.warning("ahead-of-time compilation failed: %s", err)
+            rt.apply_aot(MODE, rt.AotStatus((), f"start-up compilation failed ({type(err).__name__}: {str(err)[:200]})"))
 ui = types.SimpleNamespace()  # the page's components (build_demo); handlers return {ui.<component>: value}
 _LOCAL_GPU = threading.Lock()  # off ZeroGPU, one chunk at a time shares this process's device
 

@@ -99,15 +99,19 @@ def init_costs(mode: rt.AppMode) -> CostModel:
 def device_line(mode: rt.AppMode, steps: int, guidance: float) -> str:
     """The banner's line: the GPU generation runs on and what one chunk costs there (a later chunk of
     the pixel memory, the costlier one, at ``steps`` and ``guidance``); on ZeroGPU, what a call asks for."""
+    aot = rt.aot_status()
     if mode.device != "cuda":
-        return "Device: **CPU** (no GPU): each chunk's time is shown as it runs."
+        return "Device: **CPU** (no GPU): each chunk's time is shown as it runs." + (f" Speed setting: {aot.line()}." if aot else "")
     cost = ChunkCost.of("rgb", (32, 65), 1, steps, guidance)
     where = getattr(COSTS, "device_name", mode.device)
     call = f"; each chunk of each memory is one GPU call, asking for {COSTS.request(cost)} s" if mode.zero_gpu else ""
     settings = speed.choose(mode.device, mode.zero_gpu)
-    how = (" The transformer runs eager (SDPA): ZeroGPU runs no torch.compile and no ahead-of-time package is built "
-           "for this Space yet." if mode.zero_gpu else f" The transformer runs with {speed.describe(settings)} (the first "
-           "chunk compiles it).")  # fmt: skip
+    if aot is not None:
+        how = f" Speed setting: {speed.describe(settings)}; {aot.line()}."
+    elif mode.zero_gpu:
+        how = f" Speed setting: {speed.describe(settings)} (SDPA; ZeroGPU runs no torch.compile)."
+    else:
+        how = f" Speed setting: {speed.describe(settings)} (the first chunk compiles the transformer)."
     return (f"GPU: **{where}**{' (ZeroGPU, half a card)' if mode.zero_gpu else ''}: {COSTS.describe(cost)} at 704x1280 "
             f"with {steps} steps and guidance {guidance:g}{call}.{how}")  # fmt: skip
 

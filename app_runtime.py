@@ -16,6 +16,9 @@ Settings (environment variables):
   the same code, which is practical with small checkpoints only);
 * ``MIRAGE_OFFLINE=1``: offline readout preview even when weights are present;
 * ``MIRAGE_ZEROGPU_MAX_SECONDS``: the longest GPU call a ZeroGPU Space may request (default 120);
+* ``MIRAGE_AOT``: ``auto`` (default: on ZeroGPU with CUDA), ``on`` or ``off``: compile the transformer's
+  block ahead of time at start-up (``mirage.aot``) for the sizes in ``MIRAGE_AOT_SIZES`` (``HxW,...``,
+  default ``704x1280``), kept in ``MIRAGE_AOT_CACHE`` (default ``~/.cache/mirage/aot``);
 * ``MIRAGE_UPLOAD_TTL``: seconds after which an upload that no session handed to a handler is removed
   (default 600; what a browser's image editor uploads by itself, or a file chosen but never loaded).
 """
@@ -665,10 +668,10 @@ _PIPELINE_LOCK = threading.Lock()
 
 def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = None, zero_gpu: bool = False):
     """``MiragePipeline`` from ``model_path`` on ``device``, loaded once per process (bf16 transformer
-    and text encoder on CUDA, float32 on the CPU; the VAE in float32), with ``branch`` loaded into it
-    when given (one trained branch at a time; switching replaces it), run with the device's speed
-    setting (``mirage.speed.choose``: regional compilation on a dedicated CUDA GPU, eager on ZeroGPU and
-    the CPU). Memory updates need depth: Depth Pro when its weights are cached, else the (labelled)
+    and text encoder on CUDA, float32 on the CPU; the VAE loaded in float32), with ``branch`` loaded
+    into it when given (one trained branch at a time; switching replaces it), run with the device's
+    speed setting (``mirage.speed.choose``: on CUDA the VAE in bf16, as the references run it, and
+    regional compilation on a dedicated GPU; eager on ZeroGPU; nothing on the CPU). Memory updates need depth: Depth Pro when its weights are cached, else the (labelled)
     planar prior."""
     from mirage import speed
     from mirage.pipeline import MiragePipeline
@@ -682,7 +685,7 @@ def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = Non
             if device == "cuda":  # the text encoder (11 GB) works once per prompt, then rests on the CPU: every
                 pipe.enable_text_encoder_offload()  # conditioning fits a half Blackwell card (README, "GPU memory")
             settings = speed.choose(device, zero_gpu)
-            speed.apply(pipe.transformer, settings)
+            speed.apply(pipe.transformer, settings, vae=pipe.vae)
             _PIPELINE.update(key=(model_path, device), pipe=pipe, depth=depth, branch=None, speed=settings)
         pipe = _PIPELINE["pipe"]
         if branch is not None and _PIPELINE["branch"] != branch:
@@ -699,6 +702,97 @@ def loaded_pipeline(model_path: str, device: str, branch: BranchFiles | None = N
     if _PIPELINE.get("key") != (model_path, device) or (branch is not None and _PIPELINE.get("branch") != branch):
         return None
     return _PIPELINE["pipe"]
+
+
+# ----------------------------------------------------------------------- ahead-of-time compilation
+AOT_ENV = "MIRAGE_AOT"  # auto (on ZeroGPU with CUDA) | on | off
+AOT_SIZES_ENV = "MIRAGE_AOT_SIZES"  # working sizes to compile for, "HxW[,HxW...]" (default: the Wan2.2 GPU size)
+AOT_CACHE_ENV = "MIRAGE_AOT_CACHE"  # where packages are kept (default: ~/.cache/mirage/aot)
+AOT_STARTUP_SECONDS = 1500  # the start-up GPU call that compiles (ZeroGPU allows long calls at start-up)
+
+
+@dataclass(frozen=True)
+class AotStatus:
+    """What start-up did about ahead-of-time compilation, for the banner."""
+
+    packages: tuple = ()  # (what it is for, e.g. "704x1280, 33-frame chunks"; mirage.aot.Package)
+    note: str = ""  # why none is used ("" when some is)
+
+    @property
+    def usable(self) -> list:
+        return [p for _, p in self.packages if p.usable]
+
+    def line(self) -> str:
+        if not self.usable:
+            return f"eager (no ahead-of-time package: {self.note})" if self.note else "eager"
+        parts = []
+        for label, p in self.packages:
+            made = "found in the cache" if p.compile_s is None else f"compiled at start-up in {p.compile_s:.0f} s"
+            parts.append(f"{label} ({made}" + (")" if p.usable else f"; does not load here, exit code {p.load.exit_code})"))
+        return ("the transformer's block compiled ahead of time (AOTInductor) for " + "; ".join(parts)
+                + "; other chunks run eager")  # fmt: skip
+
+
+def aot_wanted(mode: AppMode) -> bool:
+    """Whether start-up compiles the transformer's block ahead of time: ``$MIRAGE_AOT`` ``on``, ``off``, or
+    ``auto`` (the default: on ZeroGPU with CUDA, where ``torch.compile`` does not run)."""
+    value = os.environ.get(AOT_ENV, "auto").lower()
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"${AOT_ENV} must be auto, on or off, got {value!r}")
+    return mode.generation and (value == "on" or (value == "auto" and mode.zero_gpu and mode.device == "cuda"))
+
+
+def aot_sizes() -> list[tuple[int, int]]:
+    """The working sizes (H, W) start-up compiles for (``$MIRAGE_AOT_SIZES``, default 704x1280)."""
+    raw = os.environ.get(AOT_SIZES_ENV, "704x1280")
+    try:
+        sizes = [tuple(int(v) for v in item.lower().split("x")) for item in raw.split(",") if item.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(size) != 2 or min(size) <= 0 for size in sizes):
+        raise ValueError(f"${AOT_SIZES_ENV} must be sizes like 704x1280[,704x1248], got {raw!r}")
+    return sizes  # type: ignore[return-value]
+
+
+def prepare_aot(mode: AppMode) -> AotStatus:
+    """Compile (or find in ``$MIRAGE_AOT_CACHE``) one package of the transformer's block per working
+    size, for the default chunk of the training-free modes, and load each once in a child process
+    (``mirage.aot.prepare``). On ZeroGPU this runs inside the start-up GPU call."""
+    from mirage import aot
+    from mirage.frames import num_latent_frames
+
+    pipe = loaded_pipeline(mode.model_path, mode.device)
+    if pipe is None:
+        return AotStatus((), "the pipeline is not loaded")
+    cache = Path(os.environ.get(AOT_CACHE_ENV) or Path.home() / ".cache" / "mirage" / "aot")
+    chunk = generation_defaults()["chunking"].frames
+    frames = num_latent_frames(chunk, pipe.codec.temporal_stride)
+    stride, packages = pipe.codec.spatial_stride, []
+    torch._inductor.config.compile_threads = 1  # no compile worker pool inside a GPU worker process
+    for height, width in aot_sizes():
+        inputs = aot.example_inputs(pipe.transformer, frames, height // stride, width // stride, device=pipe._execution_device)
+        packages.append((f"{width}x{height}, {chunk}-frame chunks", aot.prepare(pipe.transformer, inputs, cache)))
+    return AotStatus(tuple(packages))
+
+
+def apply_aot(mode: AppMode, status: AotStatus) -> AotStatus:
+    """Every block of the loaded transformer runs the usable packages of ``status`` (each GPU worker
+    loads them at its first call); None usable: eager, and ``status`` says why."""
+    from mirage import aot
+
+    if not status.usable:
+        failed = [p for _, p in status.packages if not p.usable]
+        note = status.note or (f"the package does not load on this machine (exit code {failed[0].load.exit_code})" if failed else "")
+        status = AotStatus(status.packages, note)
+    else:
+        aot.apply(loaded_pipeline(mode.model_path, mode.device).transformer, status.usable)
+    _PIPELINE["aot"] = status
+    return status
+
+
+def aot_status() -> AotStatus | None:
+    """What start-up did about ahead-of-time compilation (None: it was not asked for)."""
+    return _PIPELINE.get("aot")
 
 
 # ------------------------------------------------------------------------------------- sessions

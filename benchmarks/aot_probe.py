@@ -2,8 +2,11 @@
 stage cannot hide the others), with Python's faulthandler on. Stages: ``compile`` (export the repeated
 block at one chunk's shapes and package it with AOTInductor, weights outside), ``load``
 (``aoti_load_package``), ``apply`` (load, give every block its own weights, one transformer forward,
-compared with eager). Prints each stage's exit code and the last lines of its output. ``aot_compile`` clears the
-executable-stack flag of the compiled library (``speed.clear_executable_stack``); the compile stage
+compared with eager). Prints each stage's exit code and the last lines of its output (with PyTorch's
+native stack trace on a fatal signal). ``--minimal`` runs the same stages on one linear layer packaged
+with its weights by ``aoti_compile_and_package`` (does any package load here?); ``--init-device``
+starts the device (a CUDA context) before loading. ``aot.compile_block`` clears the
+executable-stack flag of the compiled library (``aot.clear_executable_stack``); the compile stage
 reports whether the packaged library still carries it.
 
     python benchmarks/aot_probe.py --package /tmp/block.pt2          # GPU
@@ -23,10 +26,32 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def stage(name: str, package: str, small: bool, device: str | None) -> None:
+def minimal_stage(name: str, package: str, device: str, init_device: bool) -> None:
+    """One linear layer: export + ``aoti_compile_and_package`` (weights inside), load, apply."""
     import torch
 
-    from mirage import speed
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()).to(device)
+    x = (torch.randn(8, 64, device=device),)
+    if name == "compile":
+        with torch.no_grad():
+            torch._inductor.aoti_compile_and_package(torch.export.export(model, x), package_path=package)
+        print(json.dumps({"package_kib": Path(package).stat().st_size / 1024}))
+        return
+    if init_device:
+        torch.zeros(1, device=device)
+    loaded = torch._inductor.aoti_load_package(package)
+    if name == "apply":
+        with torch.no_grad():
+            print(json.dumps({"max_abs": float((loaded(*x) - model(*x)).abs().max())}))
+    else:
+        print(json.dumps({"loaded": True}))
+
+
+def stage(name: str, package: str, small: bool, device: str | None, init_device: bool = False) -> None:
+    import torch
+
+    from mirage import aot, speed
     from mirage.testing import TI2V_5B_TRANSFORMER_CONFIG, TINY_TRANSFORMER_CONFIG
     from speed import inputs  # benchmarks/speed.py
 
@@ -36,21 +61,23 @@ def stage(name: str, package: str, small: bool, device: str | None) -> None:
     x = inputs(config, *((3, 4, 6) if small else (9, 44, 80)), device, dtype)
     t0 = time.perf_counter()
     if name == "compile":
-        speed.aot_compile(speed.random_transformer(config, device, dtype), x, package)
+        aot.compile_block(speed.random_transformer(config, device, dtype), x, package)
         seconds = time.perf_counter() - t0
         with zipfile.ZipFile(package) as z, tempfile.TemporaryDirectory() as tmp:  # is the flag still set inside?
             libraries = [z.extract(n, tmp) for n in z.namelist() if n.endswith(".so")]
-            still = [speed.clear_executable_stack(f) for f in libraries]
+            still = [aot.clear_executable_stack(f) for f in libraries]
         print(json.dumps({"compile_s": seconds, "package_mib": Path(package).stat().st_size / 2**20,
                           "libraries": len(libraries), "executable_stack_in_package": any(still)}))
     elif name == "load":
+        if init_device:
+            torch.zeros(1, device=device)
         loaded = torch._inductor.aoti_load_package(package)
         print(json.dumps({"load_s": time.perf_counter() - t0, "constants": len(loaded.get_constant_fqns())}))
     else:
         model = speed.random_transformer(config, device, dtype)
         with torch.no_grad():
             ref = model(**x)[0]
-            speed.aot_apply(model, package)
+            aot.apply(model, package)
             out = model(**x)[0]
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -70,18 +97,28 @@ def main() -> None:
     p.add_argument("--package", default="/tmp/mirage_block.pt2")
     p.add_argument("--small", action="store_true", help="the tiny transformer in float32 (on the CPU unless --device)")
     p.add_argument("--device", default=None, help="default: cpu with --small, else cuda")
+    p.add_argument("--minimal", action="store_true", help="one linear layer with its weights inside the package")
+    p.add_argument("--init-device", action="store_true", help="start the device before loading")
     p.add_argument("--stage", choices=("compile", "load", "apply"), default=None, help="(internal) run one stage")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.stage:
-        stage(args.stage, args.package, args.small, args.device)
+        import torch
+
+        if hasattr(torch._C, "_set_print_stack_traces_on_fatal_signal"):  # a native stack trace on a crash
+            torch._C._set_print_stack_traces_on_fatal_signal(True)
+        if args.minimal:
+            minimal_stage(args.stage, args.package, args.device or "cuda", args.init_device)
+        else:
+            stage(args.stage, args.package, args.small, args.device, args.init_device)
         return
     report = {}
     for name in ("compile", "load", "apply"):
         cmd = [sys.executable, "-X", "faulthandler", __file__, "--stage", name, "--package", args.package]
         cmd += (["--small"] if args.small else []) + ([] if args.device is None else ["--device", args.device])
+        cmd += (["--minimal"] if args.minimal else []) + (["--init-device"] if args.init_device else [])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-        tail = [line for line in (r.stdout + r.stderr).splitlines() if "warn" not in line.lower()][-12:]
+        tail = [line for line in (r.stdout + r.stderr).splitlines() if "warn" not in line.lower()][-40:]
         report[name] = {"exit_code": r.returncode, "tail": tail}
         print(f"{name}: exit {r.returncode}", *tail, sep="\n  ", flush=True)
         if r.returncode != 0:

@@ -28,6 +28,7 @@ writes everything to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -265,6 +266,8 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", choices=("eager", "regional", "fp8"), default="eager",
                    help="mirage.speed setting of the transformer (and branch): eager, regional compilation, FP8 + regional")
+    p.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="the VAE's dtype (mirage.speed: bfloat16 as the references run it; default: float32 as released)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     defaults = dict(height=64, width=96, frames=17, chunk_frames=9, steps=3) if args.small else \
@@ -294,7 +297,8 @@ def main(argv=None) -> dict:
     branch_info = load_branch(pipe, args, device) if args.branch else None
     settings = {"eager": speed.SpeedSettings(), "regional": speed.SpeedSettings(compile="regional"),
                 "fp8": speed.SpeedSettings(compile="regional", fp8=True)}[args.speed]  # fmt: skip
-    speed.apply(pipe.transformer, settings, pipe.branch)
+    settings = dataclasses.replace(settings, vae_dtype=args.vae_dtype)
+    speed.apply(pipe.transformer, settings, pipe.branch, vae=pipe.vae)
     image, path = scene_inputs(args)
     results = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mirage import speed  # noqa: E402
+from mirage import aot, speed  # noqa: E402
 from mirage.testing import TI2V_5B_TRANSFORMER_CONFIG, TINY_TRANSFORMER_CONFIG  # noqa: E402
 
 
@@ -75,7 +75,9 @@ def child_load(package: str) -> int:
 
 def decode_rows(device: torch.device, reps: int, small: bool) -> list[dict]:
     """The VAE decode of one chunk's latents (9 x 44 x 80, 33 frames at 704 x 1280) in float32 (as
-    released and as the pipeline loads it) and in bfloat16: first call, median, difference."""
+    released and as diffusers loads it) and in bfloat16 (as DiffSynth, and with it the Mirage and
+    Spatia references, run it), each with cuDNN's autotuner off and on (``cudnn.benchmark``): first
+    call, median, difference from float32."""
     from mirage.codecs import WanVAECodec
     from mirage.testing import TINY_VAE_CONFIG
 
@@ -84,17 +86,50 @@ def decode_rows(device: torch.device, reps: int, small: bool) -> list[dict]:
     rows, ref = [], None
     for dtype in (torch.float32, torch.bfloat16):
         codec = WanVAECodec.from_config(TINY_VAE_CONFIG if small else None, seed=0, torch_dtype=dtype, device=device)
-        with torch.no_grad():
-            first, median, out = timed(lambda: codec.decode(z), reps, device)
-        row = {"setting": f"VAE decode, {str(dtype).removeprefix('torch.')}", "setup_s": 0.0, "first_s": first,
-               "median_ms": median * 1e3, "note": f"one chunk's latents {list(shape[2:])}"}  # fmt: skip
-        ref = out if ref is None else ref
-        rows.append(row | diff(out, ref))
-        print(json.dumps(rows[-1]), flush=True)
+        for tuned in (False, True):
+            torch.backends.cudnn.benchmark = tuned
+            with torch.no_grad():
+                first, median, out = timed(lambda: codec.decode(z), reps, device)
+            name = f"VAE decode, {str(dtype).removeprefix('torch.')}" + (", cudnn.benchmark" if tuned else "")
+            row = {"setting": name, "setup_s": 0.0, "first_s": first, "median_ms": median * 1e3,
+                   "note": f"one chunk's latents {list(shape[2:])}"}  # fmt: skip
+            ref = out if ref is None else ref
+            rows.append(row | diff(out, ref))
+            print(json.dumps(rows[-1]), flush=True)
+        torch.backends.cudnn.benchmark = False
         codec = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+PROFILED = ("eager (SDPA, native)", "regional compile", "FP8 (torchao, per-row) + regional compile")
+
+
+def kernel_shares(model, x: dict, device: torch.device) -> dict:
+    """Where one forward's GPU time goes (torch.profiler, after two warm-up calls): milliseconds of
+    attention, matrix-product, fused elementwise (Triton) and other kernels, and the ten largest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        for _ in range(2):
+            model(**x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(**x)
+            torch.cuda.synchronize()
+    kinds = {"attention": ("fmha", "flash", "attention", "sdpa", "cudnn"), "matmul": ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas"),
+             "triton (fused)": ("triton",)}  # fmt: skip
+    shares: dict[str, float] = {k: 0.0 for k in (*kinds, "other")}
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0) > 0]
+    top = []
+    for e in events:
+        ms = getattr(e, "self_device_time_total", 0.0) / 1e3
+        kind = next((k for k, keys in kinds.items() if any(s in e.key.lower() for s in keys)), "other")
+        shares[kind] += ms
+        top.append((ms, e.key[:90], e.count))
+    top.sort(reverse=True)
+    return {"ms": shares, "top": [{"ms": m, "kernel": k, "count": c} for m, k, c in top[:10]]}
 
 
 def main(argv=None) -> dict:
@@ -105,6 +140,8 @@ def main(argv=None) -> dict:
     p.add_argument("--only", nargs="*", default=None, help="run only the settings whose names contain one of these "
                                                             "(eager always runs: the reference)")
     p.add_argument("--decode", action="store_true", help="time the VAE decode (float32 vs bfloat16) instead of the transformer")
+    p.add_argument("--profile", action="store_true", help="also profile one forward of the regional compile (and FP8): "
+                                                          "GPU milliseconds by kernel kind")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.small else "cpu")
@@ -134,6 +171,9 @@ def main(argv=None) -> dict:
                 row.update(diff(out, results["eager"]))
             else:
                 results["eager"] = out
+            if args.profile and device.type == "cuda" and name in PROFILED:
+                results.setdefault("profiles", {})[name] = kernel_shares(model, x, device)
+                print(json.dumps({"profile": name, **results["profiles"][name]}), flush=True)
             model = None  # (freed before the next setting)
         except Exception as err:  # noqa: BLE001 - a setting that fails is a result too
             row = {"setting": name, "error": f"{type(err).__name__}: {err}"[:400], "trace": traceback.format_exc()[-1500:]}
@@ -160,21 +200,25 @@ def main(argv=None) -> dict:
             run("FP8 (torchao, per-row) + regional compile",
                 lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fp8=True)))
         with tempfile.TemporaryDirectory() as tmp:
-            package = Path(tmp) / "block.pt2"
-            def aot():
+            def aot_block():  # compiled, loaded once in a child process (a crash there is a result), then applied
                 model = fresh()
-                return speed.aot_apply(model, speed.aot_compile(model, x, package))
+                pkg = aot.prepare(model, x, tmp)
+                results["aot_load_check"] = {"exit_code": pkg.load.exit_code, "detail": pkg.load.detail, "compile_s": pkg.compile_s}
+                if not pkg.usable:
+                    raise RuntimeError(f"the package does not load here (exit code {pkg.load.exit_code})")
+                return aot.apply(model, pkg)
 
-            run("AoT block (weights at run time)", aot, "one package for every block; weights passed per call (user-managed constants)")
-            if device.type == "cuda" and any(r["setting"].startswith("AoT") for r in rows):
+            run("AoT block (weights at run time)", aot_block, "one package for every block; weights passed per call (user-managed constants)")
+            package = next(Path(tmp).glob("block-*.pt2"), None)
+            if device.type == "cuda" and package is not None:
                 inside = Path(tmp) / "inside.pt2"
                 try:
-                    rc = speed.aot_package_with_weights(base, x, inside)
+                    rc = aot.package_with_weights(base, x, inside)
                     results["aot_weights_inside_child_rc"] = child_load(str(inside))
                     results["aot_weights_inside_size_mib"] = inside.stat().st_size / 2**20 if rc == 0 else None
                 except Exception as err:  # noqa: BLE001
                     results["aot_weights_inside_error"] = f"{type(err).__name__}: {err}"[:400]
-                results["aot_weights_at_run_time_child_rc"] = child_load(str(package)) if package.exists() else None
+                results["aot_weights_at_run_time_child_rc"] = child_load(str(package))
     results.pop("eager", None)
     results["rows"] = rows
     what = "One chunk's VAE decode" if args.decode else "One transformer forward"
@@ -190,6 +234,10 @@ def main(argv=None) -> dict:
     extra = {k: v for k, v in results.items() if k.startswith("aot_")}
     if extra:
         lines += ["", "AoT package load in a fresh process: " + json.dumps(extra)]
+    for name, prof in results.get("profiles", {}).items():
+        total = sum(prof["ms"].values())
+        lines += ["", f"GPU time of one forward, {name} (torch.profiler): {total:.1f} ms = "
+                  + ", ".join(f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in prof["ms"].items())]  # fmt: skip
     table = "\n".join(lines)
     print(table, flush=True)
     if args.out:

@@ -7,8 +7,8 @@ for a duration predicted here. The model is the H100's (measured with random wei
 * a transformer call on ``L`` latent frames at 704x1280 (``L`` = the chunk's own, plus references and
   preceding latents) with a side branch of ``b`` blocks costs ``(A L + B L^2)(1 + b / 30)`` seconds on
   the H100 (linear layers, then attention; the branch's blocks are DiT blocks);
-* the rest of a chunk (decode, depth, memory read and update, the branch inputs) costs a number of
-  seconds per pixel frame, more for the pixel memory, which rasterizes and encodes every frame;
+* the rest of a chunk (decode, depth, memory read and update, the branch inputs, and in the app the
+  readout decoded for the page, ``"display"``) costs a number of seconds per pixel frame, more for the pixel memory, which rasterizes and encodes every frame;
 * the first chunk of a run also encodes the prompt and the image and estimates the image's depth.
 
 Before a GPU has measured anything, its factor is a conservative prior per GPU kind (``PRIORS``);
@@ -32,8 +32,9 @@ __all__ = ["ChunkCost", "GpuPrior", "PRIORS", "prior_for", "CostModel", "h100_ca
 # blocks: 0.72 s measured, 0.73 s predicted.
 _A, _B = 0.0262, 0.000425
 _REST_PER_FRAME = {"latent": 0.105, "rgb": 0.137}  # s per pixel frame: decode 2.8 + depth 0.63 (+ RGB read 1.05) / 33
+_DISPLAY_PER_FRAME = 0.085  # s per pixel frame: the readout decoded for the page, 2.8 / 33 (the VAE in float32)
 _START = 1.0  # s: the prompt (UMT5-XXL), the image's latent and its depth, once per run (0.17 s measured, cached prompt)
-_REST_STAGES = ("project", "rasterize", "encode", "condition", "decode", "depth", "update")  # a chunk's charted stages but denoise
+_REST_STAGES = ("project", "rasterize", "encode", "condition", "decode", "depth", "update", "display")  # charted stages but denoise
 
 
 def h100_call_seconds(latent_frames: int, branch_blocks: int = 0) -> float:
@@ -53,18 +54,24 @@ class ChunkCost:
     memory: str  # "latent" or "rgb"
     first: bool  # the run's first chunk: also the prompt, the image's latent and its depth
     pixels: int = 704 * 1280  # H x W (costs scale with the pixels per frame)
+    display: bool = True  # the readout is also decoded for the page (the app's chunks; not the library's)
+
+    @property
+    def rest_per_frame(self) -> float:
+        """H100 seconds per pixel frame of everything but the transformer calls."""
+        return _REST_PER_FRAME[self.memory] + (_DISPLAY_PER_FRAME if self.display else 0.0)
 
     @classmethod
     def of(cls, memory: str, frame_range: tuple[int, int], index: int, steps: int, guidance: float,
-           family: BranchFamily | None = None, size: tuple[int, int] = (704, 1280)) -> "ChunkCost":  # fmt: skip
+           family: BranchFamily | None = None, size: tuple[int, int] = (704, 1280), display: bool = True) -> "ChunkCost":  # fmt: skip
         """Chunk ``index`` (0-based) of a run over pixel frames ``frame_range`` of ``size`` (H, W),
         with ``steps`` sampling steps (two transformer calls each when ``guidance > 1``) and the side
         branch of ``family`` (None: the bare model); every reference and preceding latent the family
-        may add counted (an upper bound)."""
+        may add counted (an upper bound); ``display``: the app decodes the readout for the page too."""
         start, stop = frame_range
         extra = family.extra_latents if family is not None and index > 0 else 0
         return cls(steps * (2 if guidance > 1 else 1), num_latent_frames(stop - start) + extra,
-                   family.blocks if family is not None else 0, stop - start, memory, index == 0, size[0] * size[1])  # fmt: skip
+                   family.blocks if family is not None else 0, stop - start, memory, index == 0, size[0] * size[1], display)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ class CostModel:
         call, rest = factors
         scale = cost.pixels / (704 * 1280)
         seconds = cost.calls * h100_call_seconds(cost.latent_frames, cost.branch_blocks) * call * scale
-        seconds += cost.frames * _REST_PER_FRAME[cost.memory] * rest * scale + (_START * rest if cost.first else 0.0)
+        seconds += cost.frames * cost.rest_per_frame * rest * scale + (_START * rest if cost.first else 0.0)
         return seconds
 
     def needed(self, cost: ChunkCost) -> float | None:
@@ -157,7 +164,7 @@ class CostModel:
         denoise = float(timings.get("denoise", 0.0))
         rest = sum(float(v) for k, v in timings.items() if k in _REST_STAGES)
         call = denoise / (cost.calls * h100_call_seconds(cost.latent_frames, cost.branch_blocks) * scale)
-        other = rest / (cost.frames * _REST_PER_FRAME[cost.memory] * scale)
+        other = rest / (cost.frames * cost.rest_per_frame * scale)
         self.factor = max(self.factor or 0.0, call)
         self.rest_factor = max(self.rest_factor or 0.0, other)
         self.observed.append({"cost": cost, "timings": dict(timings), "call_factor": call, "rest_factor": other})

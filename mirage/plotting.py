@@ -21,6 +21,7 @@ from .cameras import Cameras
 
 __all__ = [
     "STAGE_ORDER",
+    "STAGE_NAMES",
     "chunk_label",
     "auto_point_size",
     "pca_colors",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 MiB = float(2**20)
-STAGE_ORDER = ("project", "rasterize", "encode", "condition", "denoise", "decode", "depth", "update")  # readout first
+STAGE_ORDER = ("project", "rasterize", "encode", "condition", "denoise", "decode", "depth", "update", "display")  # readout first
 STAGE_COLORS = {  # readout stages in warm hues, generation in blues/greens
     "project": "#f58518",
     "rasterize": "#e45756",
@@ -46,7 +47,9 @@ STAGE_COLORS = {  # readout stages in warm hues, generation in blues/greens
     "decode": "#72b7b2",
     "depth": "#54a24b",
     "update": "#eeca3b",
+    "display": "#bab0ac",
 }
+STAGE_NAMES = {"display": "display (readout decoded for the page)"}  # legend names where the key alone says too little
 SCENE_CAMERA = dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=-0.9, z=-1.9), center=dict(x=0, y=0, z=0))
 PATH_COLOR = "#1f77b4"
 SOURCE_COLOR = "#d62728"
@@ -466,7 +469,7 @@ def timing_figure(
         values = {s: [sum(float(e.get(s, 0.0)) for e in timings[m]) / div[m] for m in methods] for s in stages}
     fig = go.Figure()
     for s in stages:
-        fig.add_trace(go.Bar(x=x, y=values[s], name=s, marker_color=STAGE_COLORS.get(s)))
+        fig.add_trace(go.Bar(x=x, y=values[s], name=STAGE_NAMES.get(s, s), marker_color=STAGE_COLORS.get(s)))
     totals = [sum(values[s][i] for s in stages) for i in range(len(values[stages[0]]) if stages else 0)]
     fig.add_trace(go.Scatter(
         x=x, y=totals, mode="text", text=[f"{t:.3g} s" for t in totals], textposition="top center",

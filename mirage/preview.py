@@ -45,6 +45,7 @@ from .cameras import Camera
 from .memory import MEMORY_KINDS, MemoryConfig, MemoryUpdate, SpatialMemory, make_memory
 from .paths import CameraPath
 from .revisits import RevisitScore
+from .timing import StageTimer
 from .scene import ColorBy, SceneState, export_path, point_colors, require_path
 
 __all__ = [
@@ -235,11 +236,11 @@ class PreviewRunner:
                            on_stage=lambda c, name: report(Progress(kind, c, name)), render=True)  # fmt: skip
         result = step(run, parts)
         r = result.readout.render  # frames [3, T_c, H, W], mask [T_c, H, W]
-        received = self.codec.decode(result.readout.latents[None].float())[0]  # [3, T_c, H, W]
+        received, display_s = _display_decode(self.codec, result.readout.latents, "cpu")  # [3, T_c, H, W]
         hole = torch.tensor(HOLE_COLOR, dtype=r.frames.dtype, device=r.frames.device).view(3, 1, 1, 1) / 127.5 - 1
         shown = torch.where(r.mask[None].to(r.frames.device), r.frames, hole)  # [3, T_c, H, W] holes in a colour no scene has
         view = _chunk_view(kind, result, shown, received, r.mask.cpu(), self.codec.temporal_stride,
-                           _CHARTED - _IDENTITY_IN_PREVIEW, time.perf_counter() - t0, initial)  # fmt: skip
+                           _CHARTED - _IDENTITY_IN_PREVIEW, time.perf_counter() - t0, initial, display_s)  # fmt: skip
         return ChunkDone(kind, run, view)
 
 
@@ -274,21 +275,33 @@ class GenerationRunner:
         index = len(run.chunks.history)
         result = pipe.step(run, lambda c, i, n: report(Progress(kind, c, "denoise", i, n)))
         run.to("cpu")  # between calls a run lives on the CPU
-        received = pipe.codec.decode(result.readout.latents[None].to(pipe._execution_device))[0]  # [3, T_c, H, W]
+        received, display_s = _display_decode(pipe.codec, result.readout.latents, pipe._execution_device)  # [3, T_c, H, W]
         mask = result.readout.cell_mask()  # [T_c, H, W] the latent cells the memory gave the model
         view = _chunk_view(kind, result, result.frames, received, mask, pipe.codec.temporal_stride, _CHARTED,
-                           time.perf_counter() - t0, initial)  # fmt: skip
+                           time.perf_counter() - t0, initial, display_s)  # fmt: skip
         assert view.index == index
         return ChunkDone(kind, run, view)
 
 
+def _display_decode(codec: VideoCodec, latents: Tensor, device) -> tuple[Tensor, float]:
+    """What the model received, for the page: the chunk's readout ``[C, F, h, w]`` decoded by the
+    run's codec (one more decode per chunk, inside the GPU call when generating) and its seconds, the
+    chunk's ``"display"`` stage. Returns ``[3, T_c, H, W]`` in [-1, 1] and the seconds."""
+    timer = StageTimer(device)
+    with timer.record("display"), timer.stage("display"):
+        received = codec.decode(latents[None].to(device, torch.float32))[0]  # [3, T_c, H, W]
+    return received, timer.last["display"]
+
+
 def _chunk_view(kind: str, result: ChunkResult, shown: Tensor, received: Tensor, mask: Tensor, temporal_stride: int,
-                charted: set[str], seconds: float, initial: InitialView | None) -> ChunkView:  # fmt: skip
-    """``shown`` / ``received`` ``[3, T_c, H, W]`` in [-1, 1], ``mask`` ``[T_c, H, W]``."""
+                charted: set[str], seconds: float, initial: InitialView | None, display_s: float) -> ChunkView:  # fmt: skip
+    """``shown`` / ``received`` ``[3, T_c, H, W]`` in [-1, 1], ``mask`` ``[T_c, H, W]``; ``display_s``: the
+    seconds ``received`` took to decode (the ``"display"`` stage)."""
     colors = result.update.colors(result.new_frames(temporal_stride))  # [added, 3] image colour of each new point
     mask = mask.cpu().bool()
     return ChunkView(kind, result.index, result.frame_range, _frames_u8(shown), _frames_u8(received), mask,
-                     mask.flatten(1).sum(1), {k: v for k, v in result.timings.items() if k in charted}, result.update.num_points,
+                     mask.flatten(1).sum(1), {k: v for k, v in result.timings.items() if k in charted} | {"display": display_s},
+                     result.update.num_points,
                      result.update.nbytes, colors, seconds, initial)  # fmt: skip
 
 

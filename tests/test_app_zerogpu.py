@@ -278,3 +278,36 @@ def test_two_visitors_at_once_and_a_tab_closed_mid_run(zgpu):
     _assert_same_latents(out_b, _reference(folder, 97, 9, 2))  # B's run, exactly, and nothing of A's
     with pytest.raises(Exception, match="this page was closed"):  # A's session refuses anything more
         a.predict(*SCENE, "orbit_left", 10, 33, "latent", api_name="/load_example")
+
+
+def test_a_block_compiled_ahead_of_time_at_start_up_runs_in_the_gpu_calls(tmp_path_factory):
+    """``MIRAGE_AOT=on``: start-up compiles the transformer's block for the room's working size in one long
+    GPU call, loads it in a child process, and says so in the banner; each chunk's call (a worker forked
+    later) loads the package itself and runs it: the latents are the eager run's to float tolerance,
+    but not bit for bit (eager would be)."""
+    from mirage import scene
+
+    tmp = tmp_path_factory.mktemp("app_zerogpu_aot")
+    folder = save_tiny_wan_checkpoint(tmp / "tiny-wan")
+    state = scene.build_scene(scene.compact_raw(scene.raw_from_example(SCENE[0], SCENE[1]), scene.FULL_LONG_SIDE), SCENE[2])
+    height, width = state.image.shape[-2:]
+    env = {"SPACES_ZERO_GPU": "1", "PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")]),
+           "ZEROGPU_STANDIN_LOG": str(tmp / "calls.jsonl"), "MIRAGE_AOT": "on", "MIRAGE_AOT_SIZES": f"{height}x{width}",
+           "MIRAGE_AOT_CACHE": str(tmp / "aot")}  # fmt: skip
+    proc, url = launch_app(tmp, free_port(), flags=True, generation=folder, env=env)
+    try:
+        start = _calls(tmp)
+        assert [(c["function"], c["outcome"], c["duration"]) for c in start] == [("gpu_prepare_aot", "ok", 1500)]
+        assert len(list((tmp / "aot").glob("block-*.pt2"))) == 1
+        with urllib.request.urlopen(url + "config", timeout=10) as r:
+            page = r.read().decode()
+        assert f"compiled ahead of time (AOTInductor) for {width}x{height}, 33-frame chunks (compiled at start-up in" in page
+        _, out = _run(Client(url, verbose=False), 33, seed=7)
+        assert out["status"].startswith("**Done**"), out["status"]
+        got, reference = _latents(out), _reference(folder, 33, 7, 2)
+        assert sorted(got) == sorted(reference)
+        for key, tensor in reference.items():
+            torch.testing.assert_close(got[key], tensor, rtol=0, atol=1e-4)
+        assert not all(torch.equal(got[k], t) for k, t in reference.items())  # the package ran, not the eager blocks
+    finally:
+        stop_app(proc)

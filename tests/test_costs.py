@@ -31,7 +31,7 @@ def _measured_chunks(name, family, chunking):
             assert len(run["chunk_timings"]) == len(ranges)
             for i, (t, r) in enumerate(zip(run["chunk_timings"], ranges)):
                 cost = ChunkCost.of(run["memory"], r, i, cfg["steps"], run["guidance"],
-                                    FAMILIES[family] if family else None, (cfg["height"], cfg["width"]))  # fmt: skip
+                                    FAMILIES[family] if family else None, (cfg["height"], cfg["width"]), display=False)  # fmt: skip
                 stages = {k: v for k, v in t.items() if k in _CHUNK_STAGES}
                 out.append((cost, stages, t["total"]))
     return out

@@ -490,3 +490,19 @@ def test_single_decode_is_one_decode_of_every_chunks_own_latents(pipe, scene):
     torch.testing.assert_close(out.video, pipe.codec.decode(latents)[0].float(), rtol=0, atol=0)
     stitched = generate(pipe, scene, single_decode=False).video
     assert out.video.shape == stitched.shape and not torch.equal(out.video, stitched)  # the causal VAE sees it all at once
+
+
+def test_the_aot_example_inputs_are_what_the_pipeline_passes_the_transformer(pipe, scene):
+    """A package compiled at start-up from ``aot.example_inputs`` fits the pipeline's own calls: the same
+    tensors, shapes and dtypes (with guidance, both calls of a step)."""
+    from mirage import aot
+
+    seen = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        generate(pipe, scene, num_frames=CHUNK, num_inference_steps=1, guidance_scale=5.0, negative_prompt_embeds=scene[3])
+    finally:
+        handle.remove()
+    latent_frames, h, w = seen[0]["hidden_states"].shape[2:]
+    example = aot.example_inputs(pipe.transformer, latent_frames, h, w, text_tokens=scene[3].shape[1])
+    assert len(seen) == 2 and all(aot.signature((), call) == aot.signature((), example) for call in seen)

@@ -67,8 +67,8 @@ def test_readout_preview_videos_masks_timings_and_growth(room_scene, T):
         charted = [v for t in run.timings for v in t.values()]
         assert all(v > 0 for v in charted) and sum(charted) <= run.seconds  # every stage ran, within the method's time
     lat, rgb = result.methods["latent"], result.methods["rgb"]
-    assert all(set(t) == {"project", "condition", "decode", "update"} for t in lat.timings)  # no denoise, no depth offline
-    assert all(set(t) == {"rasterize", "encode", "condition", "decode", "update"} for t in rgb.timings)
+    assert all(set(t) == {"project", "condition", "decode", "update", "display"} for t in lat.timings)  # no denoise, no depth offline
+    assert all(set(t) == {"rasterize", "encode", "condition", "decode", "update", "display"} for t in rgb.timings)
     assert lat.counts[0] == room_scene.memory.num_points
     assert rgb.sizes[-1] > 10 * lat.sizes[-1]  # pixel cloud vs one token per cell
     assert room_scene.memory.num_points == lat.counts[0]  # the scene's own memory is untouched

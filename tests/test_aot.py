@@ -1,0 +1,108 @@
+"""Ahead-of-time compiled blocks (mirage.aot) on the tiny transformer on the CPU, with the real torch
+APIs: export, AOTInductor package without weights, a load in a child process, every block with its own
+weights at the package's shapes and its own forward at any other; the start-up cache; the package's
+inputs are the pipeline's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mirage import aot, speed
+from mirage.testing import TINY_TRANSFORMER_CONFIG
+
+
+def _inputs(seed: int = 0, frames: int = 3) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(1, TINY_TRANSFORMER_CONFIG["in_channels"], frames, 4, 6, generator=g),
+                timestep=torch.full((1, frames * 2 * 3), 500.0),
+                encoder_hidden_states=torch.randn(1, 8, TINY_TRANSFORMER_CONFIG["text_dim"], generator=g),
+                return_dict=False)  # fmt: skip
+
+
+def _model():
+    return speed.random_transformer(TINY_TRANSFORMER_CONFIG, "cpu", torch.float32)
+
+
+def test_aot_package_without_weights_runs_every_block_with_its_own(tmp_path):
+    model, x = _model(), _inputs()
+    with torch.no_grad():
+        ref = model(**x)[0]
+    package = aot.compile_block(model, x, tmp_path / "block.pt2")
+    assert package.is_file()
+    other = _model()  # the same architecture: the package holds no weights, each block passes its own
+    for p in other.parameters():
+        p.data.add_(0.01)
+    with torch.no_grad():
+        other_ref = other(**x)[0]
+        aot.apply(model, package)
+        aot.apply(other, package)
+        torch.testing.assert_close(model(**x)[0], ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(other(**x)[0], other_ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ref, other_ref)  # so the weights really came from each model
+    assert aot.key(_model(), x) != aot.key(_model(), _inputs(frames=5))  # another size: another package
+
+
+def _stack_flags(path) -> int:  # p_flags of the PT_GNU_STACK header, read with the system's readelf
+    import subprocess
+
+    out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True, check=True).stdout
+    (line,) = [ln for ln in out.splitlines() if "GNU_STACK" in ln]
+    return sum(bit for letter, bit in (("R", 4), ("W", 2), ("E", 1)) if letter in line.split()[-2])
+
+
+@pytest.mark.skipif(__import__("shutil").which("readelf") is None, reason="needs binutils' readelf")
+def test_clear_executable_stack_drops_only_the_execute_bit(tmp_path):
+    """A library whose stack header asks for RWE ends RW; a second call finds nothing to clear; other
+    headers and bytes stay as they were."""
+    import shutil
+    import struct
+
+    lib = tmp_path / "lib.so"
+    shutil.copy(torch._C.__file__, lib)  # any 64-bit ELF library
+    data = bytearray(lib.read_bytes())
+    (table,) = struct.unpack_from("<Q", data, 0x20)
+    entry, count = struct.unpack_from("<HH", data, 0x36)
+    (header,) = [h for h in range(table, table + entry * count, entry) if struct.unpack_from("<I", data, h)[0] == 0x6474E551]
+    struct.pack_into("<I", data, header + 4, 7)  # as the compiler leaves an AOTInductor library: RWE
+    lib.write_bytes(bytes(data))
+    assert _stack_flags(lib) == 7
+    assert aot.clear_executable_stack(lib) is True
+    assert _stack_flags(lib) == 6
+    after = bytearray(lib.read_bytes())
+    assert [i for i in range(len(data)) if data[i] != after[i]] == [header + 4]
+    assert aot.clear_executable_stack(lib) is False
+    (tmp_path / "not.so").write_bytes(b"plain text, not an ELF file")
+    with pytest.raises(ValueError):
+        aot.clear_executable_stack(tmp_path / "not.so")
+
+
+def test_prepare_compiles_once_checks_in_a_child_and_applies_at_its_shapes_only(tmp_path):
+    """The first prepare compiles into the cache and a child process loads the package; the second finds
+    it. Applied, calls at the package's shapes run it (as eager, to float tolerance) and a call at another
+    chunk length runs each block's own forward (exactly eager); remove counts both and restores eager."""
+    model, x, longer = _model(), _inputs(), _inputs(seed=1, frames=5)
+    with torch.no_grad():
+        ref, ref_longer = model(**x)[0], model(**longer)[0]
+    pkg = aot.prepare(model, x, tmp_path)
+    assert pkg.compile_s > 0 and pkg.load.ok and pkg.load.exit_code == 0 and pkg.usable
+    again = aot.prepare(model, x, tmp_path)
+    assert again.compile_s is None and (again.path, again.key, again.signature) == (pkg.path, pkg.key, pkg.signature)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [pkg.path.name, pkg.path.name + ".json"]  # no temporary left
+    aot.apply(model, pkg)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x)[0], ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(model(**longer)[0], ref_longer)
+    blocks = len(speed.repeated_blocks(model))
+    assert aot.remove(model) == {"package": blocks, "eager": blocks}
+    with torch.no_grad():
+        assert torch.equal(model(**x)[0], ref)
+
+
+def test_a_package_that_does_not_load_is_said_and_never_applied(tmp_path):
+    bad = tmp_path / "block-0.pt2"
+    bad.write_bytes(b"PK\x03\x04 not a package")
+    check = aot.check_load(bad)
+    assert not check.ok and check.exit_code not in (0, None) and check.detail
+    pkg = aot.Package(bad, "0", [], None, check)
+    assert not pkg.usable

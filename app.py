@@ -63,7 +63,7 @@ def gpu_prepare_aot() -> rt.AotStatus:
 
 
 if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @spaces.GPU)
-    rt.load_pipeline(MODE.model_path, MODE.device, zero_gpu=MODE.zero_gpu)
+    rt.load_pipeline(MODE.model_path, MODE.device, zero_gpu=MODE.zero_gpu, aot=rt.aot_wanted(MODE))
     runs.init_costs(MODE)
     if rt.aot_wanted(MODE):
         try:

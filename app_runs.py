@@ -72,7 +72,8 @@ def make_runner(spec: RunSpec, mode: rt.AppMode):
     if not spec.generation:
         return preview.PreviewRunner()
     branch = mode.branches.get(spec.conditioning)
-    pipe = rt.loaded_pipeline(mode.model_path, mode.device, branch) or rt.load_pipeline(mode.model_path, mode.device, branch, mode.zero_gpu)
+    pipe = rt.loaded_pipeline(mode.model_path, mode.device, branch) or rt.load_pipeline(
+        mode.model_path, mode.device, branch, mode.zero_gpu, rt.aot_wanted(mode))
     return preview.GenerationRunner(pipe, seed=spec.seed, **spec.pipe_kwargs())
 
 
@@ -107,7 +108,8 @@ def device_line(mode: rt.AppMode, steps: int, guidance: float) -> str:
     call = f"; each chunk of each memory is one GPU call, asking for {COSTS.request(cost)} s" if mode.zero_gpu else ""
     settings = speed.choose(mode.device, mode.zero_gpu)
     if aot is not None:
-        how = f" Speed setting: {speed.describe(settings)}; {aot.line()}."
+        vae = f"; VAE in {settings.vae_dtype}" if settings.vae_dtype else ""
+        how = f" Speed setting: {aot.line()}{vae}."
     elif mode.zero_gpu:
         how = f" Speed setting: {speed.describe(settings)} (SDPA; ZeroGPU runs no torch.compile)."
     else:

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -666,12 +666,14 @@ _PIPELINE: dict = {}  # the loaded MiragePipeline, shared by sessions
 _PIPELINE_LOCK = threading.Lock()
 
 
-def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = None, zero_gpu: bool = False):
+def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = None, zero_gpu: bool = False,
+                  aot: bool = False):  # fmt: skip
     """``MiragePipeline`` from ``model_path`` on ``device``, loaded once per process (bf16 transformer
     and text encoder on CUDA, float32 on the CPU; the VAE loaded in float32), with ``branch`` loaded
     into it when given (one trained branch at a time; switching replaces it), run with the device's
     speed setting (``mirage.speed.choose``: on CUDA the VAE in bf16, as the references run it, and
-    regional compilation on a dedicated GPU; eager on ZeroGPU; nothing on the CPU). Memory updates need depth: Depth Pro when its weights are cached, else the (labelled)
+    regional compilation on a dedicated GPU unless ``aot``, blocks compiled ahead of time at start-up
+    (``prepare_aot``); eager on ZeroGPU; nothing on the CPU). Memory updates need depth: Depth Pro when its weights are cached, else the (labelled)
     planar prior."""
     from mirage import speed
     from mirage.pipeline import MiragePipeline
@@ -685,6 +687,7 @@ def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = Non
             if device == "cuda":  # the text encoder (11 GB) works once per prompt, then rests on the CPU: every
                 pipe.enable_text_encoder_offload()  # conditioning fits a half Blackwell card (README, "GPU memory")
             settings = speed.choose(device, zero_gpu)
+            settings = replace(settings, compile="off") if aot else settings  # blocks compiled ahead of time instead
             speed.apply(pipe.transformer, settings, vae=pipe.vae)
             _PIPELINE.update(key=(model_path, device), pipe=pipe, depth=depth, branch=None, speed=settings)
         pipe = _PIPELINE["pipe"]
@@ -724,11 +727,11 @@ class AotStatus:
 
     def line(self) -> str:
         if not self.usable:
-            return f"eager (no ahead-of-time package: {self.note})" if self.note else "eager"
+            return f"transformer eager (no ahead-of-time package: {self.note})" if self.note else "transformer eager"
         parts = []
         for label, p in self.packages:
             made = "found in the cache" if p.compile_s is None else f"compiled at start-up in {p.compile_s:.0f} s"
-            parts.append(f"{label} ({made}" + (")" if p.usable else f"; does not load here, exit code {p.load.exit_code})"))
+            parts.append(f"{label} ({made}" + (")" if p.usable else f"; not used: {p.why_not()})"))
         return ("the transformer's block compiled ahead of time (AOTInductor) for " + "; ".join(parts)
                 + "; other chunks run eager")  # fmt: skip
 
@@ -767,11 +770,11 @@ def prepare_aot(mode: AppMode) -> AotStatus:
     cache = Path(os.environ.get(AOT_CACHE_ENV) or Path.home() / ".cache" / "mirage" / "aot")
     chunk = generation_defaults()["chunking"].frames
     frames = num_latent_frames(chunk, pipe.codec.temporal_stride)
-    stride, packages = pipe.codec.spatial_stride, []
-    torch._inductor.config.compile_threads = 1  # no compile worker pool inside a GPU worker process
-    for height, width in aot_sizes():
-        inputs = aot.example_inputs(pipe.transformer, frames, height // stride, width // stride, device=pipe._execution_device)
-        packages.append((f"{width}x{height}, {chunk}-frame chunks", aot.prepare(pipe.transformer, inputs, cache)))
+    stride, packages = pipe.codec.spatial_stride, []  # 512 text tokens: MiragePipeline.encode_prompt's length
+    with torch._inductor.config.patch(compile_threads=1):  # no compile worker pool inside a GPU worker process
+        for height, width in aot_sizes():
+            inputs = aot.example_inputs(pipe.transformer, frames, height // stride, width // stride, device=pipe._execution_device)
+            packages.append((f"{height}x{width}, {chunk}-frame chunks", aot.prepare(pipe.transformer, inputs, cache)))
     return AotStatus(tuple(packages))
 
 
@@ -782,7 +785,7 @@ def apply_aot(mode: AppMode, status: AotStatus) -> AotStatus:
 
     if not status.usable:
         failed = [p for _, p in status.packages if not p.usable]
-        note = status.note or (f"the package does not load on this machine (exit code {failed[0].load.exit_code})" if failed else "")
+        note = status.note or (f"the package does not load on this machine: {failed[0].why_not()}" if failed else "")
         status = AotStatus(status.packages, note)
     else:
         aot.apply(loaded_pipeline(mode.model_path, mode.device).transformer, status.usable)

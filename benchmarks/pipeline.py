@@ -321,7 +321,7 @@ def main(argv=None) -> dict:
             run_bare(pipe, image, args, g, f"bare diffusers {mode} one chunk g{g:g}", device) for g in args.guidance
         ]  # fmt: skip
         what = f"{args.branch} branch + LoRA, " if args.branch else ""
-        print(f"\n## {mode} ({what}{args.width}x{args.height}, {args.frames} frames, {args.steps} steps, {device}, {dtype}, "
+        print(f"\n## {mode} ({what}{args.width}x{args.height}, {args.frames} frames, {args.steps} steps, {results['device']}, {dtype}, "
               f"{speed.describe(settings)})\n")
         for guidance, pair, text, _ in table:
             print(f"### guidance {guidance:g}\n\n" + stage_table(pair) + "\n\n" + text + "\n", flush=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,12 +64,6 @@ def timed(fn, reps: int, device) -> tuple[float, float, torch.Tensor]:
 def diff(out: torch.Tensor, ref: torch.Tensor) -> dict:
     d = (out.float() - ref.float())
     return {"max_abs": float(d.abs().max()), "rel_rms": float(d.pow(2).mean().sqrt() / ref.float().pow(2).mean().sqrt())}
-
-
-def child_load(package: str) -> int:
-    """Load an AOTInductor package in a fresh process: its exit code (-11: a segmentation fault)."""
-    code = f"import torch; m = torch._inductor.aoti_load_package({package!r}); print('loaded', len(m.get_constant_fqns()))"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).returncode
 
 
 def decode_rows(device: torch.device, reps: int, small: bool) -> list[dict]:
@@ -214,11 +207,11 @@ def main(argv=None) -> dict:
                 inside = Path(tmp) / "inside.pt2"
                 try:
                     rc = aot.package_with_weights(base, x, inside)
-                    results["aot_weights_inside_child_rc"] = child_load(str(inside))
+                    results["aot_weights_inside_child_rc"] = aot.check_load(inside).exit_code
                     results["aot_weights_inside_size_mib"] = inside.stat().st_size / 2**20 if rc == 0 else None
                 except Exception as err:  # noqa: BLE001
                     results["aot_weights_inside_error"] = f"{type(err).__name__}: {err}"[:400]
-                results["aot_weights_at_run_time_child_rc"] = child_load(str(package))
+                results["aot_weights_at_run_time_child_rc"] = aot.check_load(package).exit_code
     results.pop("eager", None)
     results["rows"] = rows
     what = "One chunk's VAE decode" if args.decode else "One transformer forward"

@@ -6,15 +6,16 @@ compiled code with its own weights passed as user-managed constants. This is wha
 ``spaces.aoti_compile`` / ``aoti_blocks_load`` do with the same torch APIs (they pass
 ``package_constants_in_so=False`` and load the weights per block).
 
-* ``key``: what a package is valid for (torch version, GPU architecture, the block's input shapes and
-  dtypes, the block's source).
+* ``key``: what a package is valid for (torch and diffusers versions, GPU architecture, the block's
+  input shapes and dtypes, its weights' names, shapes and dtypes, its source).
 * ``compile_block``: export, compile and package; ``signature`` records the shapes it takes.
 * ``check_load``: load a package in a child process. A package that cannot be loaded may crash the
   process that tries (a segmentation fault inside ``AOTIModelPackageLoader``, seen on the H100 machine:
   ``benchmarks/results/aot_probe_*``), so a server learns it from a child and stays eager.
 * ``apply``: every repeated block runs the package, loaded lazily in each process that calls it (a
   ZeroGPU worker loads it in its own call), for calls at the shapes it was compiled for; any other
-  call (another working size, a side branch's longer sequence) runs the block's own forward.
+  call (another working size, a side branch's longer sequence) runs the block's own forward, as does
+  a block the package fails for (its weights renamed by an adapter, say), with a warning.
   ``remove`` puts every block back.
 * ``prepare``: the start-up step: the package from a cache folder when one with the same key is
   there, else compiled into it; then checked.
@@ -31,6 +32,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,15 @@ class Package:
 
     @property
     def usable(self) -> bool:
-        return self.path.is_file() and (self.load is None or self.load.ok)
+        return self.load is None or self.load.ok
+
+    def why_not(self) -> str:
+        """Why the package is not used ("" when it is)."""
+        if self.usable:
+            return ""
+        if self.load.exit_code is None:
+            return f"its load in a child process {self.load.detail}"
+        return f"its load in a child process ended with exit code {self.load.exit_code} ({self.load.detail.splitlines()[-1][:160] if self.load.detail else 'no output'})"
 
 
 def example_inputs(transformer: nn.Module, latent_frames: int, height: int, width: int, text_tokens: int = 512,
@@ -136,9 +146,13 @@ def key(transformer: nn.Module, inputs: dict[str, Any]) -> str:
     block = repeated_blocks(transformer)[0]
     arch = "x".join(map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else "cpu"
     device = next(transformer.parameters()).device.type
+    import diffusers
+
     source = inspect.getsource(type(block))
     sig = signature(*_block_call(transformer, inputs))
-    return hashlib.sha256(f"{torch.__version__}|{arch}|{device}|{sig}|{source}".encode()).hexdigest()[:16]
+    weights = [(n, tuple(t.shape), str(t.dtype)) for n, t in block.state_dict().items()]  # e.g. a LoRA renames them
+    text = f"{torch.__version__}|{diffusers.__version__}|{arch}|{device}|{sig}|{weights}|{source}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def clear_executable_stack(path: str | Path) -> bool:
@@ -206,10 +220,18 @@ def prepare(transformer: nn.Module, inputs: dict[str, Any], cache_dir: str | Pat
     path = Path(cache_dir) / f"block-{k}.pt2"
     compile_s = None
     if not (path.is_file() and _sidecar(path).is_file()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):  # said before minutes of compiling, not after
+            raise PermissionError(f"cannot write ahead-of-time packages into {path.parent}")
         t0 = time.perf_counter()
-        tmp = compile_block(transformer, inputs, path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2"))
-        os.replace(_sidecar(tmp), _sidecar(path))
-        os.replace(tmp, path)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
+        try:
+            compile_block(transformer, inputs, tmp)
+            os.replace(_sidecar(tmp), _sidecar(path))
+            os.replace(tmp, path)
+        finally:
+            for leftover in (tmp, _sidecar(tmp)):
+                leftover.unlink(missing_ok=True)
         compile_s = time.perf_counter() - t0
     return Package(path, k, _read_signature(path), compile_s, check_load(path) if check else None)
 
@@ -233,21 +255,33 @@ class _AotBlock:
         self.weights: dict[str, torch.Tensor] | None = None
         self.pid: int | None = None
         self.first: set[Path] = set()  # packages that got this process's full constants update
+        self.broken: set[Path] = set()  # packages that failed for this block: it runs eager at their shapes
         self.calls = {"package": 0, "eager": 0}
 
     def __call__(self, *args, **kwargs):
         package = self.fits.get(tuple(signature(args, kwargs)))
-        if package is None:
-            self.calls["eager"] += 1
-            return type(self.block).forward(self.block, *args, **kwargs)
+        if package is not None and package not in self.broken:
+            try:
+                return self._run(package, args, kwargs)
+            except Exception as err:  # noqa: BLE001 - e.g. weights renamed by an adapter: this block runs eager
+                self.broken.add(package)
+                warnings.warn(f"{package.name} not used for {type(self.block).__name__}: {type(err).__name__}: {err}")
+        self.calls["eager"] += 1
+        return type(self.block).forward(self.block, *args, **kwargs)
+
+    def _run(self, package: Path, args: tuple, kwargs: dict):
         if self.pid != os.getpid():  # this process's first call: its own tensors (a ZeroGPU worker's on its GPU)
             self.weights, self.pid, self.first = dict(self.block.state_dict()), os.getpid(), set()
         loaded = _loaded(package)
         names = loaded.get_constant_fqns()
+        missing = [n for n in names if n not in self.weights]
+        if missing:
+            raise KeyError(f"the block has no weight {missing[0]!r} (of {len(missing)} the package needs)")
         loaded.load_constants({n: self.weights[n] for n in names}, check_full_update=package not in self.first, user_managed=True)
         self.first.add(package)
+        out = loaded(*args, **kwargs)
         self.calls["package"] += 1
-        return loaded(*args, **kwargs)
+        return out
 
 
 def _read_signature(path: Path) -> Signature:

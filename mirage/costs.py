@@ -31,8 +31,10 @@ __all__ = ["ChunkCost", "GpuPrior", "PRIORS", "prior_for", "CostModel", "h100_ca
 # 1.55 s on Spatia's 31 with its 8 blocks (3.1 s per step with guidance); Mirage's 15 with its 15
 # blocks: 0.72 s measured, 0.73 s predicted.
 _A, _B = 0.0262, 0.000425
-_REST_PER_FRAME = {"latent": 0.105, "rgb": 0.137}  # s per pixel frame: decode 2.8 + depth 0.63 (+ RGB read 1.05) / 33
-_DISPLAY_PER_FRAME = 0.085  # s per pixel frame: the readout decoded for the page, 2.8 / 33 (the VAE in float32)
+# s per pixel frame with the VAE in float32 (in bf16, as the app runs it on CUDA, a decode takes 1.7 s: an
+# over-prediction until this GPU has measured): decode 2.8 + depth 0.63 (+ RGB read 1.05) / 33
+_REST_PER_FRAME = {"latent": 0.105, "rgb": 0.137}
+_DISPLAY_PER_FRAME = 0.085  # s per pixel frame: the readout decoded for the page, 2.8 / 33
 _START = 1.0  # s: the prompt (UMT5-XXL), the image's latent and its depth, once per run (0.17 s measured, cached prompt)
 _REST_STAGES = ("project", "rasterize", "encode", "condition", "decode", "depth", "update", "display")  # charted stages but denoise
 

@@ -236,7 +236,7 @@ class PreviewRunner:
                            on_stage=lambda c, name: report(Progress(kind, c, name)), render=True)  # fmt: skip
         result = step(run, parts)
         r = result.readout.render  # frames [3, T_c, H, W], mask [T_c, H, W]
-        received, display_s = _display_decode(self.codec, result.readout.latents, "cpu")  # [3, T_c, H, W]
+        received, display_s = _display_decode(self.codec, result.readout.latents, getattr(self.codec, "device", "cpu"))  # [3, T_c, H, W]
         hole = torch.tensor(HOLE_COLOR, dtype=r.frames.dtype, device=r.frames.device).view(3, 1, 1, 1) / 127.5 - 1
         shown = torch.where(r.mask[None].to(r.frames.device), r.frames, hole)  # [3, T_c, H, W] holes in a colour no scene has
         view = _chunk_view(kind, result, shown, received, r.mask.cpu(), self.codec.temporal_stride,

@@ -116,7 +116,7 @@ def apply_branch(branch: nn.Module | None, settings: SpeedSettings) -> None:
 def choose(device: str, zero_gpu: bool) -> SpeedSettings:
     """The setting for a device: on CUDA the VAE in bf16 (as the references run it) and, on a dedicated
     GPU, regional compilation; eager (SDPA) on ZeroGPU, where torch.compile does not run (AoT packages
-    are applied apart: ``aot_apply``); on the CPU, nothing (float32 throughout)."""
+    are applied apart: ``mirage.aot``); on the CPU, nothing (float32 throughout)."""
     if device != "cuda":
         return SpeedSettings()
     return SpeedSettings(compile="off" if zero_gpu else "regional", vae_dtype="bfloat16")

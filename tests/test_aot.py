@@ -106,3 +106,22 @@ def test_a_package_that_does_not_load_is_said_and_never_applied(tmp_path):
     assert not check.ok and check.exit_code not in (0, None) and check.detail
     pkg = aot.Package(bad, "0", [], None, check)
     assert not pkg.usable
+
+
+def test_a_block_whose_weights_the_package_does_not_know_runs_eager_with_a_warning(tmp_path):
+    """A LoRA adapter added after start-up renames a block's weights (``...base_layer.weight``): the
+    package cannot be fed them, so every block says so once and runs its own forward, exactly eager;
+    and such a transformer has another key (a package for it is compiled apart)."""
+    from peft import LoraConfig
+
+    model, x = _model(), _inputs()
+    pkg = aot.prepare(model, x, tmp_path, check=False)
+    aot.apply(model, pkg)
+    model.add_adapter(LoraConfig(r=2, target_modules=["to_q"]))  # lora_B starts at zero: the same function
+    with torch.no_grad(), pytest.warns(UserWarning, match="not used for WanTransformerBlock: KeyError"):
+        out = model(**x)[0]
+    calls = aot.remove(model)
+    with torch.no_grad():
+        assert torch.equal(out, model(**x)[0])
+    assert calls == {"package": 0, "eager": len(speed.repeated_blocks(model))}
+    assert aot.key(model, x) != pkg.key

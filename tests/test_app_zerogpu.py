@@ -301,7 +301,8 @@ def test_a_block_compiled_ahead_of_time_at_start_up_runs_in_the_gpu_calls(tmp_pa
         assert len(list((tmp / "aot").glob("block-*.pt2"))) == 1
         with urllib.request.urlopen(url + "config", timeout=10) as r:
             page = r.read().decode()
-        assert f"compiled ahead of time (AOTInductor) for {width}x{height}, 33-frame chunks (compiled at start-up in" in page
+        assert (f"Speed setting: the transformer's block compiled ahead of time (AOTInductor) for {height}x{width}, "
+                "33-frame chunks (compiled at start-up in") in page
         _, out = _run(Client(url, verbose=False), 33, seed=7)
         assert out["status"].startswith("**Done**"), out["status"]
         got, reference = _latents(out), _reference(folder, 33, 7, 2)

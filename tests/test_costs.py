@@ -113,3 +113,18 @@ def test_a_platform_that_grants_more_than_asked_is_asked_for_less():
     big = ChunkCost.of("rgb", (32, 65), 1, 50, 5.0)
     assert 120 < granted.needed(big) <= 180
     assert not plain.fits(big) and granted.fits(big) and granted.request(big) <= 120
+
+
+def test_the_readout_decoded_for_the_page_is_predicted_and_learned_as_part_of_a_chunk():
+    """An app chunk also decodes its readout for the page (``display``): predicted on top of the
+    library's chunk, by one decode's worth on the H100, and learned from its measured ``display`` stage."""
+    h100 = CostModel(prior_for("NVIDIA H100 80GB HBM3"))
+    app, library = (ChunkCost.of("latent", (32, 65), 1, 20, 1.0, display=d) for d in (True, False))
+    assert h100.predict(app) - h100.predict(library) == pytest.approx(2.8, rel=0.01)  # one float32 decode, 33 frames
+    model = CostModel(None, cap=10_000)
+    stages = {"denoise": 10.0, "decode": 3.0, "depth": 1.0, "update": 0.1}
+    model.observe(app, {**stages, "display": 3.0})
+    assert model.predict(app) == pytest.approx(17.1, rel=1e-6)  # every stage measured, the display decode included
+    slow = CostModel(None, cap=10_000)
+    slow.observe(app, {**stages, "display": 9.0})
+    assert slow.predict(app) == pytest.approx(23.1, rel=1e-6)

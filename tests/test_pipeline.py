@@ -493,16 +493,19 @@ def test_single_decode_is_one_decode_of_every_chunks_own_latents(pipe, scene):
 
 
 def test_the_aot_example_inputs_are_what_the_pipeline_passes_the_transformer(pipe, scene):
-    """A package compiled at start-up from ``aot.example_inputs`` fits the pipeline's own calls: the same
-    tensors, shapes and dtypes (with guidance, both calls of a step)."""
-    from mirage import aot
+    """A package compiled at start-up from ``aot.example_inputs`` fits the pipeline's own calls: for a
+    chunk of ``CHUNK`` pixel frames at H x W, the repeated block gets the same tensors, shapes and
+    dtypes (with guidance, both calls of a step)."""
+    from mirage import aot, speed
+    from mirage.frames import num_latent_frames
 
-    seen = []
-    handle = pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    block, seen = speed.repeated_blocks(pipe.transformer)[0], []
+    handle = block.register_forward_pre_hook(lambda m, args, kwargs: seen.append(aot.signature(args, kwargs)), with_kwargs=True)
     try:
         generate(pipe, scene, num_frames=CHUNK, num_inference_steps=1, guidance_scale=5.0, negative_prompt_embeds=scene[3])
     finally:
         handle.remove()
-    latent_frames, h, w = seen[0]["hidden_states"].shape[2:]
-    example = aot.example_inputs(pipe.transformer, latent_frames, h, w, text_tokens=scene[3].shape[1])
-    assert len(seen) == 2 and all(aot.signature((), call) == aot.signature((), example) for call in seen)
+    s = pipe.codec.spatial_stride
+    example = aot.example_inputs(pipe.transformer, num_latent_frames(CHUNK), H // s, W // s, text_tokens=scene[3].shape[1])
+    expected = aot.signature(*aot._block_call(pipe.transformer, example))
+    assert len(seen) == 2 and seen == [expected, expected]

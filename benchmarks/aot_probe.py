@@ -5,7 +5,10 @@ block at one chunk's shapes and package it with AOTInductor, weights outside), `
 compared with eager). Prints each stage's exit code and the last lines of its output (with PyTorch's
 native stack trace on a fatal signal). ``--minimal`` runs the same stages on one linear layer packaged
 with its weights by ``aoti_compile_and_package`` (does any package load here?); ``--init-device``
-starts the device (a CUDA context) before loading. ``aot.compile_block`` clears the
+starts the device (a CUDA context) before loading. After the compile stage, ``inspect`` reports
+what the packaged library is made of (binutils, no torch): the shared libraries it needs and where it
+looks for them, the compiler that built it, and whether C++ standard library internals (locale facet
+ids, ``codecvt``) are defined inside it, i.e. a second copy of libstdc++ beside the process's. ``aot.compile_block`` clears the
 executable-stack flag of the compiled library (``aot.clear_executable_stack``); the compile stage
 reports whether the packaged library still carries it.
 
@@ -92,6 +95,33 @@ def stage(name: str, package: str, small: bool, device: str | None, init_device:
                           "rel_rms": float(d.pow(2).mean().sqrt() / ref.float().pow(2).mean().sqrt())}))
 
 
+def inspect(package: str) -> dict:
+    """What the package's compiled libraries are made of (module docstring); empty fields where a
+    binutils tool is missing."""
+    import shutil
+
+    def run(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout if shutil.which(cmd[0]) else ""
+
+    out = {}
+    with zipfile.ZipFile(package) as z, tempfile.TemporaryDirectory() as tmp:
+        for name in (n for n in z.namelist() if n.endswith(".so")):
+            lib = z.extract(name, tmp)
+            dynamic = run("readelf", "-d", lib).splitlines()
+            defined = run("nm", "-C", "--defined-only", lib).splitlines()
+            internals = [line.split(" ", 2)[-1] for line in defined
+                         if any(k in line for k in ("std::locale::id", "std::locale::classic", "std::codecvt<char16_t"))]
+            out[Path(name).name] = {
+                "needed": [line.split("[")[-1].rstrip("]") for line in dynamic if "(NEEDED)" in line],
+                "runpath": [line.split("[")[-1].rstrip("]") for line in dynamic if "PATH)" in line],
+                "compiler": sorted({line.split("]", 1)[-1].strip() for line in run("readelf", "-p", ".comment", lib).splitlines()
+                                    if "]" in line}),
+                "libstdcxx_internals_defined_inside": internals[:8],
+                "libstdcxx_internals_count": len(internals),
+            }
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--package", default="/tmp/mirage_block.pt2")
@@ -121,6 +151,9 @@ def main() -> None:
         tail = [line for line in (r.stdout + r.stderr).splitlines() if "warn" not in line.lower()][-40:]
         report[name] = {"exit_code": r.returncode, "tail": tail}
         print(f"{name}: exit {r.returncode}", *tail, sep="\n  ", flush=True)
+        if name == "compile" and r.returncode == 0:
+            report["inspect"] = inspect(args.package)
+            print("inspect:", json.dumps(report["inspect"], indent=1), flush=True)
         if r.returncode != 0:
             break
     if args.out:

@@ -125,3 +125,48 @@ def test_a_block_whose_weights_the_package_does_not_know_runs_eager_with_a_warni
         assert torch.equal(out, model(**x)[0])
     assert calls == {"package": 0, "eager": len(speed.repeated_blocks(model))}
     assert aot.key(model, x) != pkg.key
+
+
+@pytest.mark.skipif(__import__("shutil").which("readelf") is None or __import__("shutil").which("nm") is None,
+                    reason="needs binutils' readelf and nm")
+def test_the_probe_says_what_a_compiled_library_is_made_of(tmp_path):
+    """``benchmarks/aot_probe.py``'s inspection of a package (what a crashing load on the GPU machine is
+    checked with): here the library takes the C++ standard library from the system, none of its
+    internals inside it, and names the compiler that built it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from aot_probe import inspect
+
+    package = aot.compile_block(_model(), _inputs(), tmp_path / "block.pt2")
+    (lib,) = inspect(str(package)).values()
+    assert "libstdc++.so.6" in lib["needed"] and "libtorch_cpu.so" in lib["needed"]
+    assert lib["libstdcxx_internals_count"] == 0 and lib["compiler"] and lib["compiler"][0].startswith(("GCC", "clang"))
+
+
+@pytest.mark.skipif(any(__import__("shutil").which(t) is None for t in ("readelf", "nm", "g++")),
+                    reason="needs binutils and g++")
+def test_the_probe_tells_a_library_with_its_own_libstdcxx_from_one_that_shares_the_processes(tmp_path):
+    """The same std::regex code linked against the system's libstdc++ and with a static copy of it:
+    only the second carries the standard library's locale internals (its own facet ids)."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from aot_probe import inspect
+
+    src = tmp_path / "rx.cpp"
+    src.write_text('#include <regex>\n#include <string>\nextern "C" int parse(const char* s) {\n'
+                   '  std::regex re("(cpu|cuda)(:([0-9]+))?");\n  return std::regex_match(std::string(s), re);\n}\n')
+    found = {}
+    for kind, flags in (("shared", []), ("static", ["-static-libstdc++", "-static-libgcc"])):
+        lib = tmp_path / f"{kind}.so"
+        subprocess.run(["g++", "-shared", "-fPIC", "-O1", *flags, str(src), "-o", str(lib)], check=True)
+        with zipfile.ZipFile(tmp_path / f"{kind}.pt2", "w") as z:
+            z.write(lib, f"data/aotinductor/model/{kind}.so")
+        (found[kind],) = inspect(str(tmp_path / f"{kind}.pt2")).values()
+    assert "libstdc++.so.6" in found["shared"]["needed"] and found["shared"]["libstdcxx_internals_count"] == 0
+    assert "libstdc++.so.6" not in found["static"]["needed"] and found["static"]["libstdcxx_internals_count"] > 0

@@ -12,16 +12,12 @@ from mirage import aot, speed
 from mirage.testing import TINY_TRANSFORMER_CONFIG
 
 
-def _inputs(seed: int = 0, frames: int = 3) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return dict(hidden_states=torch.randn(1, TINY_TRANSFORMER_CONFIG["in_channels"], frames, 4, 6, generator=g),
-                timestep=torch.full((1, frames * 2 * 3), 500.0),
-                encoder_hidden_states=torch.randn(1, 8, TINY_TRANSFORMER_CONFIG["text_dim"], generator=g),
-                return_dict=False)  # fmt: skip
-
-
 def _model():
     return speed.random_transformer(TINY_TRANSFORMER_CONFIG, "cpu", torch.float32)
+
+
+def _inputs(frames: int = 3) -> dict:  # one chunk of ``frames`` latent frames of 4 x 6 cells, 8 text tokens
+    return aot.example_inputs(_model(), frames, 4, 6, text_tokens=8)
 
 
 def test_aot_package_without_weights_runs_every_block_with_its_own(tmp_path):
@@ -81,7 +77,7 @@ def test_prepare_compiles_once_checks_in_a_child_and_applies_at_its_shapes_only(
     """The first prepare compiles into the cache and a child process loads the package; the second finds
     it. Applied, calls at the package's shapes run it (as eager, to float tolerance) and a call at another
     chunk length runs each block's own forward (exactly eager); remove counts both and restores eager."""
-    model, x, longer = _model(), _inputs(), _inputs(seed=1, frames=5)
+    model, x, longer = _model(), _inputs(), _inputs(frames=5)
     with torch.no_grad():
         ref, ref_longer = model(**x)[0], model(**longer)[0]
     pkg = aot.prepare(model, x, tmp_path)

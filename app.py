@@ -63,9 +63,11 @@ def gpu_prepare_aot() -> rt.AotStatus:
 
 
 if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @spaces.GPU)
-    rt.load_pipeline(MODE.model_path, MODE.device, zero_gpu=MODE.zero_gpu, aot=rt.aot_wanted(MODE))
+    _AOT = rt.aot_wanted(MODE)  # a bad $MIRAGE_AOT stops the app here with its message
+    rt.load_pipeline(MODE.model_path, MODE.device, zero_gpu=MODE.zero_gpu, aot=_AOT)
     runs.init_costs(MODE)
-    if rt.aot_wanted(MODE):
+    if _AOT:
+        rt.aot_sizes()  # likewise a bad $MIRAGE_AOT_SIZES, before any GPU call
         try:
             rt.apply_aot(MODE, gpu_prepare_aot())
         except Exception as err:  # noqa: BLE001 - no package: the app runs eager and its banner says why

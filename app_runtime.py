@@ -752,8 +752,9 @@ def aot_sizes() -> list[tuple[int, int]]:
         sizes = [tuple(int(v) for v in item.lower().split("x")) for item in raw.split(",") if item.strip()]
     except ValueError:
         sizes = []
-    if not sizes or any(len(size) != 2 or min(size) <= 0 for size in sizes):
-        raise ValueError(f"${AOT_SIZES_ENV} must be sizes like 704x1280[,704x1248], got {raw!r}")
+    if not sizes or any(len(size) != 2 or min(size) <= 0 or size[0] % 32 or size[1] % 32 for size in sizes):
+        raise ValueError(f"${AOT_SIZES_ENV} must be sizes like 704x1280[,704x1248], multiples of 32 (the model's "
+                         f"latent stride times its patch), got {raw!r}")
     return sizes  # type: ignore[return-value]
 
 

@@ -344,3 +344,22 @@ def test_keyframe_rows_are_added_as_a_copy_of_the_last_and_removed_down_to_two()
     full = [[float(i)] * 7 for i in range(paths.MAX_KEYFRAMES)]
     assert rt.add_keyframe_row(full) == full
     assert rt.add_keyframe_row([]) == [[0.0] * 7]
+
+
+def test_the_aot_settings_are_read_or_refused_with_their_value(monkeypatch):
+    zero, cpu = rt.AppMode(True, "/w", "cuda", True, False, ""), rt.AppMode(True, "/w", "cpu", False, False, "")
+    monkeypatch.delenv(rt.AOT_ENV, raising=False)
+    assert rt.aot_wanted(zero) and not rt.aot_wanted(cpu)  # auto: ZeroGPU with CUDA only
+    monkeypatch.setenv(rt.AOT_ENV, "on")
+    assert rt.aot_wanted(cpu) and not rt.aot_wanted(rt.AppMode(False, None, "cpu", False, False, ""))  # no weights: never
+    monkeypatch.setenv(rt.AOT_ENV, "maybe")
+    with pytest.raises(ValueError, match="MIRAGE_AOT must be auto, on or off, got 'maybe'"):
+        rt.aot_wanted(zero)
+    monkeypatch.delenv(rt.AOT_SIZES_ENV, raising=False)
+    assert rt.aot_sizes() == [(704, 1280)]
+    monkeypatch.setenv(rt.AOT_SIZES_ENV, "704x1280, 704x1248")
+    assert rt.aot_sizes() == [(704, 1280), (704, 1248)]
+    for bad in ("704", "704x1280x3", "axb", "700x1280", "0x1280", ""):
+        monkeypatch.setenv(rt.AOT_SIZES_ENV, bad)
+        with pytest.raises(ValueError, match=f"MIRAGE_AOT_SIZES must be .* got {bad!r}"):
+            rt.aot_sizes()

@@ -10,6 +10,7 @@ is "image" (initialized from the input image).
 
 from __future__ import annotations
 
+import textwrap
 from typing import Literal, Sequence
 
 import numpy as np
@@ -422,6 +423,16 @@ def cache_growth_figure(
     return fig
 
 
+def _wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (plotly's ``<br>``): plotly never
+    wraps titles or tick labels itself, and a half-width panel cuts them."""
+    return "<br>".join(textwrap.wrap(text, width)) or text
+
+
+def _title(title: str, subtitle: str | None) -> dict:
+    return dict(text=_wrap(title, 60)) | ({} if not subtitle else dict(subtitle=dict(text=_wrap(subtitle, 80))))
+
+
 def _ordered_stages(entries: Sequence[dict[str, float]]) -> list[str]:
     seen = [s for e in entries for s in e]
     extra = list(dict.fromkeys(s for s in seen if s not in STAGE_ORDER))
@@ -435,8 +446,10 @@ def timing_figure(
     stages: Sequence[str] | None = None,
     log_y: bool = False,
     title: str = "Time per stage",
+    subtitle: str | None = None,
 ) -> go.Figure:
-    """Stacked bars of seconds per stage for each method.
+    """Stacked bars of seconds per stage for each method (names wrapped on the axis), the stages'
+    legend below the bars, ``subtitle`` under the title (what the run was).
 
     timings: method -> one ``{stage: seconds}`` dict per chunk (a stage a method does not run is
     simply absent and counts 0). ``aggregate``: sum over chunks, mean per chunk, or one bar per
@@ -458,13 +471,14 @@ def timing_figure(
     all_entries = [e for entries in timings.values() for e in entries]
     stages = list(stages) if stages is not None else _ordered_stages(all_entries)
     methods = list(timings)
+    labels = {m: _wrap(m, 16) for m in methods}  # the axis of a half-width panel holds about 16 characters
     if aggregate == "per_chunk":
         chunks = max(len(v) for v in timings.values())
         bars = [(c, m) for c in range(chunks) for m in methods if c < len(timings[m])]
-        x = [[chunk_label(c + 1) for c, _ in bars], [m for _, m in bars]]  # two-level category axis, chunks from 1
+        x = [[chunk_label(c + 1) for c, _ in bars], [labels[m] for _, m in bars]]  # two-level category axis, chunks from 1
         values = {s: [float(timings[m][c].get(s, 0.0)) for c, m in bars] for s in stages}
     else:
-        x = methods
+        x = [labels[m] for m in methods]
         div = {m: (len(timings[m]) if aggregate == "mean" else 1) for m in methods}
         values = {s: [sum(float(e.get(s, 0.0)) for e in timings[m]) / div[m] for m in methods] for s in stages}
     fig = go.Figure()
@@ -481,8 +495,10 @@ def timing_figure(
     if not log_y and top > 0:
         yaxis["range"] = [0, 1.18 * top]  # room above the tallest bar for its total
     fig.update_layout(
-        barmode="stack", title=dict(text=title), yaxis=yaxis, template="plotly_white", legend=dict(title="stage"),
-        margin=dict(t=60, b=60), xaxis=dict(automargin=True),
+        barmode="stack", title=_title(title, subtitle), yaxis=yaxis, template="plotly_white",
+        legend=dict(orientation="h", x=0.0, yref="container", y=0.0, yanchor="bottom", traceorder="normal",
+                    entrywidth=0.33, entrywidthmode="fraction"),  # at the bottom, clear of tilted tick labels
+        margin=dict(t=90 if subtitle else 60, b=40), xaxis=dict(automargin=True),
     )
     return fig
 
@@ -493,6 +509,7 @@ def cache_size_figure(
     reference: str | None = None,
     log_y: bool = False,
     title: str = "Cache size",
+    subtitle: str | None = None,
 ) -> go.Figure:
     """Cache size in MiB after each step (``chunk_label``: the image, then chunk 1, 2, ...) for each method.
 
@@ -535,8 +552,9 @@ def cache_size_figure(
             y = float(np.log10(y)) if y > 0 else None
         fig.add_annotation(x=step, y=y, text=text, showarrow=True, arrowhead=2, ax=-60, ay=-30)
     fig.update_layout(
-        title=dict(text=title), xaxis=dict(title="after", type="category", automargin=True),
-        yaxis=dict(title="MiB", type="log" if log_y else "linear"), template="plotly_white",
+        title=_title(title, subtitle), xaxis=dict(title="after", type="category", automargin=True),
+        yaxis=dict(title="MiB", type="log" if log_y else "linear") | (dict(dtick="D2") if log_y else {}),  # 1, 2, 5 per decade
+        template="plotly_white", legend=dict(orientation="h", x=0.0, y=-0.25, yanchor="top"),
         meta=dict(ratios=ratios, reference=reference),
     )
     return fig

@@ -596,7 +596,7 @@ def result_figures(state: SceneState, result: RunResult, color_by: ColorBy = "la
     what = ("readout preview, no generative model; encode and decode timed with the weight-free offline codec, "
             "not the Wan2.2 VAE") if result.kind == "readout preview" else "generation"  # fmt: skip
     timings = {METHOD_LABELS[m]: r.timings for m, r in result.methods.items()}
-    timing = plotting.timing_figure(timings, aggregate="per_chunk", title=f"Time per stage and chunk ({what})")
+    timing = plotting.timing_figure(timings, aggregate="per_chunk", title="Time per stage and chunk", subtitle=what)
     last = [r.sizes[-1] for r in result.methods.values()]
     spread = min(last) > 0 and max(last) / min(last) >= 10  # orders of magnitude apart: a log axis shows both
     sizes = plotting.cache_size_figure({METHOD_LABELS[m]: r.sizes for m, r in result.methods.items()}, log_y=spread,

@@ -205,6 +205,10 @@ def test_timing_figure_totals_and_stages():
     assert list(per.data[0].x[0]) == ["chunk 1", "chunk 1", "chunk 2", "chunk 2"]  # chunks from 1, as everywhere
     assert per.data[-1].cliponaxis is False and per.layout.yaxis.range[1] > max(per.data[-1].y)  # totals not cut
     json.loads(per.to_json())
+    long = timing_figure({"Latent memory (Mirage)": [{"denoise": 1.0}]}, title="T", subtitle="what the run was")
+    assert list(long.data[0].x) == ["Latent memory<br>(Mirage)"]  # a half-width panel cuts longer tick labels
+    assert long.layout.title.subtitle.text == "what the run was"
+    assert long.layout.legend.yref == "container" and long.layout.legend.y == 0  # below the tilted labels
     with pytest.raises(ValueError, match="denoise"):
         timing_figure({"m": [{"denoise": -1.0}]})
     with pytest.raises(ValueError, match="empty"):
@@ -227,6 +231,7 @@ def test_cache_size_figure_ratio():
     log = cache_size_figure(sizes, log_y=True, reference="RGB point cloud")
     assert log.layout.annotations[0].y == pytest.approx(np.log10(2.25), abs=1e-3)
     assert log.layout.meta["ratios"]["latent memory"] == pytest.approx(1 / ratio)
+    assert log.layout.yaxis.dtick == "D2" and fig.layout.yaxis.dtick is None  # log: 1, 2, 5 labelled per decade
     json.loads(log.to_json())
     with pytest.raises(ValueError, match="same"):
         cache_size_figure({"a": [1, 2], "b": [1]})

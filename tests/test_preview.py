@@ -214,7 +214,7 @@ def test_result_files_and_figures(room_scene, tmp_path):
     assert len(sizes.data[0].y) == 3
     last = [r.sizes[-1] for r in result.methods.values()]
     assert (sizes.layout.yaxis.type == "log") == (max(last) / min(last) >= 10) and max(last) / min(last) >= 10
-    assert "offline codec" in timing.layout.title.text  # the preview's encode is not the VAE's
+    assert "offline codec" in timing.layout.title.subtitle.text  # the preview's encode is not the VAE's
     assert len(growth.layout.sliders[0].steps) == 3  # init + 2 chunks
     json.loads(growth.to_json())
     assert "readout preview" in preview.result_caption(result)

@@ -8,7 +8,9 @@ with its weights by ``aoti_compile_and_package`` (does any package load here?); 
 starts the device (a CUDA context) before loading. After the compile stage, ``inspect`` reports
 what the packaged library is made of (binutils, no torch): the shared libraries it needs and where it
 looks for them, the compiler that built it, and whether C++ standard library internals (locale facet
-ids, ``codecvt``) are defined inside it, i.e. a second copy of libstdc++ beside the process's. ``aot.compile_block`` clears the
+ids, ``codecvt``) are defined inside it, i.e. a second copy of libstdc++ beside the process's (on the H100
+machine: yes, and loading such a package crashes unless ``aot.share_libstdcxx`` ran first, which every
+stage here does; ``--no-share`` leaves it out of the load stage to show the crash). ``aot.compile_block`` clears the
 executable-stack flag of the compiled library (``aot.clear_executable_stack``); the compile stage
 reports whether the packaged library still carries it.
 
@@ -43,12 +45,14 @@ def minimal_stage(name: str, package: str, device: str, init_device: bool) -> No
         return
     if init_device:
         torch.zeros(1, device=device)
+    t0 = time.perf_counter()
     loaded = torch._inductor.aoti_load_package(package)
+    load_s = time.perf_counter() - t0
     if name == "apply":
         with torch.no_grad():
             print(json.dumps({"max_abs": float((loaded(*x) - model(*x)).abs().max())}))
     else:
-        print(json.dumps({"loaded": True}))
+        print(json.dumps({"load_s": load_s}))
 
 
 def stage(name: str, package: str, small: bool, device: str | None, init_device: bool = False) -> None:
@@ -129,6 +133,8 @@ def main() -> None:
     p.add_argument("--device", default=None, help="default: cpu with --small, else cuda")
     p.add_argument("--minimal", action="store_true", help="one linear layer with its weights inside the package")
     p.add_argument("--init-device", action="store_true", help="start the device before loading")
+    p.add_argument("--no-share", action="store_true",
+                   help="load without aot.share_libstdcxx (the apply stage, through mirage.aot, shares anyway)")
     p.add_argument("--stage", choices=("compile", "load", "apply"), default=None, help="(internal) run one stage")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -137,6 +143,10 @@ def main() -> None:
 
         if hasattr(torch._C, "_set_print_stack_traces_on_fatal_signal"):  # a native stack trace on a crash
             torch._C._set_print_stack_traces_on_fatal_signal(True)
+        if not args.no_share:
+            from mirage.aot import share_libstdcxx
+
+            share_libstdcxx()
         if args.minimal:
             minimal_stage(args.stage, args.package, args.device or "cuda", args.init_device)
         else:
@@ -147,6 +157,7 @@ def main() -> None:
         cmd = [sys.executable, "-X", "faulthandler", __file__, "--stage", name, "--package", args.package]
         cmd += (["--small"] if args.small else []) + ([] if args.device is None else ["--device", args.device])
         cmd += (["--minimal"] if args.minimal else []) + (["--init-device"] if args.init_device else [])
+        cmd += ["--no-share"] if args.no_share else []
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         tail = [line for line in (r.stdout + r.stderr).splitlines() if "warn" not in line.lower()][-40:]
         report[name] = {"exit_code": r.returncode, "tail": tail}

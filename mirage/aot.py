@@ -9,9 +9,17 @@ compiled code with its own weights passed as user-managed constants. This is wha
 * ``key``: what a package is valid for (torch and diffusers versions, GPU architecture, the block's
   input shapes and dtypes, its weights' names, shapes and dtypes, its source).
 * ``compile_block``: export, compile and package; ``signature`` records the shapes it takes.
+* ``share_libstdcxx``: called before any package is loaded. On the H100 machine (torch 2.11+cu130, g++
+  13.3) the packaged library carries its own static copy of libstdc++ and does not list
+  ``libstdc++.so.6`` as a dependency (``benchmarks/aot_probe.py`` inspects it). Python loads the process's
+  libstdc++ (for torch) into a local scope, and the package's lookups then mix the two copies: the
+  ``std::regex`` that parses the device string takes a locale facet by the wrong id and the process
+  dies (a segmentation fault there; ``std::bad_cast`` in the CPU reproduction in ``tests/test_aot.py``).
+  With the process's libstdc++ in the global scope, every lookup binds to it and the package loads and
+  runs (H100, this function's ``ctypes`` call made by hand and ``LD_PRELOAD``:
+  ``benchmarks/results/aot_probe_block_preload_cuda_h100.json``).
 * ``check_load``: load a package in a child process. A package that cannot be loaded may crash the
-  process that tries (a segmentation fault inside ``AOTIModelPackageLoader``, seen on the H100 machine:
-  ``benchmarks/results/aot_probe_*``), so a server learns it from a child and stays eager.
+  process that tries, so a server learns it from a child and stays eager.
 * ``apply``: every repeated block runs the package, loaded lazily in each process that calls it (a
   ZeroGPU worker loads it in its own call), for calls at the shapes it was compiled for; any other
   call (another working size, a side branch's longer sequence) runs the block's own forward, as does
@@ -23,6 +31,7 @@ compiled code with its own weights passed as user-managed constants. This is wha
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import inspect
 import json
@@ -43,8 +52,8 @@ from torch.utils._pytree import tree_flatten
 
 from .speed import repeated_blocks
 
-__all__ = ["Package", "LoadCheck", "example_inputs", "key", "signature", "compile_block", "check_load", "prepare", "apply",
-           "remove", "package_with_weights", "clear_executable_stack"]  # fmt: skip
+__all__ = ["Package", "LoadCheck", "example_inputs", "key", "signature", "compile_block", "share_libstdcxx", "check_load",
+           "prepare", "apply", "remove", "package_with_weights", "clear_executable_stack"]  # fmt: skip
 
 Signature = list[tuple[tuple[int, ...], str]]  # (shape, dtype) of every tensor a block call takes, in order
 
@@ -200,10 +209,26 @@ def compile_block(transformer: nn.Module, inputs: dict[str, Any], package: str |
     return package
 
 
+def share_libstdcxx() -> bool:
+    """Put the process's libstdc++ into the global symbol scope (module docstring: a package's own static
+    copy then goes unused). Idempotent; a no-op where there is no ``libstdc++.so.6`` (False)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:  # the soname matches the copy torch already loaded: this promotes it, it loads nothing new
+        ctypes.CDLL("libstdc++.so.6", mode=os.RTLD_GLOBAL)
+    except OSError:
+        return False
+    return True
+
+
 def check_load(package: str | Path, timeout: float = 300.0) -> LoadCheck:
-    """Load ``package`` in a child process (``aoti_load_package``): whether that worked, its exit code
-    and the last lines it printed. The child has this process's environment (and so its GPU)."""
-    code = f"import torch; m = torch._inductor.aoti_load_package({str(package)!r}); print('constants', len(m.get_constant_fqns()))"
+    """Load ``package`` in a child process (``aoti_load_package``, after ``share_libstdcxx`` as every
+    load here): whether that worked, its exit code and the last lines it printed. The child has this
+    process's environment (and so its GPU)."""
+    root = str(Path(__file__).resolve().parents[1])
+    code = (f"import sys; sys.path.insert(0, {root!r}); import torch; from mirage.aot import share_libstdcxx; "
+            f"share_libstdcxx(); m = torch._inductor.aoti_load_package({str(package)!r}); "
+            "print('constants', len(m.get_constant_fqns()))")
     try:
         r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -242,6 +267,7 @@ _LOADED: dict[tuple[int, str], Any] = {}  # (process id, package path) -> the lo
 def _loaded(package: Path):
     where = (os.getpid(), str(package))
     if where not in _LOADED:
+        share_libstdcxx()
         _LOADED[where] = torch._inductor.aoti_load_package(str(package))
     return _LOADED[where]
 

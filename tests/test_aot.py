@@ -141,12 +141,26 @@ def test_the_probe_says_what_a_compiled_library_is_made_of(tmp_path):
     assert lib["libstdcxx_internals_count"] == 0 and lib["compiler"] and lib["compiler"][0].startswith(("GCC", "clang"))
 
 
+def _regex_library(tmp_path, kind: str):
+    """A shared library whose ``parse("cuda:0")`` builds and matches a ``std::regex`` as the package's
+    ``parse_device_str`` does, linked against the system's libstdc++ (``shared``) or with a static copy
+    of it (``static``, as the H100 machine's packages are)."""
+    import subprocess
+
+    src = tmp_path / "rx.cpp"
+    src.write_text('#include <regex>\n#include <string>\nextern "C" int parse(const char* s) {\n'
+                   '  std::regex re("(cpu|cuda)(:([0-9]+))?");\n  return std::regex_match(std::string(s), re);\n}\n')
+    flags = {"shared": [], "static": ["-static-libstdc++", "-static-libgcc"]}[kind]
+    lib = tmp_path / f"{kind}.so"
+    subprocess.run(["g++", "-shared", "-fPIC", "-O1", *flags, str(src), "-o", str(lib)], check=True)
+    return lib
+
+
 @pytest.mark.skipif(any(__import__("shutil").which(t) is None for t in ("readelf", "nm", "g++")),
                     reason="needs binutils and g++")
 def test_the_probe_tells_a_library_with_its_own_libstdcxx_from_one_that_shares_the_processes(tmp_path):
     """The same std::regex code linked against the system's libstdc++ and with a static copy of it:
     only the second carries the standard library's locale internals (its own facet ids)."""
-    import subprocess
     import sys
     import zipfile
     from pathlib import Path
@@ -154,15 +168,32 @@ def test_the_probe_tells_a_library_with_its_own_libstdcxx_from_one_that_shares_t
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from aot_probe import inspect
 
-    src = tmp_path / "rx.cpp"
-    src.write_text('#include <regex>\n#include <string>\nextern "C" int parse(const char* s) {\n'
-                   '  std::regex re("(cpu|cuda)(:([0-9]+))?");\n  return std::regex_match(std::string(s), re);\n}\n')
     found = {}
-    for kind, flags in (("shared", []), ("static", ["-static-libstdc++", "-static-libgcc"])):
-        lib = tmp_path / f"{kind}.so"
-        subprocess.run(["g++", "-shared", "-fPIC", "-O1", *flags, str(src), "-o", str(lib)], check=True)
+    for kind in ("shared", "static"):
         with zipfile.ZipFile(tmp_path / f"{kind}.pt2", "w") as z:
-            z.write(lib, f"data/aotinductor/model/{kind}.so")
+            z.write(_regex_library(tmp_path, kind), f"data/aotinductor/model/{kind}.so")
         (found[kind],) = inspect(str(tmp_path / f"{kind}.pt2")).values()
     assert "libstdc++.so.6" in found["shared"]["needed"] and found["shared"]["libstdcxx_internals_count"] == 0
     assert "libstdc++.so.6" not in found["static"]["needed"] and found["static"]["libstdcxx_internals_count"] > 0
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None or not __import__("sys").platform.startswith("linux"),
+                    reason="needs g++ on Linux")
+def test_a_library_with_its_own_libstdcxx_runs_once_the_processes_is_shared(tmp_path):
+    """The H100 machine's package crash, reproduced on the CPU: a library carrying a static copy of
+    libstdc++ and building a std::regex, loaded into a process where torch has loaded the shared
+    libstdc++, dies; after ``aot.share_libstdcxx()`` (what every package load here does first) it runs.
+    Each in a child process, since the first is meant to die."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lib, root = _regex_library(tmp_path, "static"), str(Path(__file__).parents[1])
+    runs = {}
+    for share in (False, True):
+        code = (f"import sys, ctypes; sys.path.insert(0, {root!r}); import torch; from mirage import aot; "
+                f"shared = aot.share_libstdcxx() if {share} else None; "
+                f"print('shared', shared, 'match', ctypes.CDLL({str(lib)!r}).parse(b'cuda:0'))")
+        runs[share] = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert runs[False].returncode != 0 and "match" not in runs[False].stdout, runs[False].stdout
+    assert runs[True].returncode == 0 and "shared True match 1" in runs[True].stdout, runs[True].stderr[-2000:]

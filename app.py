@@ -63,13 +63,13 @@ def gpu_prepare_aot() -> rt.AotStatus:
 
 
 if MODE.generation:  # load once at start (on ZeroGPU this must happen outside @spaces.GPU)
-    _AOT = rt.aot_wanted(MODE)  # a bad $MIRAGE_AOT stops the app here with its message
-    rt.load_pipeline(MODE.model_path, MODE.device, zero_gpu=MODE.zero_gpu, aot=_AOT)
+    _AOT = rt.aot_wanted(MODE)  # a bad $MIRAGE_AOT (or $MIRAGE_FP8 below) stops the app here with its message
+    rt.load_pipeline(MODE.model_path, MODE.device, zero_gpu=MODE.zero_gpu, aot=_AOT, fp8=rt.fp8_wanted(MODE))
     runs.init_costs(MODE)
     if _AOT:
         rt.aot_sizes()  # likewise a bad $MIRAGE_AOT_SIZES, before any GPU call
         try:
-            rt.apply_aot(MODE, gpu_prepare_aot())
+            runs.count_package_load(rt.apply_aot(MODE, gpu_prepare_aot()))
         except Exception as err:  # noqa: BLE001 - no package: the app runs eager and its banner says why
             LOG.warning("ahead-of-time compilation failed: %s", err)
             rt.apply_aot(MODE, rt.AotStatus((), f"start-up compilation failed ({type(err).__name__}: {str(err)[:200]})"))

@@ -73,7 +73,7 @@ def make_runner(spec: RunSpec, mode: rt.AppMode):
         return preview.PreviewRunner()
     branch = mode.branches.get(spec.conditioning)
     pipe = rt.loaded_pipeline(mode.model_path, mode.device, branch) or rt.load_pipeline(
-        mode.model_path, mode.device, branch, mode.zero_gpu, rt.aot_wanted(mode))
+        mode.model_path, mode.device, branch, mode.zero_gpu, rt.aot_wanted(mode), rt.fp8_wanted(mode))
     return preview.GenerationRunner(pipe, seed=spec.seed, **spec.pipe_kwargs())
 
 
@@ -97,6 +97,12 @@ def init_costs(mode: rt.AppMode) -> CostModel:
     return COSTS
 
 
+def count_package_load(status: rt.AotStatus) -> None:
+    """Every GPU call's allowance grows by the load time of the ahead-of-time packages: a worker loads
+    them at its first call, and ZeroGPU may fork a fresh worker for any call."""
+    COSTS.allowance += status.load_seconds
+
+
 def device_line(mode: rt.AppMode, steps: int, guidance: float) -> str:
     """The banner's line: the GPU generation runs on and what one chunk costs there (a later chunk of
     the pixel memory, the costlier one, at ``steps`` and ``guidance``); on ZeroGPU, what a call asks for."""
@@ -106,14 +112,15 @@ def device_line(mode: rt.AppMode, steps: int, guidance: float) -> str:
     cost = ChunkCost.of("rgb", (32, 65), 1, steps, guidance)
     where = getattr(COSTS, "device_name", mode.device)
     call = f"; each chunk of each memory is one GPU call, asking for {COSTS.request(cost)} s" if mode.zero_gpu else ""
-    settings = speed.choose(mode.device, mode.zero_gpu)
+    settings = rt.speed_settings(mode.device, mode.zero_gpu, aot is not None, rt.fp8_wanted(mode))
     if aot is not None:
         vae = f"; VAE in {settings.vae_dtype}" if settings.vae_dtype else ""
         how = f" Speed setting: {aot.line()}{vae}."
     elif mode.zero_gpu:
         how = f" Speed setting: {speed.describe(settings)} (SDPA; ZeroGPU runs no torch.compile)."
     else:
-        how = f" Speed setting: {speed.describe(settings)} (the first chunk compiles the transformer)."
+        first = "about 2 minutes with FP8" if settings.fp8 else "about 10 s"
+        how = f" Speed setting: {speed.describe(settings)} (the first chunk compiles the transformer: {first} on an H100)."
     return (f"GPU: **{where}**{' (ZeroGPU, half a card)' if mode.zero_gpu else ''}: {COSTS.describe(cost)} at 704x1280 "
             f"with {steps} steps and guidance {guidance:g}{call}.{how}")  # fmt: skip
 
@@ -402,15 +409,22 @@ def _placeholder(active: ActiveRun) -> bool:  # the run stands on the planar pri
     return active.comparison.settings.get("geometry") == preview.PLACEHOLDER_GEOMETRY
 
 
+UPDATE_FILES_GRACE_S = 60.0  # an update's files outlive the next update by this long: a slow client still fetches them
+
+
 def _new_folder(session: rt.Session, active: ActiveRun) -> Path:
-    """A folder of its own for this update's files (workdir/run{n}/{k}); the one before the last goes."""
+    """A folder of its own for this update's files (workdir/run{n}/{k}). Folders of older updates go
+    once two newer ones exist and they are ``UPDATE_FILES_GRACE_S`` old: a page (or API client) that
+    is still fetching an update's videos when the next arrives finds them, and a long run keeps only
+    its last minute of updates on disk."""
     base = _run_folder(session, active)
     active.writes += 1
     folder = base / f"{active.writes:03d}"
     folder.mkdir(exist_ok=True)
-    stale = base / f"{active.writes - 2:03d}"
-    if active.writes > 2 and stale.is_dir():
-        shutil.rmtree(stale, ignore_errors=True)
+    old = time.time() - UPDATE_FILES_GRACE_S
+    for stale in base.iterdir():
+        if stale.is_dir() and stale.name.isdigit() and int(stale.name) <= active.writes - 2 and stale.stat().st_mtime < old:
+            shutil.rmtree(stale, ignore_errors=True)
     return folder
 
 

@@ -666,14 +666,42 @@ _PIPELINE: dict = {}  # the loaded MiragePipeline, shared by sessions
 _PIPELINE_LOCK = threading.Lock()
 
 
+FP8_ENV = "MIRAGE_FP8"  # on | off (the default): torchao FP8 on the transformer's blocks, a dedicated GPU only
+
+
+def fp8_wanted(mode: AppMode) -> bool:
+    """``$MIRAGE_FP8``: ``on`` quantizes the transformer's blocks to FP8 (torchao, with regional
+    compilation; a trained branch's blocks stay bf16): guidance 5 over 161 frames in 38.6 s instead of 46.8 s on an H100, every forward's
+    output 1.9% (relative RMS) from bf16, the first chunk about 2 minutes longer while it compiles.
+    Off by default; refused where it cannot run (ZeroGPU runs no ``torch.compile``; the CPU has no FP8)."""
+    value = os.environ.get(FP8_ENV, "off").strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"${FP8_ENV} must be on or off, got {value!r}")
+    if value == "on" and mode.generation and (mode.device != "cuda" or mode.zero_gpu):
+        raise ValueError(f"${FP8_ENV}=on needs a dedicated CUDA GPU (it runs through torch.compile, which ZeroGPU "
+                         f"does not run, and the CPU has no FP8 kernels); this app runs on "
+                         f"{'ZeroGPU' if mode.zero_gpu else mode.device}")  # fmt: skip
+    return value == "on" and mode.generation
+
+
+def speed_settings(device: str, zero_gpu: bool, aot: bool = False, fp8: bool = False):
+    """What the transformer runs with: ``mirage.speed.choose`` for the device, without regional
+    compilation when its block is compiled ahead of time (``aot``), with FP8 when asked (``fp8_wanted``)."""
+    from mirage import speed
+
+    settings = speed.choose(device, zero_gpu)
+    settings = replace(settings, compile="off") if aot else settings  # blocks compiled ahead of time instead
+    return replace(settings, fp8=True) if fp8 else settings
+
+
 def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = None, zero_gpu: bool = False,
-                  aot: bool = False):  # fmt: skip
+                  aot: bool = False, fp8: bool = False):  # fmt: skip
     """``MiragePipeline`` from ``model_path`` on ``device``, loaded once per process (bf16 transformer
     and text encoder on CUDA, float32 on the CPU; the VAE loaded in float32), with ``branch`` loaded
     into it when given (one trained branch at a time; switching replaces it), run with the device's
     speed setting (``mirage.speed.choose``: on CUDA the VAE in bf16, as the references run it, and
     regional compilation on a dedicated GPU unless ``aot``, blocks compiled ahead of time at start-up
-    (``prepare_aot``); eager on ZeroGPU; nothing on the CPU). Memory updates need depth: Depth Pro when its weights are cached, else the (labelled)
+    (``prepare_aot``); eager on ZeroGPU; nothing on the CPU; ``fp8``: ``fp8_wanted``). Memory updates need depth: Depth Pro when its weights are cached, else the (labelled)
     planar prior."""
     from mirage import speed
     from mirage.pipeline import MiragePipeline
@@ -686,8 +714,7 @@ def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = Non
             pipe.to(device)
             if device == "cuda":  # the text encoder (11 GB) works once per prompt, then rests on the CPU: every
                 pipe.enable_text_encoder_offload()  # conditioning fits a half Blackwell card (README, "GPU memory")
-            settings = speed.choose(device, zero_gpu)
-            settings = replace(settings, compile="off") if aot else settings  # blocks compiled ahead of time instead
+            settings = speed_settings(device, zero_gpu, aot, fp8)
             speed.apply(pipe.transformer, settings, vae=pipe.vae)
             _PIPELINE.update(key=(model_path, device), pipe=pipe, depth=depth, branch=None, speed=settings)
         pipe = _PIPELINE["pipe"]
@@ -725,6 +752,12 @@ class AotStatus:
     def usable(self) -> list:
         return [p for _, p in self.packages if p.usable]
 
+    @property
+    def load_seconds(self) -> float:
+        """What loading the usable packages took in the start-up check's child process: what each GPU
+        worker pays again at its first call (``mirage.aot`` loads lazily per process)."""
+        return sum(p.load.seconds or 0.0 for p in self.usable if p.load is not None)
+
     def line(self) -> str:
         if not self.usable:
             return f"transformer eager (no ahead-of-time package: {self.note})" if self.note else "transformer eager"
@@ -732,8 +765,9 @@ class AotStatus:
         for label, p in self.packages:
             made = "found in the cache" if p.compile_s is None else f"compiled at start-up in {p.compile_s:.0f} s"
             parts.append(f"{label} ({made}" + (")" if p.usable else f"; not used: {p.why_not()})"))
+        load = f"; each GPU worker loads it at its first call ({self.load_seconds:.0f} s at start-up)" if self.load_seconds else ""
         return ("the transformer's block compiled ahead of time (AOTInductor) for " + "; ".join(parts)
-                + "; other chunks run eager")  # fmt: skip
+                + f"{load}; other chunks run eager")  # fmt: skip
 
 
 def aot_wanted(mode: AppMode) -> bool:

@@ -65,6 +65,7 @@ class LoadCheck:
     ok: bool
     exit_code: int | None  # None: it ran out of time; -11: a segmentation fault
     detail: str
+    seconds: float | None = None  # how long aoti_load_package took there (what a fresh process pays again)
 
 
 @dataclass(frozen=True)
@@ -226,15 +227,17 @@ def check_load(package: str | Path, timeout: float = 300.0) -> LoadCheck:
     load here): whether that worked, its exit code and the last lines it printed. The child has this
     process's environment (and so its GPU)."""
     root = str(Path(__file__).resolve().parents[1])
-    code = (f"import sys; sys.path.insert(0, {root!r}); import torch; from mirage.aot import share_libstdcxx; "
-            f"share_libstdcxx(); m = torch._inductor.aoti_load_package({str(package)!r}); "
-            "print('constants', len(m.get_constant_fqns()))")
+    code = (f"import sys, time; sys.path.insert(0, {root!r}); import torch; from mirage.aot import share_libstdcxx; "
+            f"share_libstdcxx(); t = time.perf_counter(); m = torch._inductor.aoti_load_package({str(package)!r}); "
+            "print('load_s', time.perf_counter() - t, 'constants', len(m.get_constant_fqns()))")
     try:
         r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return LoadCheck(False, None, f"no answer in {timeout:.0f} s")
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip() and "warn" not in ln.lower()]
-    return LoadCheck(r.returncode == 0, r.returncode, "\n".join(lines[-6:]))
+    said = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("load_s ")]
+    seconds = float(said[-1][1]) if r.returncode == 0 and said else None
+    return LoadCheck(r.returncode == 0, r.returncode, "\n".join(lines[-6:]), seconds)
 
 
 def prepare(transformer: nn.Module, inputs: dict[str, Any], cache_dir: str | Path, check: bool = True) -> Package:

@@ -59,7 +59,7 @@ def test_generate_both_memories_with_progress_videos_charts_and_downloads(gen_ap
     assert read_video(side).shape[1:3] == (33, 128)
     stages = {t["name"] for t in plot_json(timing)["data"]}
     assert {"project", "rasterize", "encode", "denoise", "decode", "depth", "update"} <= stages
-    assert "generation" in plot_json(timing)["layout"]["title"]["text"]
+    assert plot_json(timing)["layout"]["title"]["subtitle"]["text"] == "generation"  # what the run was, under the title
     assert len(plot_json(sizes)["data"]) == 2
     names = {Path(p).name for p in downloads}
     # no Depth Pro weights here: every chunk after the first stands on the planar prior, and the files say so

@@ -293,6 +293,11 @@ def test_the_banner_names_the_gpu_and_what_a_chunk_asks_for(monkeypatch):
     assert line.startswith(f"GPU: **{blackwell}** (ZeroGPU, half a card): one 33-frame chunk of the rgb memory")
     assert f"asking for {asked} s" in line and "prior for RTX PRO 6000 Blackwell, half" in line and asked <= 120
     assert runs.device_line(rt.AppMode(True, "/w", "cpu", False, False, ""), 50, 5.0).startswith("Device: **CPU**")
+    dedicated = rt.AppMode(True, "/w", "cuda", False, False, "")
+    monkeypatch.delenv(rt.FP8_ENV, raising=False)
+    assert "regional compilation, VAE in bfloat16 (the first chunk compiles the transformer: about 10 s" in runs.device_line(dedicated, 20, 5.0)
+    monkeypatch.setenv(rt.FP8_ENV, "on")  # the banner says what $MIRAGE_FP8 changes, and what it costs first
+    assert "regional compilation, FP8 (torchao), VAE in bfloat16 (the first chunk compiles the transformer: about 2 minutes" in runs.device_line(dedicated, 20, 5.0)
 
 
 def test_a_closed_page_never_deletes_an_upload_another_visitor_just_sent(tmp_path):
@@ -344,6 +349,67 @@ def test_keyframe_rows_are_added_as_a_copy_of_the_last_and_removed_down_to_two()
     full = [[float(i)] * 7 for i in range(paths.MAX_KEYFRAMES)]
     assert rt.add_keyframe_row(full) == full
     assert rt.add_keyframe_row([]) == [[0.0] * 7]
+
+
+def test_fp8_is_off_unless_asked_and_refused_where_it_cannot_run(monkeypatch):
+    dedicated, zero = rt.AppMode(True, "/w", "cuda", False, False, ""), rt.AppMode(True, "/w", "cuda", True, False, "")
+    cpu, offline = rt.AppMode(True, "/w", "cpu", False, False, ""), rt.AppMode(False, None, "cpu", False, False, "")
+    monkeypatch.delenv(rt.FP8_ENV, raising=False)
+    assert not any(rt.fp8_wanted(m) for m in (dedicated, zero, cpu, offline))
+    assert not rt.speed_settings("cuda", False).fp8
+    monkeypatch.setenv(rt.FP8_ENV, "on")
+    assert rt.fp8_wanted(dedicated) and not rt.fp8_wanted(offline)  # nothing to quantize without weights
+    for mode, where in ((zero, "ZeroGPU"), (cpu, "cpu")):
+        with pytest.raises(ValueError, match=f"MIRAGE_FP8=on needs a dedicated CUDA GPU .* runs on {where}"):
+            rt.fp8_wanted(mode)
+    settings = rt.speed_settings("cuda", False, fp8=True)
+    assert settings.fp8 and settings.compile == "regional" and settings.vae_dtype == "bfloat16"
+    assert rt.speed_settings("cuda", True, aot=True).compile == "off"  # AoT replaces regional compilation
+    monkeypatch.setenv(rt.FP8_ENV, "yes")
+    with pytest.raises(ValueError, match="MIRAGE_FP8 must be on or off, got 'yes'"):
+        rt.fp8_wanted(dedicated)
+
+
+def test_an_updates_files_outlive_the_next_update_for_a_slow_client(tmp_path):
+    """Each update writes a folder; one goes only once two newer ones exist and it is a minute old (an
+    API client still downloading update 2 when update 4 arrives got 403 when it went at once)."""
+    import os
+    import types
+
+    import app_runs as runs
+
+    session, active = types.SimpleNamespace(workdir=tmp_path), types.SimpleNamespace(number=1, writes=0)
+    folders = [runs._new_folder(session, active) for _ in range(4)]
+    assert [f.name for f in folders] == ["001", "002", "003", "004"] and all(f.is_dir() for f in folders)  # all young
+    old = os.stat(folders[0]).st_mtime - 2 * runs.UPDATE_FILES_GRACE_S
+    for f in folders[:3]:
+        os.utime(f, (old, old))
+    runs._new_folder(session, active)
+    assert sorted(p.name for p in (tmp_path / "run1").iterdir()) == ["004", "005"]  # the last two, and the young
+
+
+def test_a_packages_load_time_is_said_and_asked_for_in_every_gpu_call(monkeypatch):
+    """A GPU worker loads the block's package at its first call: the banner says how long the start-up
+    check took to load it, and every call's allowance grows by that much."""
+    from pathlib import Path
+
+    import app_runs as runs
+    from mirage.aot import LoadCheck, Package
+    from mirage.costs import CostModel, prior_for
+
+    good = Package(Path("block-a.pt2"), "a", [], 80.0, LoadCheck(True, 0, "", seconds=12.4))
+    bad = Package(Path("block-b.pt2"), "b", [], None, LoadCheck(False, -11, "Segmentation fault"))
+    status = rt.AotStatus((("704x1280, 33-frame chunks", good), ("704x1248, 33-frame chunks", bad)))
+    assert status.load_seconds == pytest.approx(12.4)  # the package that is not used is not loaded
+    assert "each GPU worker loads it at its first call (12 s at start-up)" in status.line()
+    costs = CostModel(prior_for("NVIDIA H100 80GB HBM3"), cap=120)
+    monkeypatch.setattr(runs, "COSTS", costs)
+    cost = runs.ChunkCost.of("rgb", (32, 65), 1, 20, 5.0)
+    before = costs.needed(cost)
+    runs.count_package_load(status)
+    assert costs.needed(cost) == pytest.approx(before + 12.4)
+    runs.count_package_load(rt.AotStatus((), "no package"))  # eager: nothing to load
+    assert costs.needed(cost) == pytest.approx(before + 12.4)
 
 
 def test_the_aot_settings_are_read_or_refused_with_their_value(monkeypatch):

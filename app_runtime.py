@@ -671,9 +671,10 @@ FP8_ENV = "MIRAGE_FP8"  # on | off (the default): torchao FP8 on the transformer
 
 def fp8_wanted(mode: AppMode) -> bool:
     """``$MIRAGE_FP8``: ``on`` quantizes the transformer's blocks to FP8 (torchao, with regional
-    compilation; a trained branch's blocks stay bf16): guidance 5 over 161 frames in 38.6 s instead of 46.8 s on an H100, every forward's
-    output 1.9% (relative RMS) from bf16, the first chunk about 2 minutes longer while it compiles.
-    Off by default; refused where it cannot run (ZeroGPU runs no ``torch.compile``; the CPU has no FP8)."""
+    compilation; a trained branch's blocks stay bf16): guidance 5 over 161 frames in 38.6 s instead
+    of 46.8 s on an H100, every forward's output 1.9% (relative RMS) from bf16, the first chunk about
+    2 minutes longer while it compiles. Off by default; refused where it cannot run (ZeroGPU runs no
+    ``torch.compile``; the CPU has no FP8 kernels) and beside ``$MIRAGE_AOT`` (its package is bf16)."""
     value = os.environ.get(FP8_ENV, "off").strip().lower()
     if value not in ("on", "off"):
         raise ValueError(f"${FP8_ENV} must be on or off, got {value!r}")
@@ -681,6 +682,9 @@ def fp8_wanted(mode: AppMode) -> bool:
         raise ValueError(f"${FP8_ENV}=on needs a dedicated CUDA GPU (it runs through torch.compile, which ZeroGPU "
                          f"does not run, and the CPU has no FP8 kernels); this app runs on "
                          f"{'ZeroGPU' if mode.zero_gpu else mode.device}")  # fmt: skip
+    if value == "on" and aot_wanted(mode):
+        raise ValueError(f"${FP8_ENV}=on and ${AOT_ENV}=on cannot go together: the ahead-of-time package is "
+                         f"compiled from the bf16 block")  # fmt: skip
     return value == "on" and mode.generation
 
 
@@ -701,8 +705,8 @@ def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = Non
     into it when given (one trained branch at a time; switching replaces it), run with the device's
     speed setting (``mirage.speed.choose``: on CUDA the VAE in bf16, as the references run it, and
     regional compilation on a dedicated GPU unless ``aot``, blocks compiled ahead of time at start-up
-    (``prepare_aot``); eager on ZeroGPU; nothing on the CPU; ``fp8``: ``fp8_wanted``). Memory updates need depth: Depth Pro when its weights are cached, else the (labelled)
-    planar prior."""
+    (``prepare_aot``); eager on ZeroGPU; nothing on the CPU; ``fp8``: ``fp8_wanted``). Memory updates
+    need depth: Depth Pro when its weights are cached, else the (labelled) planar prior."""
     from mirage import speed
     from mirage.pipeline import MiragePipeline
 

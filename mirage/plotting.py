@@ -509,7 +509,6 @@ def cache_size_figure(
     reference: str | None = None,
     log_y: bool = False,
     title: str = "Cache size",
-    subtitle: str | None = None,
 ) -> go.Figure:
     """Cache size in MiB after each step (``chunk_label``: the image, then chunk 1, 2, ...) for each method.
 
@@ -552,7 +551,7 @@ def cache_size_figure(
             y = float(np.log10(y)) if y > 0 else None
         fig.add_annotation(x=step, y=y, text=text, showarrow=True, arrowhead=2, ax=-60, ay=-30)
     fig.update_layout(
-        title=_title(title, subtitle), xaxis=dict(title="after", type="category", automargin=True),
+        title=_title(title, None), xaxis=dict(title="after", type="category", automargin=True),
         yaxis=dict(title="MiB", type="log" if log_y else "linear") | (dict(dtick="D2") if log_y else {}),  # 1, 2, 5 per decade
         template="plotly_white", legend=dict(orientation="h", x=0.0, y=-0.25, yanchor="top"),
         meta=dict(ratios=ratios, reference=reference),

@@ -352,6 +352,7 @@ def test_keyframe_rows_are_added_as_a_copy_of_the_last_and_removed_down_to_two()
 
 
 def test_fp8_is_off_unless_asked_and_refused_where_it_cannot_run(monkeypatch):
+    monkeypatch.delenv(rt.AOT_ENV, raising=False)
     dedicated, zero = rt.AppMode(True, "/w", "cuda", False, False, ""), rt.AppMode(True, "/w", "cuda", True, False, "")
     cpu, offline = rt.AppMode(True, "/w", "cpu", False, False, ""), rt.AppMode(False, None, "cpu", False, False, "")
     monkeypatch.delenv(rt.FP8_ENV, raising=False)
@@ -365,6 +366,10 @@ def test_fp8_is_off_unless_asked_and_refused_where_it_cannot_run(monkeypatch):
     settings = rt.speed_settings("cuda", False, fp8=True)
     assert settings.fp8 and settings.compile == "regional" and settings.vae_dtype == "bfloat16"
     assert rt.speed_settings("cuda", True, aot=True).compile == "off"  # AoT replaces regional compilation
+    monkeypatch.setenv(rt.AOT_ENV, "on")
+    with pytest.raises(ValueError, match="MIRAGE_FP8=on and .MIRAGE_AOT=on cannot go together"):
+        rt.fp8_wanted(dedicated)
+    monkeypatch.delenv(rt.AOT_ENV)
     monkeypatch.setenv(rt.FP8_ENV, "yes")
     with pytest.raises(ValueError, match="MIRAGE_FP8 must be on or off, got 'yes'"):
         rt.fp8_wanted(dedicated)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib
 import inspect
 import json
 import mmap
@@ -65,7 +66,8 @@ class LoadCheck:
     ok: bool
     exit_code: int | None  # None: it ran out of time; -11: a segmentation fault
     detail: str
-    seconds: float | None = None  # how long aoti_load_package took there (what a fresh process pays again)
+    seconds: float | None = None  # how long aoti_load_package took there (what each process pays again)
+    import_seconds: float | None = None  # ``import torch._inductor`` before it (a process forked after ``apply`` has it)
 
 
 @dataclass(frozen=True)
@@ -224,20 +226,22 @@ def share_libstdcxx() -> bool:
 
 def check_load(package: str | Path, timeout: float = 300.0) -> LoadCheck:
     """Load ``package`` in a child process (``aoti_load_package``, after ``share_libstdcxx`` as every
-    load here): whether that worked, its exit code and the last lines it printed. The child has this
+    load here): whether that worked, its exit code, the last lines it printed, and the seconds the load
+    took there, apart from those of importing the compiler's Python package first. The child has this
     process's environment (and so its GPU)."""
     root = str(Path(__file__).resolve().parents[1])
     code = (f"import sys, time; sys.path.insert(0, {root!r}); import torch; from mirage.aot import share_libstdcxx; "
-            f"share_libstdcxx(); t = time.perf_counter(); m = torch._inductor.aoti_load_package({str(package)!r}); "
-            "print('load_s', time.perf_counter() - t, 'constants', len(m.get_constant_fqns()))")
+            "share_libstdcxx(); t = time.perf_counter(); import torch._inductor; i = time.perf_counter() - t; "
+            f"t = time.perf_counter(); m = torch._inductor.aoti_load_package({str(package)!r}); "
+            "print('load_s', time.perf_counter() - t, 'import_s', i, 'constants', len(m.get_constant_fqns()))")
     try:
         r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return LoadCheck(False, None, f"no answer in {timeout:.0f} s")
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip() and "warn" not in ln.lower()]
     said = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("load_s ")]
-    seconds = float(said[-1][1]) if r.returncode == 0 and said else None
-    return LoadCheck(r.returncode == 0, r.returncode, "\n".join(lines[-6:]), seconds)
+    seconds, imported = (float(said[-1][1]), float(said[-1][3])) if r.returncode == 0 and said else (None, None)
+    return LoadCheck(r.returncode == 0, r.returncode, "\n".join(lines[-6:]), seconds, imported)
 
 
 def prepare(transformer: nn.Module, inputs: dict[str, Any], cache_dir: str | Path, check: bool = True) -> Package:
@@ -320,7 +324,9 @@ def _read_signature(path: Path) -> Signature:
 def apply(transformer: nn.Module, packages: str | Path | Package | list) -> nn.Module:
     """Every repeated block of ``transformer`` runs the package compiled for each call's shapes, where
     one of ``packages`` was (module docstring); no device work here: each process loads a package at
-    its first call."""
+    its first call. The compiler's Python package is imported here, so that a process forked later
+    (a ZeroGPU worker) pays only the package's own load (``LoadCheck.seconds``)."""
+    importlib.import_module("torch._inductor")
     packages = packages if isinstance(packages, list) else [packages]
     fits = {}
     for pkg in packages:

@@ -5,6 +5,10 @@ inputs are the pipeline's."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -83,6 +87,7 @@ def test_prepare_compiles_once_checks_in_a_child_and_applies_at_its_shapes_only(
     pkg = aot.prepare(model, x, tmp_path)
     assert pkg.compile_s > 0 and pkg.load.ok and pkg.load.exit_code == 0 and pkg.usable
     assert 0 < pkg.load.seconds < 60  # what each process that loads it pays, measured in the child
+    assert pkg.load.import_seconds > 0  # apart: the compiler's Python package, imported by apply (below)
     again = aot.prepare(model, x, tmp_path)
     assert again.compile_s is None and (again.path, again.key, again.signature) == (pkg.path, pkg.key, pkg.signature)
     assert sorted(p.name for p in tmp_path.iterdir()) == [pkg.path.name, pkg.path.name + ".json"]  # no temporary left
@@ -94,6 +99,19 @@ def test_prepare_compiles_once_checks_in_a_child_and_applies_at_its_shapes_only(
     assert aot.remove(model) == {"package": blocks, "eager": blocks}
     with torch.no_grad():
         assert torch.equal(model(**x)[0], ref)
+
+
+def test_apply_imports_the_compiler_so_a_process_forked_later_pays_only_the_package_load(tmp_path):
+    """A ZeroGPU worker is forked from the process that applied the package: after ``apply`` that process
+    has ``torch._inductor`` (a fresh interpreter has not), so the worker's first call pays only what
+    ``LoadCheck.seconds`` says."""
+    model, x = _model(), _inputs()
+    pkg = aot.prepare(model, x, tmp_path, check=False)
+    code = ("import sys, torch; sys.path.insert(0, {root!r}); from mirage import aot; "  # (diffusers would import it too)
+            "before = 'torch._inductor' in sys.modules; aot.apply(torch.nn.Module(), {pkg!r}); "
+            "print(before, 'torch._inductor' in sys.modules)").format(root=str(Path(__file__).resolve().parents[1]), pkg=str(pkg.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.split() == ["False", "True"], r.stderr[-2000:]
 
 
 def test_a_package_that_does_not_load_is_said_and_never_applied(tmp_path):

@@ -44,8 +44,6 @@ def test_aot_package_without_weights_runs_every_block_with_its_own(tmp_path):
 
 
 def _stack_flags(path) -> int:  # p_flags of the PT_GNU_STACK header, read with the system's readelf
-    import subprocess
-
     out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True, check=True).stdout
     (line,) = [ln for ln in out.splitlines() if "GNU_STACK" in ln]
     return sum(bit for letter, bit in (("R", 4), ("W", 2), ("E", 1)) if letter in line.split()[-2])
@@ -101,15 +99,13 @@ def test_prepare_compiles_once_checks_in_a_child_and_applies_at_its_shapes_only(
         assert torch.equal(model(**x)[0], ref)
 
 
-def test_apply_imports_the_compiler_so_a_process_forked_later_pays_only_the_package_load(tmp_path):
+def test_apply_imports_the_compiler_so_a_process_forked_later_pays_only_the_package_load():
     """A ZeroGPU worker is forked from the process that applied the package: after ``apply`` that process
     has ``torch._inductor`` (a fresh interpreter has not), so the worker's first call pays only what
     ``LoadCheck.seconds`` says."""
-    model, x = _model(), _inputs()
-    pkg = aot.prepare(model, x, tmp_path, check=False)
     code = ("import sys, torch; sys.path.insert(0, {root!r}); from mirage import aot; "  # (diffusers would import it too)
-            "before = 'torch._inductor' in sys.modules; aot.apply(torch.nn.Module(), {pkg!r}); "
-            "print(before, 'torch._inductor' in sys.modules)").format(root=str(Path(__file__).resolve().parents[1]), pkg=str(pkg.path))
+            "before = 'torch._inductor' in sys.modules; aot.apply(torch.nn.Module(), []); "
+            "print(before, 'torch._inductor' in sys.modules)").format(root=str(Path(__file__).resolve().parents[1]))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.stdout.split() == ["False", "True"], r.stderr[-2000:]
 
@@ -148,9 +144,6 @@ def test_the_probe_says_what_a_compiled_library_is_made_of(tmp_path):
     """``benchmarks/aot_probe.py``'s inspection of a package (what a crashing load on the GPU machine is
     checked with): here the library takes the C++ standard library from the system, none of its
     internals inside it, and names the compiler that built it."""
-    import sys
-    from pathlib import Path
-
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from aot_probe import inspect
 
@@ -164,8 +157,6 @@ def _regex_library(tmp_path, kind: str):
     """A shared library whose ``parse("cuda:0")`` builds and matches a ``std::regex`` as the package's
     ``parse_device_str`` does, linked against the system's libstdc++ (``shared``) or with a static copy
     of it (``static``, as the H100 machine's packages are)."""
-    import subprocess
-
     src = tmp_path / "rx.cpp"
     src.write_text('#include <regex>\n#include <string>\nextern "C" int parse(const char* s) {\n'
                    '  std::regex re("(cpu|cuda)(:([0-9]+))?");\n  return std::regex_match(std::string(s), re);\n}\n')
@@ -180,9 +171,7 @@ def _regex_library(tmp_path, kind: str):
 def test_the_probe_tells_a_library_with_its_own_libstdcxx_from_one_that_shares_the_processes(tmp_path):
     """The same std::regex code linked against the system's libstdc++ and with a static copy of it:
     only the second carries the standard library's locale internals (its own facet ids)."""
-    import sys
     import zipfile
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from aot_probe import inspect
@@ -203,10 +192,6 @@ def test_a_library_with_its_own_libstdcxx_runs_once_the_processes_is_shared(tmp_
     libstdc++ and building a std::regex, loaded into a process where torch has loaded the shared
     libstdc++, dies; after ``aot.share_libstdcxx()`` (what every package load here does first) it runs.
     Each in a child process, since the first is meant to die."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     lib, root = _regex_library(tmp_path, "static"), str(Path(__file__).parents[1])
     runs = {}
     for share in (False, True):

@@ -85,7 +85,7 @@ def apply(transformer: nn.Module, settings: SpeedSettings, branch: nn.Module | N
     if settings.attention is not None:
         if settings.attention not in _BUILTIN_BACKENDS:
             raise ValueError(f"attention must be one of {_BUILTIN_BACKENDS} (built into PyTorch), got {settings.attention!r}")
-        transformer.set_attention_backend(settings.attention)
+        _set_attention_backend(transformer, settings.attention)
     if settings.fuse_qkv:
         transformer.fuse_qkv_projections()
     if settings.fp8:
@@ -101,12 +101,24 @@ def apply(transformer: nn.Module, settings: SpeedSettings, branch: nn.Module | N
     return transformer
 
 
+def _set_attention_backend(model: nn.Module, backend: str) -> None:
+    """``model.set_attention_backend(backend)`` for this model's processors only: diffusers also makes it
+    the process's default, which every other model (and every processor made later) would then use."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    default = _AttentionBackendRegistry.get_active_backend()[0]
+    try:
+        model.set_attention_backend(backend)
+    finally:
+        _AttentionBackendRegistry.set_active_backend(default)
+
+
 def apply_branch(branch: nn.Module | None, settings: SpeedSettings) -> None:
     """A side branch loaded after ``apply``: its blocks get the same attention backend and compilation."""
     if branch is None:
         return
     if settings.attention is not None and hasattr(branch, "set_attention_backend"):
-        branch.set_attention_backend(settings.attention)
+        _set_attention_backend(branch, settings.attention)
     if settings.compile == "regional":
         kwargs = {"fullgraph": True} | ({} if settings.compile_mode is None else {"mode": settings.compile_mode})
         for block in getattr(branch, "blocks", []):

@@ -50,6 +50,16 @@ def test_the_vae_setting_casts_the_vae_and_only_when_asked():
     assert latents.dtype == torch.float32 and codec.decode(latents).dtype == torch.bfloat16
 
 
+def test_an_attention_backend_is_the_models_own_not_the_processs():
+    """diffusers' ``set_attention_backend`` also sets the process's default; ``speed.apply`` keeps that
+    default, so another model (the pixel run's, a test's reference) computes as before."""
+    other, x = _model(), _inputs()
+    with torch.no_grad():
+        before = other(**x)[0]
+        speed.apply(_model(), speed.SpeedSettings(attention="_native_math"))
+        assert torch.equal(other(**x)[0], before)
+
+
 def test_every_builtin_attention_backend_here_computes_the_same():
     model, x = _model(), _inputs()
     with torch.no_grad():

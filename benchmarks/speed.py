@@ -96,7 +96,8 @@ def decode_rows(device: torch.device, reps: int, small: bool) -> list[dict]:
     return rows
 
 
-PROFILED = ("eager (SDPA, native)", "regional compile", "FP8 (torchao, per-row) + regional compile")
+PROFILED = ("eager (SDPA, native)", "regional compile", "regional compile + fused RoPE and GELU (ours)",
+            "FP8 (torchao, per-row) + regional compile")  # fmt: skip
 
 
 def kernel_shares(model, x: dict, device: torch.device) -> dict:
@@ -190,8 +191,12 @@ def main(argv=None) -> dict:
             run("regional compile, max-autotune-no-cudagraphs",
                 lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", compile_mode="max-autotune-no-cudagraphs")))
             run("regional compile + fused QKV", lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fuse_qkv=True)))
+            run("regional compile + fused RoPE and GELU (ours)",
+                lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fused=True)))
             run("FP8 (torchao, per-row) + regional compile",
                 lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fp8=True)))
+            run("FP8 + regional compile + fused RoPE (ours)",
+                lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fp8=True, fused=True)))
         with tempfile.TemporaryDirectory() as tmp:
             def aot_block():  # compiled, loaded once in a child process (a crash there is a result), then applied
                 model = fresh()

@@ -12,6 +12,9 @@
 * **FP8**: torchao's dynamic float8 activations with per-row float8 weights on the blocks' linear
   layers (Hopper and Blackwell; an option: it changes the output, ``benchmarks/speed.py`` says how
   much).
+* **Fused** (``fused``, ours): RoPE in one pass and the feed-forward's GELU in its product's epilogue
+  (``mirage.fused``); the GELU is computed before the bf16 rounding, so the output moves by bf16
+  rounding (``benchmarks/speed.py`` says how much and what it saves).
 * **Ahead of time**: ``mirage.aot`` (the repeated block exported and compiled with AOTInductor),
   what runs where ``torch.compile`` cannot (ZeroGPU).
 
@@ -44,6 +47,7 @@ class SpeedSettings:
     fp8: bool = False  # torchao dynamic float8 on the blocks' linear layers
     fuse_qkv: bool = False  # one matrix product for q, k and v (diffusers' fuse_qkv_projections)
     vae_dtype: Literal["float32", "bfloat16"] | None = None  # the VAE's dtype (None: as loaded, float32)
+    fused: bool = False  # ours: one-pass RoPE and the GELU in the FFN product's epilogue (mirage.fused)
 
 
 def available_attention_backends(device: torch.device | str) -> list[str]:
@@ -88,6 +92,10 @@ def apply(transformer: nn.Module, settings: SpeedSettings, branch: nn.Module | N
         _set_attention_backend(transformer, settings.attention)
     if settings.fuse_qkv:
         transformer.fuse_qkv_projections()
+    if settings.fused:
+        from mirage.fused import fuse_blocks
+
+        fuse_blocks(repeated_blocks(transformer))
     if settings.fp8:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
@@ -139,5 +147,6 @@ def describe(settings: SpeedSettings) -> str:
     parts += [f"attention {settings.attention}"] if settings.attention else []
     parts += ["FP8 (torchao)"] if settings.fp8 else []
     parts += ["fused QKV"] if settings.fuse_qkv else []
+    parts += ["fused RoPE and GELU"] if settings.fused else []
     parts += [f"VAE in {settings.vae_dtype}"] if settings.vae_dtype else []
     return ", ".join(parts)

@@ -69,3 +69,56 @@ def test_every_builtin_attention_backend_here_computes_the_same():
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="built into PyTorch"):
         speed.apply(model, speed.SpeedSettings(attention="flash_hub"))  # a kernel download: refused
+
+
+def test_the_fused_blocks_compute_diffusers_function_and_keep_its_weights():
+    """One-pass RoPE and the GELU epilogue (on the CPU: the two ops) give diffusers' output bit for bit
+    in eager float32, with the same state dict; a wrapped projection (an adapter) keeps working."""
+    from mirage.fused import GeluInEpilogue, OnePassRopeProcessor, linear_gelu_tanh
+
+    model, x = _model(), _inputs(frames=5)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        ref = model(**x)[0]
+        speed.apply(model, speed.SpeedSettings(fused=True))
+        assert all(isinstance(b.attn1.processor, OnePassRopeProcessor) and isinstance(b.ffn.net[0], GeluInEpilogue)
+                   for b in model.blocks)  # fmt: skip
+        assert list(model.state_dict()) == keys
+        assert torch.equal(model(**x)[0], ref)
+        # the custom op's own function, and its shape under the compiler's fake tensors
+        a, w, b = torch.randn(2, 7, 12), torch.randn(20, 12), torch.randn(20)
+        assert torch.equal(linear_gelu_tanh(a, w, b), torch.nn.functional.gelu(a @ w.T + b, approximate="tanh"))
+        torch.library.opcheck(linear_gelu_tanh, (a, w, b))
+        # an adapter around the projection (what PEFT does): the two ops through it
+        act = model.blocks[0].ffn.net[0]
+        act.proj = torch.nn.Sequential(act.proj)
+        assert torch.equal(model(**x)[0], ref)
+    assert speed.describe(speed.SpeedSettings(fused=True)) == "eager, fused RoPE and GELU"
+
+
+def test_the_fused_blocks_compile_whole():
+    """Regional compilation with ``fullgraph=True`` takes the fused blocks (no graph break at the custom
+    op or the projection check) and computes the same function."""
+    model, x = _model(), _inputs()
+    with torch.no_grad():
+        ref = model(**x)[0]
+        speed.apply(model, speed.SpeedSettings(compile="regional", fused=True))
+        torch.testing.assert_close(model(**x)[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_one_pass_rope_is_diffusers_rope_with_the_attention_backend_kept():
+    """The RoPE rotation against diffusers' processor on its own (a wrong pair order or sign fails)."""
+    from mirage.fused import OnePassRopeProcessor
+
+    model = _model()
+    speed.apply(model, speed.SpeedSettings(attention="_native_math"))
+    attn = model.blocks[0].attn1
+    diffusers_processor = attn.processor
+    h = torch.randn(1, 6, attn.inner_dim)  # [B, S, H*D]
+    angles = torch.rand(1, 6, 1, attn.inner_dim // attn.heads // 2) * 6.28  # [1, S, 1, D/2]
+    rope = (angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1))  # [1, S, 1, D] each
+    with torch.no_grad():
+        ref = diffusers_processor(attn, h, rotary_emb=rope)
+        speed.apply(model, speed.SpeedSettings(fused=True))
+        assert isinstance(attn.processor, OnePassRopeProcessor) and attn.processor._attention_backend == "_native_math"
+        assert torch.equal(attn.processor(attn, h, rotary_emb=rope), ref)

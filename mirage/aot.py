@@ -154,13 +154,19 @@ def signature(args: tuple, kwargs: dict) -> Signature:
 
 
 def key(transformer: nn.Module, inputs: dict[str, Any]) -> str:
-    """What a package is valid for: torch version, GPU architecture, the block's input shapes and dtypes, its source."""
+    """What a package is valid for: torch version, GPU architecture, the block's input shapes and dtypes,
+    and what its forward runs: the source of every module class in it and of each attention processor,
+    with the processor's attention backend (``mirage.fused`` and ``set_attention_backend`` swap these
+    and keep the block's own class and weights)."""
     block = repeated_blocks(transformer)[0]
     arch = "x".join(map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else "cpu"
     device = next(transformer.parameters()).device.type
     import diffusers
 
-    source = inspect.getsource(type(block))
+    parts = [(name, m, getattr(m, "processor", None)) for name, m in block.named_modules()]
+    runs = [(name, type(m).__qualname__, type(p).__qualname__, str(getattr(p, "_attention_backend", None))) for name, m, p in parts]
+    classes = dict.fromkeys(c for _, m, p in parts for c in (type(m), type(p)) if c is not type(None))
+    source = "".join(inspect.getsource(c) for c in classes) + repr(runs)
     sig = signature(*_block_call(transformer, inputs))
     weights = [(n, tuple(t.shape), str(t.dtype)) for n, t in block.state_dict().items()]  # e.g. a LoRA renames them
     text = f"{torch.__version__}|{diffusers.__version__}|{arch}|{device}|{sig}|{weights}|{source}"

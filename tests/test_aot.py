@@ -43,6 +43,16 @@ def test_aot_package_without_weights_runs_every_block_with_its_own(tmp_path):
     assert aot.key(_model(), x) != aot.key(_model(), _inputs(frames=5))  # another size: another package
 
 
+def test_the_key_tells_apart_blocks_that_run_differently_with_the_same_class_and_weights():
+    """A package is compiled from what the block runs: fused RoPE and GELU (``mirage.fused``) or another
+    attention backend keep the block's class and state dict but must not reuse each other's package."""
+    x = _inputs()
+    plain = aot.key(_model(), x)
+    assert aot.key(_model(), x) == plain  # another instance of the same: the same package
+    assert aot.key(speed.apply(_model(), speed.SpeedSettings(fused=True)), x) != plain
+    assert aot.key(speed.apply(_model(), speed.SpeedSettings(attention="_native_math")), x) != plain
+
+
 def _stack_flags(path) -> int:  # p_flags of the PT_GNU_STACK header, read with the system's readelf
     out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True, check=True).stdout
     (line,) = [ln for ln in out.splitlines() if "GNU_STACK" in ln]

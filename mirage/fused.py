@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 __all__ = ["GeluInEpilogue", "OnePassRopeProcessor", "fuse_blocks", "linear_gelu_tanh"]
 
@@ -49,8 +50,10 @@ class GeluInEpilogue(nn.Module):
         self.proj = proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plain = type(self.proj) is nn.Linear and type(self.proj.weight) is nn.Parameter and self.proj.bias is not None
-        if not plain:  # an adapter or a quantized weight: the two ops
+        # An adapter (a module around the projection) or a quantized weight (a tensor subclass, torchao's
+        # FP8): the two ops. (Not ``type(weight) is nn.Parameter``: under torch.export it is a fake tensor.)
+        plain = type(self.proj) is nn.Linear and self.proj.bias is not None and not is_traceable_wrapper_subclass(self.proj.weight)
+        if not plain:
             return F.gelu(self.proj(x), approximate="tanh")
         return linear_gelu_tanh(x, self.proj.weight, self.proj.bias)
 

@@ -98,12 +98,40 @@ def test_the_fused_blocks_compute_diffusers_function_and_keep_its_weights():
 
 def test_the_fused_blocks_compile_whole():
     """Regional compilation with ``fullgraph=True`` takes the fused blocks (no graph break at the custom
-    op or the projection check) and computes the same function."""
+    op or the projection check) and computes the same function; the product with its GELU stays one op
+    there and in the block's export (what an AoT package is compiled from)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from mirage import aot
+
     model, x = _model(), _inputs()
     with torch.no_grad():
         ref = model(**x)[0]
         speed.apply(model, speed.SpeedSettings(compile="regional", fused=True))
-        torch.testing.assert_close(model(**x)[0], ref, rtol=1e-5, atol=1e-5)
+        (out, *_), code = run_and_get_code(model, **x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert "linear_gelu_tanh" in "".join(code)
+        eager = speed.apply(_model(), speed.SpeedSettings(fused=True))
+        exported = torch.export.export(eager.blocks[0], *aot._block_call(eager, x))
+    assert [str(n.target) for n in exported.graph.nodes].count("mirage.linear_gelu_tanh.default") == 1
+
+
+def test_a_quantized_weight_keeps_the_two_ops(monkeypatch):
+    """A weight that is a tensor subclass (as torchao's FP8 weights are) never reaches the custom op."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    from mirage import fused
+
+    model, x = _model(), _inputs()
+    with torch.no_grad():
+        ref = model(**x)[0]
+        speed.apply(model, speed.SpeedSettings(fused=True))
+        for block in model.blocks:
+            w = block.ffn.net[0].proj.weight
+            block.ffn.net[0].proj.weight = torch.nn.Parameter(TwoTensor(w.detach().clone(), w.detach().clone()), requires_grad=False)
+        monkeypatch.setattr(fused, "linear_gelu_tanh", lambda *a: pytest.fail("the custom op got a subclass weight"))
+        out = model(**x)[0]
+    torch.testing.assert_close(out.a if isinstance(out, TwoTensor) else out, ref)
 
 
 def test_one_pass_rope_is_diffusers_rope_with_the_attention_backend_kept():

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from . import fused  # noqa: F401 - registers mirage::linear_gelu_tanh, which a fused block's package calls by name
 from .speed import repeated_blocks
 
 __all__ = ["Package", "LoadCheck", "example_inputs", "key", "signature", "compile_block", "share_libstdcxx", "check_load",

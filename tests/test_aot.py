@@ -109,6 +109,20 @@ def test_prepare_compiles_once_checks_in_a_child_and_applies_at_its_shapes_only(
         assert torch.equal(model(**x)[0], ref)
 
 
+def test_a_fused_blocks_package_loads_where_mirage_aot_is_imported_and_computes_the_same(tmp_path):
+    """A package compiled from fused blocks calls the custom op ``mirage::linear_gelu_tanh`` by name: a
+    process loads it only with the op registered, which importing ``mirage.aot`` does (the child check
+    imports nothing else of ours)."""
+    model, x = speed.apply(_model(), speed.SpeedSettings(fused=True)), _inputs()
+    with torch.no_grad():
+        ref = model(**x)[0]
+    pkg = aot.prepare(model, x, tmp_path)
+    assert pkg.load.ok, pkg.load.detail
+    aot.apply(model, pkg)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x)[0], ref, rtol=1e-5, atol=1e-5)
+
+
 def test_apply_imports_the_compiler_so_a_process_forked_later_pays_only_the_package_load():
     """A ZeroGPU worker is forked from the process that applied the package: after ``apply`` that process
     has ``torch._inductor`` (a fresh interpreter has not), so the worker's first call pays only what

@@ -51,8 +51,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from . import fused  # noqa: F401 - registers mirage::linear_gelu_tanh, which a fused block's package calls by name
 from .speed import repeated_blocks
+
+importlib.import_module(f"{__package__}.fused")  # registers mirage::linear_gelu_tanh, which a fused block's package calls by name
 
 __all__ = ["Package", "LoadCheck", "example_inputs", "key", "signature", "compile_block", "share_libstdcxx", "check_load",
            "prepare", "apply", "remove", "package_with_weights", "clear_executable_stack"]  # fmt: skip

@@ -43,17 +43,18 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
 
 class GeluInEpilogue(nn.Module):
     """diffusers' ``GELU(approximate="tanh")`` (``FeedForward.net[0]``) with the activation in the
-    product's epilogue. Same parameter (``proj``) and state-dict keys."""
+    product's epilogue. Same parameter (``proj``) and state-dict keys. A quantized weight (a tensor
+    subclass, as torchao's FP8) keeps the two ops: quantize first, then fuse (``speed.apply`` does),
+    since that is told here, where the weight is real (under torch.compile or torch.export it is a fake
+    tensor, and the subclass is not seen). An adapter put around ``proj`` later keeps the two ops too."""
 
     def __init__(self, proj: nn.Linear):
         super().__init__()
         self.proj = proj
+        self.epilogue = proj.bias is not None and not is_traceable_wrapper_subclass(proj.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # An adapter (a module around the projection) or a quantized weight (a tensor subclass, torchao's
-        # FP8): the two ops. (Not ``type(weight) is nn.Parameter``: under torch.export it is a fake tensor.)
-        plain = type(self.proj) is nn.Linear and self.proj.bias is not None and not is_traceable_wrapper_subclass(self.proj.weight)
-        if not plain:
+        if not (self.epilogue and type(self.proj) is nn.Linear):
             return F.gelu(self.proj(x), approximate="tanh")
         return linear_gelu_tanh(x, self.proj.weight, self.proj.bias)
 

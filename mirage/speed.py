@@ -92,16 +92,16 @@ def apply(transformer: nn.Module, settings: SpeedSettings, branch: nn.Module | N
         _set_attention_backend(transformer, settings.attention)
     if settings.fuse_qkv:
         transformer.fuse_qkv_projections()
-    if settings.fused:
-        from mirage.fused import fuse_blocks
-
-        fuse_blocks(repeated_blocks(transformer))
     if settings.fp8:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
         for block in repeated_blocks(transformer, branch):
             quantize_(block, config, filter_fn=lambda m, _: isinstance(m, nn.Linear))
+    if settings.fused:  # after quantizing: a quantized product keeps its own kernel (mirage.fused)
+        from mirage.fused import fuse_blocks
+
+        fuse_blocks(repeated_blocks(transformer))
     if settings.compile == "regional":
         kwargs = {"fullgraph": True} | ({} if settings.compile_mode is None else {"mode": settings.compile_mode})
         transformer.compile_repeated_blocks(**kwargs)

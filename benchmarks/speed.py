@@ -97,7 +97,7 @@ def decode_rows(device: torch.device, reps: int, small: bool) -> list[dict]:
 
 
 PROFILED = ("eager (SDPA, native)", "regional compile", "regional compile + fused RoPE and GELU (ours)",
-            "FP8 (torchao, per-row) + regional compile")  # fmt: skip
+            "FP8 (torchao, per-row) + regional compile", "FP8 + regional compile + fused RoPE (ours)")  # fmt: skip
 
 
 def kernel_shares(model, x: dict, device: torch.device) -> dict:
@@ -193,6 +193,12 @@ def main(argv=None) -> dict:
             run("regional compile + fused QKV", lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fuse_qkv=True)))
             run("regional compile + fused RoPE and GELU (ours)",
                 lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fused=True)))
+            def tuned():  # Inductor's coordinate-descent tuning of the block's Triton kernels (a probe, not a setting)
+                model = speed.apply(fresh(), speed.SpeedSettings(fused=True))
+                model.compile_repeated_blocks(fullgraph=True, options={"coordinate_descent_tuning": True})
+                return model
+
+            run("regional compile + fused RoPE and GELU, coordinate-descent tuning", tuned)
             run("FP8 (torchao, per-row) + regional compile",
                 lambda: speed.apply(fresh(), speed.SpeedSettings(compile="regional", fp8=True)))
             run("FP8 + regional compile + fused RoPE (ours)",

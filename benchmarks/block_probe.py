@@ -18,27 +18,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mirage import speed  # noqa: E402
+from mirage.fused import GeluInEpilogue  # noqa: E402
 from mirage.testing import TI2V_5B_TRANSFORMER_CONFIG  # noqa: E402
-
-
-@torch.library.custom_op("probe::linear_gelu_tanh", mutates_args=())
-def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    out = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True)
-    return out.view(*x.shape[:-1], weight.shape[0])
-
-
-@linear_gelu_tanh.register_fake
-def _(x, weight, bias):
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
-class GeluEpilogue(torch.nn.Module):
-    def __init__(self, gelu):
-        super().__init__()
-        self.proj = gelu.proj
-
-    def forward(self, x):
-        return linear_gelu_tanh(x, self.proj.weight, self.proj.bias)
 
 
 class Processor:
@@ -162,7 +143,7 @@ def main():
             b.attn1.set_processor(proc)
             b.attn2.set_processor(proc)
         if gelu:
-            b.ffn.net[0] = GeluEpilogue(b.ffn.net[0])
+            b.ffn.net[0] = GeluInEpilogue(b.ffn.net[0].proj)
         with torch.no_grad():
             eager = b(*x)
         cfg = inductor or {}
@@ -211,7 +192,7 @@ def main():
                     b.attn1.set_processor(proc)
                     b.attn2.set_processor(proc)
                 if gelu:
-                    b.ffn.net[0] = GeluEpilogue(b.ffn.net[0])
+                    b.ffn.net[0] = GeluInEpilogue(b.ffn.net[0].proj)
             m.compile_repeated_blocks(fullgraph=True)
             t0 = time.perf_counter()
             with torch.no_grad():

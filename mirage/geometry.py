@@ -16,7 +16,6 @@ Python references.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -224,7 +223,7 @@ def _covered_cells(
     slot collects them all. Per-axis masks are applied on ``[V, N, 2, M]`` before the outer
     product, so that few operations run on the full ``[V, N, M, M]``.
     """
-    V, N, M = z.shape[0], z.shape[1], max_cells
+    V, M = z.shape[0], max_cells
     first = torch.floor(uv - (M - 1) / 2)  # [V, N, 2] first of the M nearest cells per axis
     cells = first.unsqueeze(-1) + torch.arange(M, device=uv.device, dtype=uv.dtype)  # [V, N, 2, M] columns, rows
     below_size = torch.stack([cells[:, :, 0] < width, cells[:, :, 1] < height], 2)  # [V, N, 2, M]

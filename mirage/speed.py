@@ -93,11 +93,7 @@ def apply(transformer: nn.Module, settings: SpeedSettings, branch: nn.Module | N
     if settings.fuse_qkv:
         transformer.fuse_qkv_projections()
     if settings.fp8:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-        for block in repeated_blocks(transformer, branch):
-            quantize_(block, config, filter_fn=lambda m, _: isinstance(m, nn.Linear))
+        quantize_fp8(repeated_blocks(transformer, branch))
     if settings.fused:  # after quantizing: a quantized product keeps its own kernel (mirage.fused)
         from mirage.fused import fuse_blocks
 
@@ -107,6 +103,15 @@ def apply(transformer: nn.Module, settings: SpeedSettings, branch: nn.Module | N
         transformer.compile_repeated_blocks(**kwargs)
     apply_branch(branch, SpeedSettings(settings.compile, settings.compile_mode, settings.attention))
     return transformer
+
+
+def quantize_fp8(blocks: list[nn.Module]) -> None:
+    """torchao's dynamic FP8 (float8 activations, per-row float8 weights) for the linear layers of ``blocks``."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    for block in blocks:
+        quantize_(block, config, filter_fn=lambda m, _: isinstance(m, nn.Linear))
 
 
 def _set_attention_backend(model: nn.Module, backend: str) -> None:

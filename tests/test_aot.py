@@ -53,6 +53,40 @@ def test_the_key_tells_apart_blocks_that_run_differently_with_the_same_class_and
     assert aot.key(speed.apply(_model(), speed.SpeedSettings(attention="_native_math")), x) != plain
 
 
+def test_the_key_follows_the_code_settings_and_weight_types_a_block_runs_with(monkeypatch):
+    """What else decides what a package computes: a helper function in a processor's module (the
+    module's source, not only the class's), a module's own setting (the GELU epilogue chosen at fuse
+    time), a weight's tensor type (a quantized weight keeps its dtype in the state dict) and the
+    process's attention backend where the processor names none."""
+    import inspect
+
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    from mirage import fused
+
+    x = _inputs()
+    fused_model = speed.apply(_model(), speed.SpeedSettings(fused=True))
+    fused_key, plain = aot.key(fused_model, x), aot.key(_model(), x)
+    source = inspect.getsource
+    with monkeypatch.context() as m:  # fused.py's text changes (e.g. its _rope), its classes' sources do not
+        m.setattr(aot.inspect, "getsource", lambda obj: source(obj) + ("# changed" if obj is fused else ""))
+        assert aot.key(fused_model, x) != fused_key
+    fused_model.blocks[0].ffn.net[0].epilogue = False
+    assert aot.key(fused_model, x) != fused_key
+    typed = _model()
+    proj = typed.blocks[0].ffn.net[0].proj
+    proj.weight = torch.nn.Parameter(TwoTensor(proj.weight.detach().clone(), proj.weight.detach().clone()), requires_grad=False)
+    assert aot.key(typed, x) != plain
+    default = _AttentionBackendRegistry.get_active_backend()[0]
+    try:
+        _AttentionBackendRegistry.set_active_backend("_native_math")
+        assert aot.key(_model(), x) != plain
+    finally:
+        _AttentionBackendRegistry.set_active_backend(default)
+    assert aot.key(_model(), x) == plain
+
+
 def _stack_flags(path) -> int:  # p_flags of the PT_GNU_STACK header, read with the system's readelf
     out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True, check=True).stdout
     (line,) = [ln for ln in out.splitlines() if "GNU_STACK" in ln]

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from mirage import checkpoints as ck
 from mirage.branch import BranchConfig, MemoryBranch, branched_forward
 from mirage.families import FAMILIES
-from mirage.testing import TI2V_5B_TRANSFORMER_CONFIG, TINY_TEXT_DIM, randomize_parameters, tiny_branch_transformer
+from mirage.testing import TI2V_5B_TRANSFORMER_CONFIG, TINY_TEXT_DIM, tiny_branch_transformer
 
 MIRAGE_BRANCH, SPATIA_BRANCH = FAMILIES["mirage"].branch_config, FAMILIES["spatia"].branch_config
 

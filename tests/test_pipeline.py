@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import UniPCMultistepScheduler
 
 from mirage.cameras import Cameras
 from mirage.codecs import WanVAECodec

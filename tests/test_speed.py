@@ -136,6 +136,62 @@ def test_a_quantized_weight_keeps_the_two_ops(monkeypatch):
     torch.testing.assert_close(out.a if isinstance(out, TwoTensor) else out, ref)
 
 
+def test_fp8_quantizes_before_fusing(monkeypatch):
+    """``speed.apply`` quantizes the blocks' linear layers before fusing, so the FP8 product keeps its
+    own kernel (the GELU epilogue is chosen on the real, quantized weight). torchao's quantization is
+    stood in for by one that makes the weights a tensor subclass, as torchao's Float8 weights are."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    def quantize_fp8(blocks):
+        for block in blocks:
+            for m in block.modules():
+                if isinstance(m, torch.nn.Linear):
+                    w = m.weight.detach()
+                    m.weight = torch.nn.Parameter(TwoTensor(w.clone(), w.clone()), requires_grad=False)
+
+    monkeypatch.setattr(speed, "quantize_fp8", quantize_fp8)
+    model = speed.apply(_model(), speed.SpeedSettings(fp8=True, fused=True))
+    assert all(isinstance(b.ffn.net[0].proj.weight, TwoTensor) and not b.ffn.net[0].epilogue for b in model.blocks)
+
+
+def test_a_projection_with_a_hook_or_a_replaced_forward_keeps_the_two_ops():
+    """The epilogue calls the product itself, so it is used only on a bare ``nn.Linear``: a forward hook
+    on the projection still runs, and diffusers' layerwise casting (weights stored in float8, cast in
+    a forward it puts in place) computes what it computes on diffusers' blocks."""
+    x = _inputs()
+    with torch.no_grad():
+        model = speed.apply(_model(), speed.SpeedSettings(fused=True))
+        seen = []
+        handle = model.blocks[0].ffn.net[0].proj.register_forward_hook(lambda *a: seen.append(1))
+        model(**x)
+        handle.remove()
+        assert seen == [1]
+        plain, fused_model = _model(), speed.apply(_model(), speed.SpeedSettings(fused=True))
+        for m in (plain, fused_model):
+            m.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+        assert torch.equal(fused_model(**x)[0], plain(**x)[0])
+
+
+def test_fusing_keeps_foreign_processors_and_the_parallel_config_and_refuses_an_image_context():
+    from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
+
+    from mirage.fused import OnePassRopeProcessor, fuse_blocks
+
+    model = _model()
+    class Custom(WanAttnProcessor):  # (it may compute something else: left as it is)
+        pass
+
+    model.blocks[0].attn2.set_processor(Custom())
+    custom = model.blocks[0].attn2.processor
+    model.blocks[1].attn1.processor._parallel_config = "a parallel config"
+    assert fuse_blocks(list(model.blocks)) == len(model.blocks)
+    assert model.blocks[0].attn2.processor is custom and isinstance(model.blocks[0].attn1.processor, OnePassRopeProcessor)
+    assert model.blocks[1].attn1.processor._parallel_config == "a parallel config"
+    attn = WanAttention(dim=8, heads=2, dim_head=4, added_kv_proj_dim=8, processor=OnePassRopeProcessor())
+    with pytest.raises(NotImplementedError, match="image context"):
+        attn(torch.randn(1, 3, 8), torch.randn(1, 5, 8))
+
+
 def test_one_pass_rope_is_diffusers_rope_with_the_attention_backend_kept():
     """The RoPE rotation against diffusers' processor on its own (a wrong pair order or sign fails)."""
     from mirage.fused import OnePassRopeProcessor

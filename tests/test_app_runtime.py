@@ -366,9 +366,9 @@ def test_fp8_is_off_unless_asked_and_refused_where_it_cannot_run(monkeypatch):
             rt.fp8_wanted(mode)
     settings = rt.speed_settings("cuda", False, fp8=True)
     assert settings.fp8 and settings.compile == "regional" and settings.vae_dtype == "bfloat16"
-    assert rt.speed_settings("cuda", False).fused and not settings.fused  # FP8 + fused has not run on a GPU
+    assert rt.speed_settings("cuda", False).fused and not settings.fused  # FP8 + fused: no gain shown (README)
     assert rt.speed_settings("cuda", True, aot=True).compile == "off"  # AoT replaces regional compilation
-    assert not rt.speed_settings("cuda", False, aot=True).fused  # nor has a fused block's package
+    assert not rt.speed_settings("cuda", False, aot=True).fused  # a fused package loads longer than it saves
     monkeypatch.setenv(rt.AOT_ENV, "on")
     with pytest.raises(ValueError, match="MIRAGE_FP8=on and .MIRAGE_AOT=on cannot go together"):
         rt.fp8_wanted(dedicated)

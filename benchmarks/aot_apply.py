@@ -8,13 +8,13 @@ Random weights at the released size, one chunk (9 x 44 x 80 latents). JSON is wr
 so a run cut short keeps what it measured.
 
     python benchmarks/aot_apply.py --fused --out benchmarks/results/aot_fused_block_cuda_h100.json   # GPU
+    python benchmarks/aot_apply.py --fused --small --loads 1 --out /tmp/aot_apply_small.json        # CPU smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mirage import aot, speed  # noqa: E402
-from mirage.testing import TI2V_5B_TRANSFORMER_CONFIG  # noqa: E402
+from mirage.testing import TI2V_5B_TRANSFORMER_CONFIG, TINY_TRANSFORMER_CONFIG  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import inputs  # noqa: E402  (benchmarks/speed.py's chunk)
+from speed import diff, inputs, timed  # noqa: E402  (benchmarks/speed.py's chunk, timing and difference)
 
 
 def load_row(check: aot.LoadCheck) -> dict:
@@ -41,14 +41,17 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=8)
     p.add_argument("--loads", type=int, default=2, help="more loads in fresh processes after the forward")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--small", action="store_true", help="CPU smoke test: the tiny transformer in float32")
     args = p.parse_args()
-    device = torch.device("cuda")
-    model = speed.random_transformer(TI2V_5B_TRANSFORMER_CONFIG, device, torch.bfloat16)
-    x = inputs(TI2V_5B_TRANSFORMER_CONFIG, 9, 44, 80, device, torch.bfloat16)
+    device, dtype = (torch.device("cpu"), torch.float32) if args.small else (torch.device("cuda"), torch.bfloat16)
+    config, (frames, h, w) = (TINY_TRANSFORMER_CONFIG, (3, 4, 6)) if args.small else (TI2V_5B_TRANSFORMER_CONFIG, (9, 44, 80))
+    model = speed.random_transformer(config, device, dtype)
+    x = inputs(config, frames, h, w, device, dtype)
     with torch.no_grad():
-        ref = model(**x)[0]  # [1, C, 9, 44, 80] eager bf16
+        ref = model(**x)[0]  # [1, C, frames, h, w] eager
     speed.apply(model, speed.SpeedSettings(fused=args.fused))
-    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "loads": []}
+    name = "cpu" if args.small else torch.cuda.get_device_name(0)
+    res = {"device": name, "torch": torch.__version__, "loads": []}
 
     def save():
         args.out.write_text(json.dumps(res, indent=2))
@@ -63,17 +66,9 @@ def main() -> None:
         save()
         if package.usable:
             aot.apply(model, package)
-            times = []
             with torch.no_grad():
-                for i in range(args.reps + 1):
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    out = model(**x)[0]
-                    torch.cuda.synchronize()
-                    times.append(time.perf_counter() - t0)
-            d = out.float() - ref.float()
-            res.update(first_call_s=times[0], median_ms=statistics.median(times[1:]) * 1e3, max_abs=float(d.abs().max()),
-                       rel_rms=float(d.pow(2).mean().sqrt() / ref.float().pow(2).mean().sqrt()))  # fmt: skip
+                first, median, out = timed(lambda: model(**x)[0], args.reps, device)
+            res.update(first_call_s=first, median_ms=median * 1e3, **diff(out, ref))
             save()
         for _ in range(args.loads):
             res["loads"].append(load_row(aot.check_load(package.path, timeout=90)))

@@ -34,6 +34,7 @@ __all__ = [
     "tiny_lora_state_dict",
     "save_tiny_branch",
     "randomize_parameters",
+    "subclass_weight",
 ]
 
 # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json (diffusers WanTransformer3DModel kwargs)
@@ -207,6 +208,17 @@ def randomize_parameters(module: torch.nn.Module, seed: int = 0, std: float = 0.
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * std
             p.copy_(noise + 1 if "norm" in name and name.endswith("weight") else noise)
     return module
+
+
+def subclass_weight(linear: torch.nn.Linear) -> torch.nn.Linear:
+    """``linear`` with its weight made a tensor subclass holding the same values (PyTorch's test
+    ``TwoTensor``), as a quantized weight is (torchao's Float8 weights): code that must tell such a
+    weight apart is tested without torchao. Returns ``linear``."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    w = linear.weight.detach()
+    linear.weight = torch.nn.Parameter(TwoTensor(w.clone(), w.clone()), requires_grad=False)
+    return linear
 
 
 def tiny_branch_transformer(seed: int = 0, **overrides: Any):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mirage import aot, speed
-from mirage.testing import TINY_TRANSFORMER_CONFIG
+from mirage.testing import TINY_TRANSFORMER_CONFIG, subclass_weight
 
 
 def _model():
@@ -61,8 +61,6 @@ def test_the_key_follows_the_code_settings_and_weight_types_a_block_runs_with(mo
     import inspect
 
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-    from torch.testing._internal.two_tensor import TwoTensor
-
     from mirage import fused
 
     x = _inputs()
@@ -75,8 +73,7 @@ def test_the_key_follows_the_code_settings_and_weight_types_a_block_runs_with(mo
     fused_model.blocks[0].ffn.net[0].epilogue = False
     assert aot.key(fused_model, x) != fused_key
     typed = _model()
-    proj = typed.blocks[0].ffn.net[0].proj
-    proj.weight = torch.nn.Parameter(TwoTensor(proj.weight.detach().clone(), proj.weight.detach().clone()), requires_grad=False)
+    subclass_weight(typed.blocks[0].ffn.net[0].proj)
     assert aot.key(typed, x) != plain
     default = _AttentionBackendRegistry.get_active_backend()[0]
     try:

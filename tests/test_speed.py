@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mirage import speed
-from mirage.testing import TINY_TRANSFORMER_CONFIG
+from mirage.testing import TINY_TRANSFORMER_CONFIG, subclass_weight
 
 
 def _inputs(seed: int = 0, frames: int = 3) -> dict:
@@ -127,8 +127,7 @@ def test_a_quantized_weight_keeps_the_two_ops(monkeypatch):
     with torch.no_grad():
         ref = model(**x)[0]
         for block in model.blocks:
-            proj = block.ffn.net[0].proj
-            proj.weight = torch.nn.Parameter(TwoTensor(proj.weight.detach().clone(), proj.weight.detach().clone()), requires_grad=False)
+            subclass_weight(block.ffn.net[0].proj)
         monkeypatch.setattr(fused, "linear_gelu_tanh", lambda *a: pytest.fail("the custom op got a subclass weight"))
         speed.apply(model, speed.SpeedSettings(fused=True))
         assert not any(b.ffn.net[0].epilogue for b in model.blocks)
@@ -146,8 +145,7 @@ def test_fp8_quantizes_before_fusing(monkeypatch):
         for block in blocks:
             for m in block.modules():
                 if isinstance(m, torch.nn.Linear):
-                    w = m.weight.detach()
-                    m.weight = torch.nn.Parameter(TwoTensor(w.clone(), w.clone()), requires_grad=False)
+                    subclass_weight(m)
 
     monkeypatch.setattr(speed, "quantize_fp8", quantize_fp8)
     model = speed.apply(_model(), speed.SpeedSettings(fp8=True, fused=True))

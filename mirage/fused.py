@@ -1,5 +1,5 @@
-"""Fewer passes over memory in the Wan transformer block: our option, off by default
-(``SpeedSettings(fused=True)``), measured by ``benchmarks/speed.py``.
+"""Fewer passes over memory in the Wan transformer block and the Wan VAE: our options, off by default
+(``SpeedSettings(fused=True)``, ``SpeedSettings(vae_fused=True)``), measured by ``benchmarks/speed.py``.
 
 diffusers' ``WanTransformerBlock`` spends about 24 ms of a 170 ms compiled forward (one chunk, H100)
 in element-wise kernels that read and write whole activations. Two of them are folded away here,
@@ -14,16 +14,32 @@ each computing the same function:
   float32 accumulator before rounding to bf16, so it differs from diffusers' (rounded, then GELU) by
   bf16 rounding. On the CPU it is the two ops. A wrapped projection (a LoRA adapter, FP8 weights)
   keeps the two ops too.
+
+In the VAE, about half of a decode's GPU time went to element-wise kernels and copies (H100, bf16).
+Two of them are folded away:
+
+* **RMS norms in one kernel.** Each ``WanRMS_norm`` runs in eager as seven passes over a whole
+  activation (a float32 copy, the norm, the division, a cast back, the scale, the weight, the bias);
+  ``OneKernelRMSNorm`` compiles it into one kernel (a reduction over the channels, then one write),
+  rounding once at the end instead of after each step.
+* **Spatial padding in the convolution.** ``WanCausalConv3d`` zero-pads its input with ``F.pad`` (a
+  strided copy of the whole activation) before an unpadded convolution; ``PadInConvCausalConv3d``
+  pads only the time axis that way (where the frame cache does not fill it) and hands the spatial
+  padding to the convolution, which reads zeros there without a copy. The same function; the sums
+  may be taken in another order.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-__all__ = ["GeluInEpilogue", "OnePassRopeProcessor", "fuse_blocks", "linear_gelu_tanh"]
+__all__ = ["GeluInEpilogue", "OneKernelRMSNorm", "OnePassRopeProcessor", "fuse_blocks", "fuse_vae", "linear_gelu_tanh"]
+# and PadInConvCausalConv3d, made on first use (it subclasses diffusers' class; importing diffusers is slow)
 
 
 @torch.library.custom_op("mirage::linear_gelu_tanh", mutates_args=())
@@ -123,4 +139,89 @@ def fuse_blocks(blocks: list[nn.Module]) -> int:
         if isinstance(act, GELU) and act.approximate == "tanh":
             block.ffn.net[0] = GeluInEpilogue(act.proj)
         done += 1
+    return done
+
+
+def _rms_norm_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [B, C, N] normalized over C (``F.normalize``), times weight [C, 1], plus bias [C, 1]; in x's dtype."""
+    y = F.normalize(x.float(), dim=1) * weight.float()  # [B, C, N]
+    return (y if bias is None else y + bias.float()).to(x.dtype)
+
+
+@functools.cache
+def _compiled_rms_norm_channels():  # compiled when first used (importing this module loads no compiler)
+    return torch.compile(_rms_norm_channels, dynamic=True)  # a graph per dtype, view-ness, bias; past dynamo's limit, eager
+
+
+class OneKernelRMSNorm(nn.Module):
+    """diffusers' ``WanRMS_norm`` (channels first) in one compiled kernel. Same parameters (``gamma``,
+    ``bias``) and state-dict keys; the output differs by the rounding of x's dtype (none in float32
+    beyond the order of two products)."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        if not norm.channel_first:
+            raise ValueError("OneKernelRMSNorm normalizes over the channels (dim 1): channel_first=True only")
+        self.gamma = norm.gamma  # [C, 1, 1(, 1)]
+        self.bias = norm.bias  # [C, 1, 1(, 1)] or 0.0
+        self.scale = norm.scale  # sqrt(C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, *spatial]
+        B, C = x.shape[:2]
+        weight = self.gamma.reshape(C, 1) * self.scale  # [C, 1]
+        bias = self.bias.reshape(C, 1) if isinstance(self.bias, torch.Tensor) else None  # [C, 1]
+        return _compiled_rms_norm_channels()(x.reshape(B, C, -1), weight, bias).view(x.shape)
+
+
+def _pad_in_conv_class():
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    class PadInConvCausalConv3d(WanCausalConv3d):
+        """diffusers' ``WanCausalConv3d`` with its spatial zero padding done by the convolution itself
+        (a subclass: diffusers counts its causal convolutions to size the frame cache)."""
+
+        @classmethod
+        def from_conv(cls, conv: nn.Module) -> "PadInConvCausalConv3d":
+            pw, _, ph, _, pt2, _ = conv._padding  # (w, w, h, h, 2t, 0)
+            with torch.device("meta"):
+                new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, (pt2 // 2, ph, pw))
+            new.weight, new.bias = conv.weight, conv.bias
+            if new._padding != conv._padding or (new.dilation, new.groups) != (conv.dilation, conv.groups):
+                raise ValueError(f"cannot rebuild {conv}: padding {conv._padding}, dilation {conv.dilation}, groups {conv.groups}")
+            return new
+
+        def forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:  # [B, C, T, H, W]
+            time_pad = self._padding[4]  # frames before the first (causal), filled by the cache where it has them
+            if cache_x is not None and time_pad > 0:
+                x = torch.cat([cache_x.to(x.device), x], dim=2)
+                time_pad -= cache_x.shape[2]
+            if time_pad != 0:
+                x = F.pad(x, (0, 0, 0, 0, time_pad, 0))
+            return F.conv3d(x, self.weight, self.bias, self.stride, (0, self._padding[2], self._padding[0]), self.dilation, self.groups)
+
+    return PadInConvCausalConv3d
+
+
+def __getattr__(name: str):  # PadInConvCausalConv3d subclasses diffusers' class: defined when first asked for
+    if name == "PadInConvCausalConv3d":
+        globals()[name] = _pad_in_conv_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def fuse_vae(vae: nn.Module) -> dict[str, int]:
+    """Replace, in place, every channels-first ``WanRMS_norm`` of ``vae`` (an ``AutoencoderKLWan``) by
+    ``OneKernelRMSNorm`` and every ``WanCausalConv3d`` by ``PadInConvCausalConv3d``; returns how many of each."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    conv_class = __getattr__("PadInConvCausalConv3d")
+    done = {"norms": 0, "convolutions": 0}
+    for parent in list(vae.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "WanRMS_norm" and child.channel_first:
+                setattr(parent, name, OneKernelRMSNorm(child))
+                done["norms"] += 1
+            elif type(child) is WanCausalConv3d and child.padding_mode == "zeros":
+                setattr(parent, name, conv_class.from_conv(child))
+                done["convolutions"] += 1
     return done

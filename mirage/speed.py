@@ -15,6 +15,9 @@
 * **Fused** (``fused``, ours): RoPE in one pass and the feed-forward's GELU in its product's epilogue
   (``mirage.fused``); the GELU is computed before the bf16 rounding, so the output moves by bf16
   rounding (``benchmarks/speed.py`` says how much and what it saves).
+* **Fused VAE** (``vae_fused``, ours): each of the VAE's RMS norms compiled into one kernel instead
+  of seven passes, and its causal convolutions padding their input themselves instead of copying it
+  into a padded tensor (``mirage.fused.fuse_vae``). Encode and decode, so both memories gain alike.
 * **Ahead of time**: ``mirage.aot`` (the repeated block exported and compiled with AOTInductor),
   what runs where ``torch.compile`` cannot (ZeroGPU).
 
@@ -48,6 +51,7 @@ class SpeedSettings:
     fuse_qkv: bool = False  # one matrix product for q, k and v (diffusers' fuse_qkv_projections)
     vae_dtype: Literal["float32", "bfloat16"] | None = None  # the VAE's dtype (None: as loaded, float32)
     fused: bool = False  # ours: one-pass RoPE and the GELU in the FFN product's epilogue (mirage.fused)
+    vae_fused: bool = False  # ours: the VAE's norms in one kernel, padding in its convolutions (mirage.fused.fuse_vae)
 
 
 def available_attention_backends(device: torch.device | str) -> list[str]:
@@ -82,10 +86,14 @@ def repeated_blocks(transformer: nn.Module, branch: nn.Module | None = None) -> 
 
 def apply(transformer: nn.Module, settings: SpeedSettings, branch: nn.Module | None = None,
           vae: nn.Module | None = None) -> nn.Module:  # fmt: skip
-    """Apply ``settings`` to ``transformer`` (and ``branch``'s blocks, and the dtype of ``vae``, the
-    pipeline's ``AutoencoderKLWan``) in place; returns ``transformer``."""
+    """Apply ``settings`` to ``transformer`` (and ``branch``'s blocks, and ``vae``, the pipeline's
+    ``AutoencoderKLWan``: its dtype, its fused norms and padding) in place; returns ``transformer``."""
     if settings.vae_dtype is not None and vae is not None:
         vae.to(dtype=getattr(torch, settings.vae_dtype))
+    if settings.vae_fused and vae is not None:
+        from mirage.fused import fuse_vae
+
+        fuse_vae(vae)
     if settings.attention is not None:
         if settings.attention not in _BUILTIN_BACKENDS:
             raise ValueError(f"attention must be one of {_BUILTIN_BACKENDS} (built into PyTorch), got {settings.attention!r}")
@@ -141,13 +149,14 @@ def apply_branch(branch: nn.Module | None, settings: SpeedSettings) -> None:
 def choose(device: str, zero_gpu: bool) -> SpeedSettings:
     """The setting for a device: on CUDA the VAE in bf16 (as the references run it) and, on a dedicated
     GPU, regional compilation of the fused blocks (``fused``: 164 instead of 170 ms a forward on an
-    H100); eager (SDPA) on ZeroGPU, where torch.compile does not run (AoT packages are applied apart:
-    ``mirage.aot``); on the CPU, nothing (float32 throughout)."""
+    H100) and the fused VAE (``vae_fused``: a chunk's decode 1.39 instead of 1.70 s); eager (SDPA) on
+    ZeroGPU, where torch.compile does not run (AoT packages are applied apart: ``mirage.aot``); on the
+    CPU, nothing (float32 throughout)."""
     if device != "cuda":
         return SpeedSettings()
     if zero_gpu:
         return SpeedSettings(vae_dtype="bfloat16")
-    return SpeedSettings(compile="regional", fused=True, vae_dtype="bfloat16")
+    return SpeedSettings(compile="regional", fused=True, vae_dtype="bfloat16", vae_fused=True)
 
 
 def describe(settings: SpeedSettings) -> str:
@@ -157,4 +166,5 @@ def describe(settings: SpeedSettings) -> str:
     parts += ["fused QKV"] if settings.fuse_qkv else []
     parts += ["fused RoPE and GELU (ours)"] if settings.fused else []
     parts += [f"VAE in {settings.vae_dtype}"] if settings.vae_dtype else []
+    parts += ["fused VAE norms and padding (ours)"] if settings.vae_fused else []
     return ", ".join(parts)

@@ -28,7 +28,8 @@ def test_defaults_change_nothing_and_the_choice_follows_the_device():
     with torch.no_grad():
         before = model(**x)[0]
         assert torch.equal(speed.apply(model, speed.SpeedSettings())(**x)[0], before)
-    assert speed.choose("cuda", zero_gpu=False) == speed.SpeedSettings(compile="regional", fused=True, vae_dtype="bfloat16")
+    assert speed.choose("cuda", zero_gpu=False) == speed.SpeedSettings(compile="regional", fused=True, vae_dtype="bfloat16",
+                                                                       vae_fused=True)  # fmt: skip
     assert speed.choose("cuda", zero_gpu=True) == speed.SpeedSettings(vae_dtype="bfloat16")  # no torch.compile on ZeroGPU
     assert speed.choose("cpu", zero_gpu=False) == speed.SpeedSettings()
     assert speed.describe(speed.SpeedSettings(compile="regional", attention="native")) == "regional compilation, attention native"
@@ -206,3 +207,82 @@ def test_one_pass_rope_is_diffusers_rope_with_the_attention_backend_kept():
         speed.apply(model, speed.SpeedSettings(fused=True))
         assert isinstance(attn.processor, OnePassRopeProcessor) and attn.processor._attention_backend == "_native_math"
         assert torch.equal(attn.processor(attn, h, rotary_emb=rope), ref)
+
+
+def _wan_rms_norm(dim: int, images: bool, bias: bool, seed: int = 0):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    norm, g = WanRMS_norm(dim, images=images, bias=bias), torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return norm
+
+
+def test_the_one_kernel_vae_norm_is_diffusers_norm():
+    """``OneKernelRMSNorm`` computes ``WanRMS_norm`` for video and image inputs, with and without bias,
+    on whole tensors and slices, in float32 (to its rounding) and in bf16 and fp16 (within their
+    rounding, which it does once), with and without grad: twelve variants, more than dynamo compiles
+    (eight), so the last ones run eager, still right. Same state-dict keys."""
+    from mirage.fused import OneKernelRMSNorm
+
+    g = torch.Generator().manual_seed(1)
+    for images, bias in ((False, False), (True, True)):
+        norm = _wan_rms_norm(24, images, bias)
+        fused = OneKernelRMSNorm(norm)
+        assert fused.state_dict().keys() == norm.state_dict().keys()
+        x = torch.randn((2, 24, 5, 4) if images else (2, 24, 3, 5, 4), generator=g) * 3  # [B, C, (T,) H, W]
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+            n, f = norm.to(dtype), fused.to(dtype)
+            for inp in (x.to(dtype), x.to(dtype)[..., 1:]):
+                for grad in (False, True):
+                    with torch.set_grad_enabled(grad):
+                        out, ref = f(inp), n(inp)
+                    assert out.dtype == ref.dtype == dtype and out.shape == ref.shape
+                    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+
+
+def test_the_pad_in_conv_causal_convolution_is_diffusers():
+    """``PadInConvCausalConv3d`` computes ``WanCausalConv3d`` with no cache, a one-frame and a two-frame
+    cache, for unequal paddings on each axis (a swapped axis shows), strides and a time-only kernel;
+    it is still a ``WanCausalConv3d`` (diffusers counts them) and keeps the parameters."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    from mirage.fused import PadInConvCausalConv3d
+
+    g = torch.Generator().manual_seed(0)
+    for kernel, stride, padding in (((3, 3, 3), 1, (1, 2, 0)), ((3, 1, 1), 1, (1, 0, 0)), ((3, 3, 3), (1, 2, 2), (1, 1, 1)), (1, 1, 0)):
+        conv = WanCausalConv3d(4, 5, kernel, stride, padding)
+        fused = PadInConvCausalConv3d.from_conv(conv)
+        assert isinstance(fused, WanCausalConv3d) and fused.weight is conv.weight and fused.bias is conv.bias
+        x = torch.randn(2, 4, 3, 6, 7, generator=g)  # [B, C, T, H, W]
+        for cache in (None, torch.randn(2, 4, 1, 6, 7, generator=g), torch.randn(2, 4, 2, 6, 7, generator=g)):
+            torch.testing.assert_close(fused(x, cache), conv(x, cache), rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_vae_setting_keeps_the_codec_and_its_weights():
+    """``SpeedSettings(vae_fused=True)`` puts ``OneKernelRMSNorm`` in place of every norm of the VAE and
+    ``PadInConvCausalConv3d`` in place of every causal convolution, encoder and decoder, keeps its state
+    dict and the cache size diffusers counted, and the codec encodes and decodes as before."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    from mirage.codecs import WanVAECodec
+    from mirage.testing import TINY_VAE_CONFIG, randomize_parameters
+
+    codec = WanVAECodec.from_config(TINY_VAE_CONFIG)
+    randomize_parameters(codec.vae, 0, 0.3)  # gamma away from 1, so that a lost weight shows
+    norms = sum(type(m).__name__ == "WanRMS_norm" for m in codec.vae.modules())
+    convs = sum(type(m).__name__ == "WanCausalConv3d" for m in codec.vae.modules())
+    keys, counts = codec.vae.state_dict().keys(), dict(codec.vae._cached_conv_counts)
+    video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [B, 3, T, H, W]
+    latents, frames = codec.encode(video), codec.decode(torch.randn(1, 48, 2, 2, 2, generator=torch.Generator().manual_seed(1)))
+    speed.apply(_model(), speed.SpeedSettings(vae_fused=True), vae=codec.vae)
+    kinds = [type(m).__name__ for m in codec.vae.modules()]
+    assert norms > 0 and kinds.count("OneKernelRMSNorm") == norms and "WanRMS_norm" not in kinds
+    assert convs > 0 and kinds.count("PadInConvCausalConv3d") == convs and "WanCausalConv3d" not in kinds
+    assert codec.vae.state_dict().keys() == keys and counts == {
+        part: sum(isinstance(m, WanCausalConv3d) for m in getattr(codec.vae, part).modules()) for part in ("encoder", "decoder")}
+    torch.testing.assert_close(codec.encode(video), latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(codec.decode(torch.randn(1, 48, 2, 2, 2, generator=torch.Generator().manual_seed(1))), frames,
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    assert speed.describe(speed.SpeedSettings(vae_fused=True)) == "eager, fused VAE norms and padding (ours)"

@@ -267,6 +267,8 @@ def parse(argv=None):
     p.add_argument("--speed", choices=("eager", "regional", "fp8"), default="eager",
                    help="mirage.speed setting of the transformer (and branch): eager, regional compilation, FP8 + regional")
     p.add_argument("--fused", action="store_true", help="also mirage.fused (ours): one-pass RoPE and the GELU in its product's epilogue")
+    p.add_argument("--vae-fused", action="store_true", help="also the fused VAE (ours, mirage.fused.fuse_vae): norms in one "
+                                                            "kernel, padding in the convolutions")
     p.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default=None,
                    help="the VAE's dtype (mirage.speed: bfloat16 as the references run it; default: float32 as released)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -298,7 +300,7 @@ def main(argv=None) -> dict:
     branch_info = load_branch(pipe, args, device) if args.branch else None
     settings = {"eager": speed.SpeedSettings(), "regional": speed.SpeedSettings(compile="regional"),
                 "fp8": speed.SpeedSettings(compile="regional", fp8=True)}[args.speed]  # fmt: skip
-    settings = dataclasses.replace(settings, vae_dtype=args.vae_dtype, fused=args.fused)
+    settings = dataclasses.replace(settings, vae_dtype=args.vae_dtype, fused=args.fused, vae_fused=args.vae_fused)
     speed.apply(pipe.transformer, settings, pipe.branch, vae=pipe.vae)
     image, path = scene_inputs(args)
     results = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

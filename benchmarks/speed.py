@@ -8,11 +8,13 @@ package with its weights inside is loaded in a child process, whose exit code is
 Random weights at the released size (time and memory do not depend on their values). For each
 setting: the first call (compile included), the median of the next calls, and the output against
 eager bf16 (max abs and relative RMS difference). Writes JSON and a markdown table. ``--decode``
-times the rest of a chunk's GPU work instead: the VAE decode of one chunk in float32 (as released)
-and in bfloat16.
+and ``--depth`` time the rest of a chunk's GPU work instead: the VAE decode of one chunk in float32
+(as released), in bfloat16 and with its norms in one kernel; Depth Pro on one chunk's frames, its patches cut
+by transformers' ``F.unfold`` and by a strided view (ours).
 
     python benchmarks/speed.py --out benchmarks/results/speed_cuda_h100.json   # GPU
-    python benchmarks/speed.py --decode --out benchmarks/results/decode_cuda_h100.json
+    python benchmarks/speed.py --decode --profile --out benchmarks/results/decode_cuda_h100.json
+    python benchmarks/speed.py --depth --out benchmarks/results/depth_cuda_h100.json
 """
 
 from __future__ import annotations
@@ -66,33 +68,93 @@ def diff(out: torch.Tensor, ref: torch.Tensor) -> dict:
     return {"max_abs": float(d.abs().max()), "rel_rms": float(d.pow(2).mean().sqrt() / ref.float().pow(2).mean().sqrt())}
 
 
-def decode_rows(device: torch.device, reps: int, small: bool) -> list[dict]:
+def decode_rows(device: torch.device, reps: int, small: bool, profile: bool = False) -> list[dict]:
     """The VAE decode of one chunk's latents (9 x 44 x 80, 33 frames at 704 x 1280) in float32 (as
     released and as diffusers loads it) and in bfloat16 (as DiffSynth, and with it the Mirage and
-    Spatia references, run it), each with cuDNN's autotuner off and on (``cudnn.benchmark``): first
-    call, median, difference from float32."""
+    Spatia references, run it), each with cuDNN's autotuner off and on (``cudnn.benchmark``), then in
+    bfloat16 fused (``SpeedSettings(vae_fused=True)``, ours: its norms alone, then with the padding
+    in the convolutions) and, as a probe, in channels-last memory order: first call, median,
+    difference from float32. ``profile``: the GPU time of one bfloat16 decode by kernel, as diffusers
+    runs it and fused."""
     from mirage.codecs import WanVAECodec
     from mirage.testing import TINY_VAE_CONFIG
 
     shape = (1, 48, 3, 4, 6) if small else (1, 48, 9, 44, 80)
     z = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)  # [1, C, F, h, w] normalized latents
     rows, ref = [], None
+
+    def row(name: str, codec, latents: torch.Tensor) -> None:
+        nonlocal ref
+        with torch.no_grad():
+            first, median, out = timed(lambda: codec.decode(latents), reps, device)
+        ref = out if ref is None else ref
+        rows.append({"setting": name, "setup_s": 0.0, "first_s": first, "median_ms": median * 1e3,
+                     "note": f"one chunk's latents {list(shape[2:])}"} | diff(out, ref))  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+
     for dtype in (torch.float32, torch.bfloat16):
         codec = WanVAECodec.from_config(TINY_VAE_CONFIG if small else None, seed=0, torch_dtype=dtype, device=device)
         for tuned in (False, True):
             torch.backends.cudnn.benchmark = tuned
-            with torch.no_grad():
-                first, median, out = timed(lambda: codec.decode(z), reps, device)
-            name = f"VAE decode, {str(dtype).removeprefix('torch.')}" + (", cudnn.benchmark" if tuned else "")
-            row = {"setting": name, "setup_s": 0.0, "first_s": first, "median_ms": median * 1e3,
-                   "note": f"one chunk's latents {list(shape[2:])}"}  # fmt: skip
-            ref = out if ref is None else ref
-            rows.append(row | diff(out, ref))
-            print(json.dumps(rows[-1]), flush=True)
+            row(f"VAE decode, {str(dtype).removeprefix('torch.')}" + (", cudnn.benchmark" if tuned else ""), codec, z)
         torch.backends.cudnn.benchmark = False
-        codec = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    profiles = {"bfloat16": op_shares(lambda: codec.decode(z), device)} if profile and device.type == "cuda" else {}
+    from mirage.fused import OneKernelRMSNorm
+
+    for parent in list(codec.vae.modules()):  # the norms alone first, then fuse_vae does the convolutions
+        for child_name, child in list(parent.named_children()):
+            if type(child).__name__ == "WanRMS_norm":
+                setattr(parent, child_name, OneKernelRMSNorm(child))
+    row("VAE decode, bfloat16, norms in one kernel (ours)", codec, z)
+    speed.apply(torch.nn.Identity(), speed.SpeedSettings(vae_fused=True), vae=codec.vae)
+    row("VAE decode, bfloat16, fused: norms in one kernel + padding in the convolutions (ours)", codec, z)
+    if profile and device.type == "cuda":
+        profiles["bfloat16, fused"] = op_shares(lambda: codec.decode(z), device)
+    codec = WanVAECodec.from_config(TINY_VAE_CONFIG if small else None, seed=0, torch_dtype=torch.bfloat16, device=device)
+    for conv in (m for m in codec.vae.modules() if isinstance(m, torch.nn.Conv3d)):  # a probe: cuDNN's 3-D
+        conv.to(memory_format=torch.channels_last_3d)  # convolutions in NDHWC (the 2-D ones as they are)
+    row("VAE decode, bfloat16, channels_last_3d (probe)", codec, z.contiguous(memory_format=torch.channels_last_3d))
+    for name, prof in profiles.items():
+        rows.append({"setting": f"profile: {name}", "profile": prof})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def depth_rows(device: torch.device, reps: int, small: bool, profile: bool = False) -> list[dict]:
+    """Depth Pro at its released size (random weights, float16 on CUDA) on one chunk's eight frames at
+    704 x 1280 (``estimate_batch``, four at a time as the pipeline runs it) and on one image
+    (``estimate``, the first frame's depth), its patches cut by transformers' ``split_to_patches``
+    (``F.unfold``) and by ``split_to_patches_by_view`` (ours, what the backend runs): first call,
+    median, difference. ``profile``: the GPU time of the eight frames' depth by kernel, both ways."""
+    from transformers.models.depth_pro import modeling_depth_pro
+
+    from mirage.cameras import intrinsics_from_fov
+    from mirage.depth import DepthProBackend
+    from mirage.depth import depth_pro as module
+    from mirage.testing import depth_pro_large_config, tiny_depth_pro_config
+
+    backend = DepthProBackend.from_config(tiny_depth_pro_config() if small else depth_pro_large_config(), seed=0, device=device)
+    if device.type == "cuda":
+        backend.model.half()
+    H, W = (32, 48) if small else (704, 1280)
+    frames = torch.rand(3, 8, H, W, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1  # [3, F, H, W]
+    K = intrinsics_from_fov(W, H, 60.0)
+    rows, refs, ours = [], {}, module.split_to_patches_by_view
+    try:
+        for how, split in (("transformers' split_to_patches (F.unfold)", modeling_depth_pro.split_to_patches), ("patches by view (ours)", ours)):
+            module.split_to_patches_by_view = split  # what the backend's _patches_by_view puts in place
+            for what, fn in (("8 frames", lambda: backend.estimate_batch(frames, K)), ("1 image", lambda: backend.estimate(frames[:, 0], K).depth)):
+                first, median, out = timed(fn, reps, device)
+                d = {} if what not in refs else diff(torch.nan_to_num(out), torch.nan_to_num(refs[what])) | {"equal": bool(torch.equal(out.nan_to_num(), refs[what].nan_to_num()))}
+                refs.setdefault(what, out)
+                rows.append({"setting": f"Depth Pro, {what}, {how}", "setup_s": 0.0, "first_s": first, "median_ms": median * 1e3,
+                             "note": f"{H}x{W}" + (", float16" if device.type == "cuda" else "") + (", bit for bit" if d.get("equal") else "")} | d)  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+            if profile and device.type == "cuda":
+                rows.append({"setting": f"profile: Depth Pro, 8 frames, {how}", "profile": op_shares(lambda: backend.estimate_batch(frames, K), device)})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        module.split_to_patches_by_view = ours
     return rows
 
 
@@ -126,6 +188,32 @@ def kernel_shares(model, x: dict, device: torch.device) -> dict:
     return {"ms": shares, "top": [{"ms": m, "kernel": k, "count": c} for m, k, c in top[:10]]}
 
 
+def op_shares(fn, device: torch.device) -> dict:
+    """GPU milliseconds of one call of ``fn`` (after one warm-up) by kernel: convolutions and matrix
+    products, element-wise kernels and copies, other; and the twelve largest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    kinds = {"convolutions and matrix products": ("conv", "implicit", "xmma", "sm90", "nhwc", "cudnn", "gemm", "nvjet", "cutlass"),
+             "elementwise, reductions and copies": ("elementwise", "vectorized", "reduce", "copy", "cat", "triton", "norm", "pad")}  # fmt: skip
+    shares: dict[str, float] = {k: 0.0 for k in (*kinds, "other")}
+    top = []
+    for e in prof.key_averages():
+        ms = getattr(e, "self_device_time_total", 0.0) / 1e3
+        if ms <= 0:
+            continue
+        kind = next((k for k, keys in kinds.items() if any(s in e.key.lower() for s in keys)), "other")
+        shares[kind] += ms
+        top.append((ms, e.key[:90], e.count))
+    top.sort(reverse=True)
+    return {"ms": shares, "top": [{"ms": m, "kernel": k, "count": c} for m, k, c in top[:12]]}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="CPU smoke test: the tiny transformer, 2 reps, no compile")
@@ -134,6 +222,7 @@ def main(argv=None) -> dict:
     p.add_argument("--only", nargs="*", default=None, help="run only the settings whose names contain one of these "
                                                             "(eager always runs: the reference)")
     p.add_argument("--decode", action="store_true", help="time the VAE decode (float32 vs bfloat16) instead of the transformer")
+    p.add_argument("--depth", action="store_true", help="time Depth Pro on one chunk's frames (transformers' patch split vs ours) instead")
     p.add_argument("--profile", action="store_true", help="also profile one forward of the regional compile (and FP8): "
                                                           "GPU milliseconds by kernel kind")
     p.add_argument("--out", type=Path, default=None)
@@ -178,7 +267,9 @@ def main(argv=None) -> dict:
         rows.append(row)
 
     if args.decode:
-        rows.extend(decode_rows(device, reps, args.small))
+        rows.extend(decode_rows(device, reps, args.small, args.profile))
+    elif args.depth:
+        rows.extend(depth_rows(device, reps, args.small, args.profile))
     else:
         base = fresh()
         run("eager (SDPA, native)", lambda: base)
@@ -225,12 +316,16 @@ def main(argv=None) -> dict:
                 results["aot_weights_at_run_time_child_rc"] = aot.check_load(package).exit_code
     results.pop("eager", None)
     results["rows"] = rows
-    what = "One chunk's VAE decode" if args.decode else "One transformer forward"
-    lines = [f"## {what}, {results['device']}, torch {torch.__version__}, latents {frames}x{h}x{w}", "",
+    what = "One chunk's VAE decode" if args.decode else "One chunk's depth" if args.depth else "One transformer forward"
+    size = "8 frames at 704x1280" if args.depth and not args.small else f"latents {frames}x{h}x{w}"
+    lines = [f"## {what}, {results['device']}, torch {torch.__version__}, {size}", "",
              "| setting | setup s (build, compile or export) | first call s | median ms | max abs diff | rel. RMS diff | note |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        if "error" in r:
+        if "profile" in r:
+            total = sum(r["profile"]["ms"].values())
+            lines.append(f"| {r['setting']} (GPU ms) | | | {total:.1f} | | | " + ", ".join(f"{k} {v:.1f}" for k, v in r["profile"]["ms"].items()) + " |")
+        elif "error" in r:
             lines.append(f"| {r['setting']} | failed | | | | | {r['error'][:160]} |")
         else:
             lines.append(f"| {r['setting']} | {r['setup_s']:.1f} | {r['first_s']:.1f} | {r['median_ms']:.1f} | {r.get('max_abs', 0):.3g} | "

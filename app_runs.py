@@ -114,13 +114,14 @@ def device_line(mode: rt.AppMode, steps: int, guidance: float) -> str:
     call = f"; each chunk of each memory is one GPU call, asking for {COSTS.request(cost)} s" if mode.zero_gpu else ""
     settings = rt.speed_settings(mode.device, mode.zero_gpu, aot is not None, rt.fp8_wanted(mode))
     if aot is not None:
-        vae = f"; VAE in {settings.vae_dtype}" if settings.vae_dtype else ""
+        vae = (f"; VAE in {settings.vae_dtype}" if settings.vae_dtype else "") + ("; fused VAE norms and padding (ours)" if settings.vae_fused else "")
         how = f" Speed setting: {aot.line()}{vae}."
     elif mode.zero_gpu:
         how = f" Speed setting: {speed.describe(settings)} (SDPA; ZeroGPU runs no torch.compile)."
     else:
-        first = "about 2 minutes with FP8" if settings.fp8 else "about 10 s"
-        how = f" Speed setting: {speed.describe(settings)} (the first chunk compiles the transformer: {first} on an H100)."
+        first = "about 2 minutes with FP8" if settings.fp8 else "about 20 s"
+        what = "the transformer and the VAE's norms" if settings.vae_fused else "the transformer"
+        how = f" Speed setting: {speed.describe(settings)} (the first chunk compiles {what}: {first} on an H100)."
     return (f"GPU: **{where}**{' (ZeroGPU, half a card)' if mode.zero_gpu else ''}: {COSTS.describe(cost)} at 704x1280 "
             f"with {steps} steps and guidance {guidance:g}{call}.{how}")  # fmt: skip
 

@@ -689,7 +689,7 @@ def fp8_wanted(mode: AppMode) -> bool:
 
 
 def speed_settings(device: str, zero_gpu: bool, aot: bool = False, fp8: bool = False):
-    """What the transformer runs with: ``mirage.speed.choose`` for the device, without regional
+    """What the transformer and the VAE run with: ``mirage.speed.choose`` for the device, without regional
     compilation when its block is compiled ahead of time (``aot``), with FP8 when asked (``fp8_wanted``).
     The fused blocks go with neither (README, "Speed settings"). On an H100 with FP8 they showed no gain
     we can stand behind (130.7 ms against 133.5 in another run) and a longer compile. As an AoT package
@@ -706,8 +706,8 @@ def load_pipeline(model_path: str, device: str, branch: BranchFiles | None = Non
     """``MiragePipeline`` from ``model_path`` on ``device``, loaded once per process (bf16 transformer
     and text encoder on CUDA, float32 on the CPU; the VAE loaded in float32), with ``branch`` loaded
     into it when given (one trained branch at a time; switching replaces it), run with the device's
-    speed setting (``mirage.speed.choose``: on CUDA the VAE in bf16, as the references run it, and
-    regional compilation on a dedicated GPU unless ``aot``, blocks compiled ahead of time at start-up
+    speed setting (``mirage.speed.choose``: on CUDA the VAE in bf16, as the references run it, and on
+    a dedicated GPU the fused VAE and regional compilation unless ``aot``, blocks compiled ahead of time at start-up
     (``prepare_aot``); eager on ZeroGPU; nothing on the CPU; ``fp8``: ``fp8_wanted``). Memory updates
     need depth: Depth Pro when its weights are cached, else the (labelled) planar prior."""
     from mirage import speed

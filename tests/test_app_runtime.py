@@ -295,10 +295,11 @@ def test_the_banner_names_the_gpu_and_what_a_chunk_asks_for(monkeypatch):
     assert runs.device_line(rt.AppMode(True, "/w", "cpu", False, False, ""), 50, 5.0).startswith("Device: **CPU**")
     dedicated = rt.AppMode(True, "/w", "cuda", False, False, "")
     monkeypatch.delenv(rt.FP8_ENV, raising=False)
-    assert ("regional compilation, fused RoPE and GELU (ours), VAE in bfloat16 (the first chunk compiles the transformer: about 10 s"
-            in runs.device_line(dedicated, 20, 5.0))  # fmt: skip
+    assert ("regional compilation, fused RoPE and GELU (ours), VAE in bfloat16, fused VAE norms and padding (ours) (the first "
+            "chunk compiles the transformer and the VAE's norms: about 20 s" in runs.device_line(dedicated, 20, 5.0))  # fmt: skip
     monkeypatch.setenv(rt.FP8_ENV, "on")  # the banner says what $MIRAGE_FP8 changes, and what it costs first
-    assert "regional compilation, FP8 (torchao), VAE in bfloat16 (the first chunk compiles the transformer: about 2 minutes" in runs.device_line(dedicated, 20, 5.0)
+    assert ("regional compilation, FP8 (torchao), VAE in bfloat16, fused VAE norms and padding (ours) (the first chunk compiles "
+            "the transformer and the VAE's norms: about 2 minutes" in runs.device_line(dedicated, 20, 5.0))  # fmt: skip
 
 
 def test_a_closed_page_never_deletes_an_upload_another_visitor_just_sent(tmp_path):

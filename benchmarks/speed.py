@@ -124,7 +124,7 @@ def depth_rows(device: torch.device, reps: int, small: bool, profile: bool = Fal
     """Depth Pro at its released size (random weights, float16 on CUDA) on one chunk's eight frames at
     704 x 1280 (``estimate_batch``, four at a time as the pipeline runs it) and on one image
     (``estimate``, the first frame's depth), its patches cut by transformers' ``split_to_patches``
-    (``F.unfold``) and by ``split_to_patches_by_view`` (ours, what the backend runs): first call,
+    (``F.unfold``) and by ``split_to_patches_by_view`` (ours, what the backend puts in its place): first call,
     median, difference. ``profile``: the GPU time of the eight frames' depth by kernel, both ways."""
     from transformers.models.depth_pro import modeling_depth_pro
 
@@ -139,10 +139,11 @@ def depth_rows(device: torch.device, reps: int, small: bool, profile: bool = Fal
     H, W = (32, 48) if small else (704, 1280)
     frames = torch.rand(3, 8, H, W, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1  # [3, F, H, W]
     K = intrinsics_from_fov(W, H, 60.0)
-    rows, refs, ours = [], {}, module.split_to_patches_by_view
+    rows, refs = [], {}
     try:
-        for how, split in (("transformers' split_to_patches (F.unfold)", modeling_depth_pro.split_to_patches), ("patches by view (ours)", ours)):
-            module.split_to_patches_by_view = split  # what the backend's _patches_by_view puts in place
+        for how, split in (("transformers' split_to_patches (F.unfold)", module.TRANSFORMERS_SPLIT_TO_PATCHES),
+                           ("patches by view (ours)", module.split_to_patches_by_view)):  # fmt: skip
+            modeling_depth_pro.split_to_patches = split  # the backend put ours there; transformers' for the first rows
             for what, fn in (("8 frames", lambda: backend.estimate_batch(frames, K)), ("1 image", lambda: backend.estimate(frames[:, 0], K).depth)):
                 first, median, out = timed(fn, reps, device)
                 d = {} if what not in refs else diff(torch.nan_to_num(out), torch.nan_to_num(refs[what])) | {"equal": bool(torch.equal(out.nan_to_num(), refs[what].nan_to_num()))}
@@ -154,7 +155,7 @@ def depth_rows(device: torch.device, reps: int, small: bool, profile: bool = Fal
                 rows.append({"setting": f"profile: Depth Pro, 8 frames, {how}", "profile": op_shares(lambda: backend.estimate_batch(frames, K), device)})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
-        module.split_to_patches_by_view = ours
+        modeling_depth_pro.split_to_patches = module.split_to_patches_by_view
     return rows
 
 

@@ -144,8 +144,9 @@ def fuse_blocks(blocks: list[nn.Module]) -> int:
 
 def _rms_norm_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [B, C, N] normalized over C (``F.normalize``), times weight [C, 1], plus bias [C, 1]; in x's dtype."""
-    y = F.normalize(x.float(), dim=1) * weight.float()  # [B, C, N]
-    return (y if bias is None else y + bias.float()).to(x.dtype)
+    wide = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 input
+    y = F.normalize(x.to(wide), dim=1) * weight.to(wide)  # [B, C, N]
+    return (y if bias is None else y + bias.to(wide)).to(x.dtype)
 
 
 @functools.cache
@@ -165,6 +166,7 @@ class OneKernelRMSNorm(nn.Module):
         self.gamma = norm.gamma  # [C, 1, 1(, 1)]
         self.bias = norm.bias  # [C, 1, 1(, 1)] or 0.0
         self.scale = norm.scale  # sqrt(C)
+        self.train(norm.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, *spatial]
         B, C = x.shape[:2]
@@ -186,6 +188,7 @@ def _pad_in_conv_class():
             with torch.device("meta"):
                 new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, (pt2 // 2, ph, pw))
             new.weight, new.bias = conv.weight, conv.bias
+            new.train(conv.training)
             if new._padding != conv._padding or (new.dilation, new.groups) != (conv.dilation, conv.groups):
                 raise ValueError(f"cannot rebuild {conv}: padding {conv._padding}, dilation {conv.dilation}, groups {conv.groups}")
             return new
@@ -199,6 +202,7 @@ def _pad_in_conv_class():
                 x = F.pad(x, (0, 0, 0, 0, time_pad, 0))
             return F.conv3d(x, self.weight, self.bias, self.stride, (0, self._padding[2], self._padding[0]), self.dilation, self.groups)
 
+    PadInConvCausalConv3d.__qualname__ = "PadInConvCausalConv3d"  # pickled by name: mirage.fused.PadInConvCausalConv3d
     return PadInConvCausalConv3d
 
 
@@ -209,15 +213,24 @@ def __getattr__(name: str):  # PadInConvCausalConv3d subclasses diffusers' class
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _own_forward(module: nn.Module) -> bool:
+    """No hook on the module and no forward put in its place (diffusers' layerwise casting and group
+    offloading, accelerate's hooks): a module that has them is kept, since a new one would drop them."""
+    return "forward" not in module.__dict__ and not module._forward_hooks and not module._forward_pre_hooks
+
+
 def fuse_vae(vae: nn.Module) -> dict[str, int]:
     """Replace, in place, every channels-first ``WanRMS_norm`` of ``vae`` (an ``AutoencoderKLWan``) by
-    ``OneKernelRMSNorm`` and every ``WanCausalConv3d`` by ``PadInConvCausalConv3d``; returns how many of each."""
+    ``OneKernelRMSNorm`` and every zero-padded ``WanCausalConv3d`` by ``PadInConvCausalConv3d``, except
+    modules with hooks or a replaced forward (fuse before adding those); returns how many of each."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     conv_class = __getattr__("PadInConvCausalConv3d")
     done = {"norms": 0, "convolutions": 0}
     for parent in list(vae.modules()):
         for name, child in list(parent.named_children()):
+            if not _own_forward(child):
+                continue
             if type(child).__name__ == "WanRMS_norm" and child.channel_first:
                 setattr(parent, name, OneKernelRMSNorm(child))
                 done["norms"] += 1

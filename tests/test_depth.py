@@ -95,27 +95,23 @@ def test_depth_pro_focal_rescaling_random_weights(depth_pro):
 
 def test_depth_pro_patches_by_view_are_transformers_patches(depth_pro, monkeypatch):
     """``split_to_patches_by_view`` gives transformers' ``split_to_patches`` bit for bit (overlaps,
-    strides that do not tile, the no-split case); the backend cuts its patches with it, its depth is
-    the model's own through transformers' function, which is transformers' again after the call."""
+    strides that do not tile, the no-split case); a backend puts it in transformers' place, and its
+    depth is the model's own through transformers' function."""
     from transformers.models.depth_pro import modeling_depth_pro
 
     from mirage.depth import depth_pro as module
     from mirage.depth.depth_pro import split_to_patches_by_view
 
-    calls = []
-    monkeypatch.setattr(module, "split_to_patches_by_view", lambda *a, **k: calls.append(a) or split_to_patches_by_view(*a, **k))
-    original = modeling_depth_pro.split_to_patches
+    original = module.TRANSFORMERS_SPLIT_TO_PATCHES
+    assert modeling_depth_pro.split_to_patches is split_to_patches_by_view and original is not None
     x = torch.randn(2, 3, 50, 50, generator=torch.Generator().manual_seed(0))  # [B, C, H, W]
     for patch, overlap in ((16, 0.0), (16, 0.25), (20, 0.5), (50, 0.2)):
         assert torch.equal(split_to_patches_by_view(x, patch, overlap), original(x, patch, overlap))
     image = _image()
     c, fov = depth_pro._predict(image[None])
-    with torch.no_grad():  # transformers' own path: the model at the network input, resized back as _predict does
-        x = torch.nn.functional.interpolate(image[None], size=(depth_pro.input_size,) * 2, mode="bilinear", align_corners=False)
-        out = depth_pro.model(pixel_values=x)
-        ref = torch.nn.functional.interpolate(out.predicted_depth[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-    assert torch.equal(c, ref) and torch.equal(fov, out.field_of_view.reshape(1))
-    assert modeling_depth_pro.split_to_patches is original and len(calls) == len(depth_pro.model.config.scaled_images_ratios)
+    monkeypatch.setattr(modeling_depth_pro, "split_to_patches", original)
+    c_ref, fov_ref = depth_pro._predict(image[None])  # the same model through transformers' own function
+    assert torch.equal(c, c_ref) and torch.equal(fov, fov_ref)
 
 
 def test_depth_pro_estimate_batch_matches_single(depth_pro):

@@ -4,6 +4,8 @@ ahead-of-time cycle is tests/test_aot.py."""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -219,27 +221,42 @@ def _wan_rms_norm(dim: int, images: bool, bias: bool, seed: int = 0):
     return norm
 
 
+def _fresh_compile():
+    """Forget the fused norm's compiled graphs (one shared function: dynamo compiles it 8 times, then
+    runs it eager), so that what follows runs through the compiler."""
+    from mirage.fused import _compiled_rms_norm_channels
+
+    torch._dynamo.reset()
+    _compiled_rms_norm_channels.cache_clear()
+
+
 def test_the_one_kernel_vae_norm_is_diffusers_norm():
-    """``OneKernelRMSNorm`` computes ``WanRMS_norm`` for video and image inputs, with and without bias,
-    on whole tensors and slices, in float32 (to its rounding) and in bf16 and fp16 (within their
-    rounding, which it does once), with and without grad: twelve variants, more than dynamo compiles
-    (eight), so the last ones run eager, still right. Same state-dict keys."""
+    """``OneKernelRMSNorm`` computes ``WanRMS_norm``, compiled, for video and image inputs, with and
+    without bias, batches of one (the app's) and two, whole tensors and slices, with and without grad,
+    in float32 and float64 (to their rounding) and in bf16 and fp16 (within their rounding, which it
+    does once). Past dynamo's eight graphs it runs eager, still right. Same state-dict keys."""
     from mirage.fused import OneKernelRMSNorm
 
     g = torch.Generator().manual_seed(1)
-    for images, bias in ((False, False), (True, True)):
+    for images, bias, batch in ((False, False, 1), (True, True, 2), (False, True, 1)):
         norm = _wan_rms_norm(24, images, bias)
         fused = OneKernelRMSNorm(norm)
         assert fused.state_dict().keys() == norm.state_dict().keys()
-        x = torch.randn((2, 24, 5, 4) if images else (2, 24, 3, 5, 4), generator=g) * 3  # [B, C, (T,) H, W]
-        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+        x = torch.randn((batch, 24, 5, 4) if images else (batch, 24, 3, 5, 4), generator=g) * 3  # [B, C, (T,) H, W]
+        _fresh_compile()  # the eight calls below compile (dynamo's eight graphs)
+        calls = [(torch.float32, 1e-6, False), (torch.float32, 1e-6, True), (torch.bfloat16, 2e-2, False), (torch.float16, 2e-3, False)]
+        for dtype, tol, grad in calls if batch == 1 else calls[:3] + [(torch.float64, 1e-12, False)]:
             n, f = norm.to(dtype), fused.to(dtype)
             for inp in (x.to(dtype), x.to(dtype)[..., 1:]):
-                for grad in (False, True):
-                    with torch.set_grad_enabled(grad):
-                        out, ref = f(inp), n(inp)
-                    assert out.dtype == ref.dtype == dtype and out.shape == ref.shape
-                    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+                with torch.set_grad_enabled(grad):
+                    out, ref = f(inp), n(inp)
+                assert out.dtype == ref.dtype == dtype and out.shape == ref.shape
+                torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # (it did compile)
+    for _ in range(3):  # more variants than dynamo compiles: the rest run eager, not an error
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            torch.testing.assert_close(fused.to(dtype)(x.to(dtype)), norm.to(dtype)(x.to(dtype)), rtol=2e-2, atol=2e-2)
+            x = x[..., 1:]
 
 
 def test_the_pad_in_conv_causal_convolution_is_diffusers():
@@ -271,6 +288,7 @@ def test_the_fused_vae_setting_keeps_the_codec_and_its_weights():
 
     codec = WanVAECodec.from_config(TINY_VAE_CONFIG)
     randomize_parameters(codec.vae, 0, 0.3)  # gamma away from 1, so that a lost weight shows
+    _fresh_compile()  # the codec's norms run compiled (an earlier test may have spent dynamo's graphs)
     norms = sum(type(m).__name__ == "WanRMS_norm" for m in codec.vae.modules())
     convs = sum(type(m).__name__ == "WanCausalConv3d" for m in codec.vae.modules())
     keys, counts = codec.vae.state_dict().keys(), dict(codec.vae._cached_conv_counts)
@@ -286,3 +304,33 @@ def test_the_fused_vae_setting_keeps_the_codec_and_its_weights():
     torch.testing.assert_close(codec.decode(torch.randn(1, 48, 2, 2, 2, generator=torch.Generator().manual_seed(1))), frames,
                                rtol=1e-5, atol=1e-5)  # fmt: skip
     assert speed.describe(speed.SpeedSettings(vae_fused=True)) == "eager, fused VAE norms and padding (ours)"
+    assert not any(m.training for m in codec.vae.modules())  # as the eval() VAE it came in
+    again = pickle.loads(pickle.dumps(codec.vae))  # (the convolutions' class is pickled by name)
+    assert [type(m).__name__ for m in again.modules()] == kinds
+    torch.testing.assert_close(WanVAECodec(again).encode(video), latents, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_vae_keeps_modules_with_hooks():
+    """A norm or convolution with a hook or a replaced forward (as diffusers' layerwise casting and
+    group offloading put there, or a user's hook) is kept as diffusers' module, so the hook still
+    runs; the rest are fused."""
+    from mirage.codecs import WanVAECodec
+    from mirage.fused import fuse_vae
+    from mirage.testing import TINY_VAE_CONFIG
+
+    codec = WanVAECodec.from_config(TINY_VAE_CONFIG)
+    seen = []
+    codec.vae.decoder.conv_in.register_forward_pre_hook(lambda m, a: seen.append("conv"))
+    codec.vae.decoder.norm_out.register_forward_hook(lambda m, a, o: seen.append("norm"))
+    out_conv, out_forward = codec.vae.decoder.conv_out, codec.vae.decoder.conv_out.forward
+    out_conv.forward = lambda *a, **k: seen.append("forward") or out_forward(*a, **k)  # as diffusers' hooks replace it
+    z = torch.randn(1, 48, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+    ref = codec.decode(z)
+    done = fuse_vae(codec.vae)
+    assert [type(m).__name__ for m in (codec.vae.decoder.conv_in, codec.vae.decoder.norm_out, codec.vae.decoder.conv_out)] == [
+        "WanCausalConv3d", "WanRMS_norm", "WanCausalConv3d"]  # fmt: skip
+    assert done["norms"] > 0 and done["convolutions"] > 0
+    seen.clear()
+    torch.testing.assert_close(codec.decode(z), ref, rtol=1e-5, atol=1e-5)
+    assert {"conv", "norm", "forward"} <= set(seen)
+

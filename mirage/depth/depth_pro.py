@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,7 +20,7 @@ DEPTH_PRO_LAYOUT: weights.Layout = {".": "model"}
 def split_to_patches_by_view(pixel_values: Tensor, patch_size: int, overlap_ratio: float) -> Tensor:
     """transformers' Depth Pro ``split_to_patches`` (the same patches in the same order, bit for bit)
     without ``F.unfold``: on CUDA that runs im2col once per image with a 384 x 384 kernel, 168 ms of
-    a chunk's 573 ms of depth on an H100 (``benchmarks/speed.py --depth --profile``); here one
+    a chunk's 571 ms of depth on an H100 (``benchmarks/speed.py --depth --profile``); here one
     strided view, copied once. [B, C, H, W] -> [n * B, C, P, P], patch-major as transformers'."""
     B, C, H, W = pixel_values.shape
     if H == W == patch_size:
@@ -33,22 +30,20 @@ def split_to_patches_by_view(pixel_values: Tensor, patch_size: int, overlap_rati
     return patches.permute(2, 3, 0, 1, 4, 5).reshape(-1, C, patch_size, patch_size)  # [nH * nW * B, C, P, P]
 
 
-_SPLIT_LOCK = threading.Lock()
-
-
-@contextmanager
-def _patches_by_view():
-    """transformers' Depth Pro cuts its patches with ``split_to_patches_by_view`` inside this block
-    (one caller at a time; everyone else's Depth Pro keeps transformers' own)."""
+def _use_patches_by_view() -> None:
+    """Make transformers' Depth Pro cut its patches with ``split_to_patches_by_view``: once, for every
+    Depth Pro in the process, since the two give the same patches bit for bit (transformers' own stays
+    in ``TRANSFORMERS_SPLIT_TO_PATCHES``). Set once and left, rather than swapped around each call: a
+    lock held through a forward would deadlock a process forked meanwhile (ZeroGPU's workers are)."""
+    global TRANSFORMERS_SPLIT_TO_PATCHES
     from transformers.models.depth_pro import modeling_depth_pro
 
-    with _SPLIT_LOCK:
-        kept = modeling_depth_pro.split_to_patches
+    if modeling_depth_pro.split_to_patches is not split_to_patches_by_view:
+        TRANSFORMERS_SPLIT_TO_PATCHES = modeling_depth_pro.split_to_patches
         modeling_depth_pro.split_to_patches = split_to_patches_by_view
-        try:
-            yield
-        finally:
-            modeling_depth_pro.split_to_patches = kept
+
+
+TRANSFORMERS_SPLIT_TO_PATCHES = None  # transformers' split_to_patches, once _use_patches_by_view has replaced it
 
 
 class DepthProBackend:
@@ -80,6 +75,7 @@ class DepthProBackend:
         cfg = model.config
         self.input_size = int(round(cfg.patch_size / min(cfg.scaled_images_ratios)))  # square network input
         self.batch_size = batch_size
+        _use_patches_by_view()
 
     @classmethod
     def from_pretrained(
@@ -129,8 +125,7 @@ class DepthProBackend:
         dtype = next(self.model.parameters()).dtype
         x = images.to(self.device, torch.float32)  # mean = std = 0.5 normalisation is the identity on [-1, 1]
         x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        with _patches_by_view():
-            out = self.model(pixel_values=x.to(dtype))
+        out = self.model(pixel_values=x.to(dtype))
         c = out.predicted_depth.float()[:, None]  # [B, 1, h, w]
         c = F.interpolate(c, size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # [B, H, W]
         return c, out.field_of_view.float().reshape(B)

@@ -82,8 +82,7 @@ class GeluInEpilogue(nn.Module):
 def _bare_linear(module: nn.Module) -> bool:
     """An ``nn.Linear`` whose forward is its own: no adapter around it, no hook on it, no forward put in
     its place (diffusers' hooks, as layerwise casting and group offloading, and accelerate's do that)."""
-    return (type(module) is nn.Linear and "forward" not in module.__dict__
-            and not module._forward_hooks and not module._forward_pre_hooks)  # fmt: skip
+    return type(module) is nn.Linear and _own_forward(module)
 
 
 class OnePassRopeProcessor:

@@ -114,8 +114,7 @@ def device_line(mode: rt.AppMode, steps: int, guidance: float) -> str:
     call = f"; each chunk of each memory is one GPU call, asking for {COSTS.request(cost)} s" if mode.zero_gpu else ""
     settings = rt.speed_settings(mode.device, mode.zero_gpu, aot is not None, rt.fp8_wanted(mode))
     if aot is not None:
-        vae = (f"; VAE in {settings.vae_dtype}" if settings.vae_dtype else "") + ("; fused VAE norms and padding (ours)" if settings.vae_fused else "")
-        how = f" Speed setting: {aot.line()}{vae}."
+        how = f" Speed setting: {aot.line()}" + "".join(f"; {part}" for part in speed.describe_vae(settings)) + "."
     elif mode.zero_gpu:
         how = f" Speed setting: {speed.describe(settings)} (SDPA; ZeroGPU runs no torch.compile)."
     else:

@@ -33,8 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["SpeedSettings", "available_attention_backends", "apply", "apply_branch", "choose", "describe", "random_transformer",
-           "repeated_blocks"]  # fmt: skip
+__all__ = ["SpeedSettings", "available_attention_backends", "apply", "apply_branch", "choose", "describe", "describe_vae",
+           "random_transformer", "repeated_blocks"]  # fmt: skip
 
 # diffusers attention backends that need nothing beyond PyTorch (attention_dispatch.AttentionBackendName)
 _BUILTIN_BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "_native_math")
@@ -165,6 +165,10 @@ def describe(settings: SpeedSettings) -> str:
     parts += ["FP8 (torchao)"] if settings.fp8 else []
     parts += ["fused QKV"] if settings.fuse_qkv else []
     parts += ["fused RoPE and GELU (ours)"] if settings.fused else []
-    parts += [f"VAE in {settings.vae_dtype}"] if settings.vae_dtype else []
-    parts += ["fused VAE norms and padding (ours)"] if settings.vae_fused else []
-    return ", ".join(parts)
+    return ", ".join(parts + describe_vae(settings))
+
+
+def describe_vae(settings: SpeedSettings) -> list[str]:
+    """What ``settings`` does to the VAE, in ``describe``'s words (also said beside an AoT package)."""
+    return ([f"VAE in {settings.vae_dtype}"] if settings.vae_dtype else []) + (
+        ["fused VAE norms and padding (ours)"] if settings.vae_fused else [])

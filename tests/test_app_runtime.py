@@ -300,6 +300,10 @@ def test_the_banner_names_the_gpu_and_what_a_chunk_asks_for(monkeypatch):
     monkeypatch.setenv(rt.FP8_ENV, "on")  # the banner says what $MIRAGE_FP8 changes, and what it costs first
     assert ("regional compilation, FP8 (torchao), VAE in bfloat16, fused VAE norms and padding (ours) (the first chunk compiles "
             "the transformer and the VAE's norms: about 2 minutes" in runs.device_line(dedicated, 20, 5.0))  # fmt: skip
+    monkeypatch.delenv(rt.FP8_ENV)  # beside an AoT package (no usable one here), the VAE's part of the setting is said too
+    monkeypatch.setattr(rt, "aot_status", lambda: rt.AotStatus(note="none compiled"))
+    assert runs.device_line(dedicated, 20, 5.0).endswith(
+        "Speed setting: transformer eager (no ahead-of-time package: none compiled); VAE in bfloat16; fused VAE norms and padding (ours).")
 
 
 def test_a_closed_page_never_deletes_an_upload_another_visitor_just_sent(tmp_path):

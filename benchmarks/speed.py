@@ -99,12 +99,9 @@ def decode_rows(device: torch.device, reps: int, small: bool, profile: bool = Fa
             row(f"VAE decode, {str(dtype).removeprefix('torch.')}" + (", cudnn.benchmark" if tuned else ""), codec, z)
         torch.backends.cudnn.benchmark = False
     profiles = {"bfloat16": op_shares(lambda: codec.decode(z), device)} if profile and device.type == "cuda" else {}
-    from mirage.fused import OneKernelRMSNorm
+    from mirage.fused import fuse_vae
 
-    for parent in list(codec.vae.modules()):  # the norms alone first, then fuse_vae does the convolutions
-        for child_name, child in list(parent.named_children()):
-            if type(child).__name__ == "WanRMS_norm":
-                setattr(parent, child_name, OneKernelRMSNorm(child))
+    fuse_vae(codec.vae, convolutions=False)  # the norms alone first; speed.apply then does the convolutions
     row("VAE decode, bfloat16, norms in one kernel (ours)", codec, z)
     speed.apply(torch.nn.Identity(), speed.SpeedSettings(vae_fused=True), vae=codec.vae)
     row("VAE decode, bfloat16, fused: norms in one kernel + padding in the convolutions (ours)", codec, z)

@@ -218,10 +218,11 @@ def _own_forward(module: nn.Module) -> bool:
     return "forward" not in module.__dict__ and not module._forward_hooks and not module._forward_pre_hooks
 
 
-def fuse_vae(vae: nn.Module) -> dict[str, int]:
+def fuse_vae(vae: nn.Module, norms: bool = True, convolutions: bool = True) -> dict[str, int]:
     """Replace, in place, every channels-first ``WanRMS_norm`` of ``vae`` (an ``AutoencoderKLWan``) by
-    ``OneKernelRMSNorm`` and every zero-padded ``WanCausalConv3d`` by ``PadInConvCausalConv3d``, except
-    modules with hooks or a replaced forward (fuse before adding those); returns how many of each."""
+    ``OneKernelRMSNorm`` and every zero-padded ``WanCausalConv3d`` by ``PadInConvCausalConv3d`` (either
+    alone with ``norms`` or ``convolutions`` False), except modules with hooks or a replaced forward
+    (fuse before adding those); returns how many of each."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     conv_class = __getattr__("PadInConvCausalConv3d")
@@ -230,10 +231,10 @@ def fuse_vae(vae: nn.Module) -> dict[str, int]:
         for name, child in list(parent.named_children()):
             if not _own_forward(child):
                 continue
-            if type(child).__name__ == "WanRMS_norm" and child.channel_first:
+            if norms and type(child).__name__ == "WanRMS_norm" and child.channel_first:
                 setattr(parent, name, OneKernelRMSNorm(child))
                 done["norms"] += 1
-            elif type(child) is WanCausalConv3d and child.padding_mode == "zeros":
+            elif convolutions and type(child) is WanCausalConv3d and child.padding_mode == "zeros":
                 setattr(parent, name, conv_class.from_conv(child))
                 done["convolutions"] += 1
     return done
